@@ -1,0 +1,151 @@
+"""Dataclass configs shared by the package, saved and loaded as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fractalflow.files import atomic_write_text
+
+ConfigT = TypeVar("ConfigT", bound="JsonConfig")
+
+
+class JsonConfig:
+    """Mixin for dataclass configs: strict JSON round-trip with clear errors for unknown keys."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[ConfigT], values: dict[str, Any]) -> ConfigT:
+        known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(k for k in values if k not in known and not k.startswith("_"))
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; allowed fields are {sorted(known)}")
+        kwargs = {}
+        for name, value in values.items():
+            if name not in known:
+                continue
+            if isinstance(value, list):
+                value = tuple(value)
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    def save_json(self, path: str | Path, **extra: Any) -> None:
+        payload = {**extra, **self.to_dict()}
+        atomic_write_text(Path(path), json.dumps(payload, indent=2) + "\n")
+
+    @classmethod
+    def load_json(cls: type[ConfigT], path: str | Path) -> ConfigT:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
+class FractalConfig(JsonConfig):
+    """Shape of a FractalTransformer.
+
+    Level i works on tokens of width ``widths[i]``; every level but the last runs
+    ``depths[i]`` blocks before and ``depths[i]`` blocks after its inner level (tokens
+    merged ``merge_factor``×``merge_factor``), the last runs ``depths[-1]`` blocks with
+    global attention. Images must have sides divisible by ``downsampling``.
+    """
+
+    in_channels: int = 3
+    patch_size: int = 2
+    widths: tuple[int, ...] = (64, 128, 256)
+    depths: tuple[int, ...] = (1, 1, 4)
+    head_dim: int = 32
+    window: int = 8
+    merge_factor: int = 2
+    mlp_ratio: float = 3.0
+    mapping_width: int = 256
+    cond_dim: int = 384
+    cross_attention_levels: int = 1
+    class_names: tuple[str, ...] = ()
+    sample_size: int = 32
+
+    def __post_init__(self) -> None:
+        problems = []
+        if len(self.widths) != len(self.depths) or not self.widths:
+            problems.append(f"widths {self.widths} and depths {self.depths} need the same, non-zero length")
+        if any(w % self.head_dim for w in self.widths):
+            problems.append(f"every width in {self.widths} must be a multiple of head_dim={self.head_dim}")
+        if self.head_dim % 4:
+            problems.append(f"head_dim={self.head_dim} must be a multiple of 4 (2-D rotary positions)")
+        if self.patch_size < 1 or self.merge_factor < 2 or self.window < 1:
+            problems.append("patch_size >= 1, merge_factor >= 2 and window >= 1 are required")
+        if not 0 <= self.cross_attention_levels <= len(self.widths):
+            problems.append(f"cross_attention_levels must be in 0..{len(self.widths)}")
+        if problems:
+            raise ValueError("invalid FractalConfig: " + "; ".join(problems))
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.widths)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def is_class_conditional(self) -> bool:
+        return self.num_classes > 0
+
+    @property
+    def downsampling(self) -> int:
+        """Pixels per token side at the coarsest level: image sides must be multiples of it."""
+        return self.patch_size * self.merge_factor ** (self.num_levels - 1)
+
+    def uses_cross_attention(self, level: int) -> bool:
+        if self.is_class_conditional:
+            return False
+        return level >= self.num_levels - self.cross_attention_levels
+
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(patch_size=2, widths=(32, 64), depths=(1, 2), head_dim=16, window=4, mapping_width=64),
+    "small": dict(patch_size=2, widths=(64, 128, 256), depths=(1, 1, 4), head_dim=32, window=8),
+    "base": dict(patch_size=2, widths=(128, 256, 512), depths=(2, 2, 8), head_dim=64, window=8, mapping_width=512),
+}
+
+
+def model_preset(name: str, **overrides: Any) -> FractalConfig:
+    """A named size preset (``tiny``, ``small``, ``base``) with fields overridden."""
+    if name not in MODEL_PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
+    return FractalConfig(**{**MODEL_PRESETS[name], **overrides})
+
+
+@dataclass
+class TrainConfig(JsonConfig):
+    """Settings of one training run (the CLI exposes each field as an option)."""
+
+    steps: int = 2000
+    batch_size: int = 64
+    image_size: int = 32
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    cond_drop_prob: float = 0.1
+    timestep_mean: float = 0.0
+    timestep_std: float = 1.0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    sample_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    mixed_precision: str = "auto"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps ({self.steps}) and batch_size ({self.batch_size}) must be >= 1")
+        if self.mixed_precision not in ("auto", "no", "bf16"):
+            raise ValueError(f"mixed_precision={self.mixed_precision!r}; allowed: 'auto', 'no', 'bf16'")
+        if not 0.0 <= self.cond_drop_prob < 1.0:
+            raise ValueError(f"cond_drop_prob={self.cond_drop_prob} must be in [0, 1)")
