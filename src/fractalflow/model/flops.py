@@ -1,0 +1,32 @@
+"""Counting the FLOPs of a forward pass (attention included)."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from fractalflow.model.conditioning import Conditioning
+from fractalflow.model.transformer import FractalTransformer
+
+
+def forward_flops(model: FractalTransformer, size: int, text_tokens: int = 16) -> int:
+    """FLOPs of one forward pass on one ``size``×``size`` image (multiply-add = 2 FLOPs).
+
+    Attention runs on the math backend while counting: the fused CPU kernels are
+    invisible to the counter.
+    """
+    config = model.config
+    device = next(model.parameters()).device
+    x = torch.zeros(1, config.in_channels, size, size, device=device)
+    t = torch.full((1,), 0.5, device=device)
+    if config.is_class_conditional:
+        cond = Conditioning(labels=torch.zeros(1, dtype=torch.long, device=device))
+    else:
+        cond = Conditioning(
+            pooled=torch.zeros(1, config.cond_dim, device=device),
+            tokens=torch.zeros(1, text_tokens, config.cond_dim, device=device),
+        )
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(x, t, cond)
+    return counter.get_total_flops()

@@ -1,0 +1,192 @@
+"""FractalTransformer: a recursive hourglass of token levels that predicts flow velocity.
+
+A level runs some blocks, hands 2×2-merged tokens to its inner level (itself a level),
+splits the result back and blends it with a learned skip, then runs more blocks.
+Fine levels attend in shifted local windows, the coarsest globally, so the cost of a
+forward pass grows linearly with the number of pixels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fractalflow.config import FractalConfig
+from fractalflow.model.attention import CrossAttention, SelfAttention
+from fractalflow.model.conditioning import ConditionEmbedder, Conditioning
+
+
+class GEGLU(nn.Module):
+    """Gated feed-forward: ``out(gelu(gate) * value)``."""
+
+    def __init__(self, width: int, ratio: float):
+        super().__init__()
+        hidden = int(width * ratio)
+        self.proj = nn.Linear(width, 2 * hidden)
+        self.out = nn.Linear(hidden, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        return self.out(value * F.gelu(gate))
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale) + shift
+
+
+class FractalBlock(nn.Module):
+    """One transformer block: adaLN-modulated self-attention, optional cross-attention, MLP.
+
+    x: ``(B, H, W, width)``; ``vector``: ``(B, mapping_width)`` from time and condition.
+    """
+
+    def __init__(self, config: FractalConfig, width: int, window: int | None, shifted: bool, cross: bool):
+        super().__init__()
+        self.norm_attn = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.attn = SelfAttention(width, config.head_dim, window, shifted)
+        self.norm_cross = nn.LayerNorm(width, eps=1e-6) if cross else None
+        self.cross = CrossAttention(width, config.cond_dim, config.head_dim) if cross else None
+        self.norm_mlp = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mlp = GEGLU(width, config.mlp_ratio)
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(config.mapping_width, 6 * width))
+
+    def forward(self, x: Tensor, vector: Tensor, tokens: Tensor | None, mask: Tensor | None) -> Tensor:
+        mods = self.modulation(vector)[:, None, None, :].chunk(6, dim=-1)
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mods
+        x = x + gate_a * self.attn(modulate(self.norm_attn(x), shift_a, scale_a))
+        if self.cross is not None and tokens is not None:
+            x = x + self.cross(self.norm_cross(x), tokens, mask)
+        return x + gate_m * self.mlp(modulate(self.norm_mlp(x), shift_m, scale_m))
+
+
+class TokenMerge(nn.Module):
+    """``factor``×``factor`` neighbouring tokens -> one token of the next level's width."""
+
+    def __init__(self, width: int, inner_width: int, factor: int):
+        super().__init__()
+        self.factor = factor
+        self.proj = nn.Linear(width * factor * factor, inner_width, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, height, width, channels = x.shape
+        f = self.factor
+        x = x.view(batch, height // f, f, width // f, f, channels).permute(0, 1, 3, 2, 4, 5)
+        return self.proj(x.reshape(batch, height // f, width // f, f * f * channels))
+
+
+class TokenSplit(nn.Module):
+    """One inner token -> ``factor``×``factor`` tokens, blended with the skip by a learned factor."""
+
+    def __init__(self, inner_width: int, width: int, factor: int):
+        super().__init__()
+        self.factor = factor
+        self.proj = nn.Linear(inner_width, width * factor * factor, bias=False)
+        self.skip_blend = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        batch, height, width, _ = x.shape
+        f, channels = self.factor, skip.shape[-1]
+        x = self.proj(x).view(batch, height, width, f, f, channels).permute(0, 1, 3, 2, 4, 5)
+        x = x.reshape(batch, height * f, width * f, channels)
+        return torch.lerp(skip, x, self.skip_blend.to(x.dtype))
+
+
+class FractalLevel(nn.Module):
+    """Level ``index`` of the hourglass: blocks, the inner level (recursively), blocks."""
+
+    def __init__(self, config: FractalConfig, index: int):
+        super().__init__()
+        width, depth = config.widths[index], config.depths[index]
+        coarsest = index == config.num_levels - 1
+        window = None if coarsest else config.window
+        cross = config.uses_cross_attention(index)
+
+        def blocks() -> nn.ModuleList:
+            return nn.ModuleList(
+                FractalBlock(config, width, window, shifted=i % 2 == 1, cross=cross) for i in range(depth)
+            )
+
+        self.down_blocks = blocks()
+        if coarsest:
+            self.merge = self.inner = self.split = self.up_blocks = None
+        else:
+            inner_width = config.widths[index + 1]
+            self.merge = TokenMerge(width, inner_width, config.merge_factor)
+            self.inner = FractalLevel(config, index + 1)
+            self.split = TokenSplit(inner_width, width, config.merge_factor)
+            self.up_blocks = blocks()
+
+    def forward(self, x: Tensor, vector: Tensor, tokens: Tensor | None, mask: Tensor | None) -> Tensor:
+        for block in self.down_blocks:
+            x = block(x, vector, tokens, mask)
+        if self.inner is None:
+            return x
+        inner = self.inner(self.merge(x), vector, tokens, mask)
+        x = self.split(inner, x)
+        for block in self.up_blocks:
+            x = block(x, vector, tokens, mask)
+        return x
+
+
+class FractalTransformer(nn.Module):
+    """Velocity model ``v(x_t, t, condition)`` on pixels.
+
+    ``forward(x, t, cond, drop=None)``: x ``(B, C, H, W)`` in [-1, 1] scale, t ``(B,)`` in
+    [0, 1], cond a :class:`Conditioning`; ``drop`` ``(B,)`` bool replaces the condition by
+    the learned null condition (classifier-free guidance). Returns ``(B, C, H, W)``.
+    H and W must be multiples of ``config.downsampling``.
+    """
+
+    def __init__(self, config: FractalConfig):
+        super().__init__()
+        self.config = config
+        patch_dim = config.in_channels * config.patch_size**2
+        self.patch_embed = nn.Linear(patch_dim, config.widths[0])
+        self.condition = ConditionEmbedder(config.mapping_width, config.cond_dim, config.num_classes)
+        self.body = FractalLevel(config, 0)
+        self.out_norm = nn.LayerNorm(config.widths[0], elementwise_affine=False, eps=1e-6)
+        self.out_modulation = nn.Sequential(nn.SiLU(), nn.Linear(config.mapping_width, 2 * config.widths[0]))
+        self.out_proj = nn.Linear(config.widths[0], patch_dim)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """Xavier for linear layers; adaLN gates and the output zeroed so training starts at v = 0."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.normal_(self.condition.time_mlp[0].weight, std=0.02)
+        nn.init.normal_(self.condition.time_mlp[2].weight, std=0.02)
+        for module in self.modules():
+            if isinstance(module, FractalBlock):
+                nn.init.zeros_(module.modulation[-1].weight)
+                nn.init.zeros_(module.modulation[-1].bias)
+                if module.cross is not None:
+                    nn.init.zeros_(module.cross.out.weight)
+        nn.init.zeros_(self.out_modulation[-1].weight)
+        nn.init.zeros_(self.out_modulation[-1].bias)
+        nn.init.zeros_(self.out_proj.weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def check_size(self, height: int, width: int) -> None:
+        step = self.config.downsampling
+        if height % step or width % step or height < step or width < step:
+            raise ValueError(
+                f"image size {height}x{width} is not allowed: both sides must be positive multiples "
+                f"of {step} (patch {self.config.patch_size} x merge {self.config.merge_factor}"
+                f"^{self.config.num_levels - 1})"
+            )
+
+    def forward(self, x: Tensor, t: Tensor, cond: Conditioning, drop: Tensor | None = None) -> Tensor:
+        batch, channels, height, width = x.shape
+        self.check_size(height, width)
+        p = self.config.patch_size
+        h, w = height // p, width // p
+        patches = x.view(batch, channels, h, p, w, p).permute(0, 2, 4, 3, 5, 1).reshape(batch, h, w, p * p * channels)
+        vector, tokens, mask = self.condition(t, cond, drop)
+        tokens_out = self.body(self.patch_embed(patches), vector, tokens, mask)
+        shift, scale = self.out_modulation(vector)[:, None, None, :].chunk(2, dim=-1)
+        out = self.out_proj(modulate(self.out_norm(tokens_out), shift, scale))
+        return out.view(batch, h, w, p, p, channels).permute(0, 5, 1, 3, 2, 4).reshape(batch, channels, height, width)

@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny models with non-trivial weights, saved as model folders."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+
+from fractalflow import FractalTransformer, model_preset
+from fractalflow.model.weights import save_model
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any connection to a non-loopback address fails the test: everything must work offline."""
+    real_connect = socket.socket.connect
+
+    def guarded_connect(sock, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and not (
+            host.startswith("127.") or host in ("localhost", "::1") or sock.family == socket.AF_UNIX
+        ):
+            raise RuntimeError(f"test tried to reach the network: {address}")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+
+
+def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
+    """Perturb every parameter so zero-initialised outputs become informative."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * std)
+    return model
+
+
+@pytest.fixture
+def tiny_class_model() -> FractalTransformer:
+    config = model_preset("tiny", in_channels=1, class_names=DIGIT_NAMES, sample_size=16)
+    torch.manual_seed(0)
+    return randomize(FractalTransformer(config)).eval()
+
+
+@pytest.fixture
+def tiny_model_folder(tmp_path, tiny_class_model):
+    folder = tmp_path / "tiny-model"
+    save_model(tiny_class_model, folder)
+    return folder

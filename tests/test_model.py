@@ -1,0 +1,110 @@
+"""FractalTransformer: shapes, initialisation, conditioning and cost."""
+
+import pytest
+import torch
+from conftest import randomize
+
+from fractalflow import Conditioning, FractalConfig, FractalTransformer, model_preset
+from fractalflow.model.transformer import FractalBlock
+
+
+def labels(*values):
+    return Conditioning(labels=torch.tensor(values))
+
+
+@pytest.mark.parametrize("size", [(16, 16), (32, 32), (16, 48), (64, 64)])
+def test_output_shape_at_several_resolutions_with_one_set_of_weights(tiny_class_model, size):
+    x = torch.randn(2, 1, *size)
+    with torch.no_grad():
+        out = tiny_class_model(x, torch.rand(2), labels(1, 2))
+    assert out.shape == x.shape
+    assert torch.isfinite(out).all()
+
+
+def test_zero_initialised_output_predicts_zero_velocity():
+    model = FractalTransformer(model_preset("tiny", in_channels=3, class_names=("a", "b")))
+    out = model(torch.randn(2, 3, 16, 16), torch.rand(2), labels(0, 1))
+    assert torch.count_nonzero(out) == 0
+
+
+def test_size_not_divisible_by_downsampling_is_rejected(tiny_class_model):
+    assert tiny_class_model.config.downsampling == 4
+    with pytest.raises(ValueError, match="multiples of 4"):
+        tiny_class_model(torch.randn(1, 1, 18, 18), torch.rand(1), labels(0))
+
+
+def test_fine_levels_use_shifted_windows_and_coarsest_is_global():
+    model = FractalTransformer(model_preset("small", class_names=("a",)))
+    windows = [(b.attn.window, b.attn.shift) for b in model.body.down_blocks]
+    assert windows == [(8, 0)]
+    assert [(b.attn.window, b.attn.shift) for b in model.body.inner.down_blocks] == [(8, 0)]
+    assert [(b.attn.window, b.attn.shift) for b in model.body.up_blocks] == [(8, 0)]
+    coarsest = model.body.inner.inner
+    assert coarsest.inner is None and all(b.attn.window is None for b in coarsest.down_blocks)
+    deeper = FractalTransformer(FractalConfig(widths=(32, 64), depths=(2, 1), head_dim=16, window=4))
+    assert [b.attn.shift for b in deeper.body.down_blocks] == [0, 2]
+
+
+def test_dropped_condition_ignores_the_label(tiny_class_model):
+    x, t = torch.randn(1, 1, 16, 16).repeat(2, 1, 1, 1), torch.full((2,), 0.5)
+    drop = torch.tensor([True, True])
+    with torch.no_grad():
+        out = tiny_class_model(x, t, labels(3, 7), drop=drop)
+        kept = tiny_class_model(x, t, labels(3, 7))
+    torch.testing.assert_close(out[0], out[1])
+    assert not torch.allclose(kept[0], kept[1])
+
+
+def text_model():
+    config = FractalConfig(
+        in_channels=3,
+        widths=(32, 64),
+        depths=(1, 1),
+        head_dim=16,
+        window=4,
+        mapping_width=64,
+        cond_dim=24,
+        cross_attention_levels=1,
+    )
+    torch.manual_seed(0)
+    return randomize(FractalTransformer(config)).eval()
+
+
+def test_text_model_cross_attends_to_tokens_and_ignores_masked_ones():
+    model = text_model()
+    assert [b.cross is not None for b in model.body.down_blocks] == [False]
+    assert all(b.cross is not None for b in model.body.inner.down_blocks)
+    x, t = torch.randn(1, 3, 16, 16), torch.full((1,), 0.5)
+    pooled, tokens = torch.randn(1, 24), torch.randn(1, 5, 24)
+    mask = torch.tensor([[True, True, True, False, False]])
+    with torch.no_grad():
+        base = model(x, t, Conditioning(pooled=pooled, tokens=tokens, mask=mask))
+        padded_changed = tokens.clone()
+        padded_changed[:, 3:] += 3.0
+        same = model(x, t, Conditioning(pooled=pooled, tokens=padded_changed, mask=mask))
+        real_changed = tokens.clone()
+        real_changed[:, 0] += 3.0
+        different = model(x, t, Conditioning(pooled=pooled, tokens=real_changed, mask=mask))
+    torch.testing.assert_close(base, same)
+    assert not torch.allclose(base, different, atol=1e-4)
+
+
+def test_class_conditional_models_have_no_cross_attention():
+    model = FractalTransformer(model_preset("tiny", class_names=("a", "b")))
+    assert not any(isinstance(m, FractalBlock) and m.cross is not None for m in model.modules())
+
+
+def test_forward_flops_grow_linearly_with_pixels_up_to_the_trained_sizes():
+    """Up to 128 px; beyond, the global attention at the coarsest level (quadratic) starts to show."""
+    from fractalflow.model.flops import forward_flops
+
+    model = FractalTransformer(model_preset("small", class_names=("a",)))
+    per_pixel = [forward_flops(model, size) / size**2 for size in (32, 64, 128)]
+    assert max(per_pixel) / min(per_pixel) < 1.15, per_pixel
+
+
+def test_invalid_config_names_the_problem():
+    with pytest.raises(ValueError, match="multiple of head_dim"):
+        FractalConfig(widths=(48, 64), depths=(1, 1), head_dim=32)
+    with pytest.raises(ValueError, match="unknown model preset"):
+        model_preset("huge")
