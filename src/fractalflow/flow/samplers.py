@@ -1,0 +1,109 @@
+"""Samplers for rectified flow: integrate dx/dt = v(x, t) from noise (t = 1) to data (t = 0).
+
+Samplers are plain functions over a velocity callable, as in k-diffusion:
+``sample_euler(velocity, x, times, callback)``. The callback gets a :class:`StepState`
+after every step, with the current estimate of the clean image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fractalflow.model.conditioning import Conditioning
+
+Velocity = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class StepState:
+    """Where a sampler is after a step: ``x0_estimate`` is the predicted clean image."""
+
+    step: int
+    total: int
+    t: float
+    x: Tensor
+    x0_estimate: Tensor
+
+
+StepCallback = Callable[[StepState], None]
+
+
+def time_grid(steps: int, shift: float = 1.0, device: torch.device | str = "cpu") -> Tensor:
+    """``steps + 1`` times from 1 to 0; ``shift > 1`` spends more steps at high noise (SD3)."""
+    if steps < 1:
+        raise ValueError(f"steps={steps}: at least 1 sampling step is required")
+    if shift <= 0:
+        raise ValueError(f"shift={shift} must be > 0")
+    t = torch.linspace(1.0, 0.0, steps + 1, device=device)
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def _batch_time(t: Tensor, x: Tensor) -> Tensor:
+    return t.expand(x.shape[0]).to(x.device)
+
+
+def sample_euler(velocity: Velocity, x: Tensor, times: Tensor, callback: StepCallback | None = None) -> Tensor:
+    """First-order Euler: one velocity evaluation per step."""
+    total = len(times) - 1
+    for i in range(total):
+        t, t_next = times[i], times[i + 1]
+        v = velocity(x, _batch_time(t, x))
+        if callback is not None:
+            callback(StepState(i, total, float(t), x, x - t * v))
+        x = x + (t_next - t) * v
+    return x
+
+
+def sample_heun(velocity: Velocity, x: Tensor, times: Tensor, callback: StepCallback | None = None) -> Tensor:
+    """Second-order Heun: Euler predictor, trapezoid corrector (two evaluations per step,
+    one on the final step to t = 0)."""
+    total = len(times) - 1
+    for i in range(total):
+        t, t_next = times[i], times[i + 1]
+        v = velocity(x, _batch_time(t, x))
+        x_euler = x + (t_next - t) * v
+        if t_next > 0:
+            v_next = velocity(x_euler, _batch_time(t_next, x))
+            v = (v + v_next) / 2
+        if callback is not None:
+            callback(StepState(i, total, float(t), x, x - t * v))
+        x = x + (t_next - t) * v
+    return x
+
+
+SAMPLERS: dict[str, Callable[[Velocity, Tensor, Tensor, StepCallback | None], Tensor]] = {
+    "euler": sample_euler,
+    "heun": sample_heun,
+}
+
+
+def get_sampler(name: str) -> Callable[[Velocity, Tensor, Tensor, StepCallback | None], Tensor]:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def guided_velocity(model: torch.nn.Module, cond: Conditioning, guidance: float) -> Velocity:
+    """Velocity of ``model`` under classifier-free guidance with scale ``guidance``.
+
+    ``guidance == 1`` is the plain conditional model; otherwise conditional and
+    unconditional predictions are made in one batch and extrapolated:
+    ``v_uncond + guidance * (v_cond - v_uncond)``.
+    """
+    if guidance < 0:
+        raise ValueError(f"guidance={guidance} must be >= 0")
+    if guidance == 1.0:
+        return lambda x, t: model(x, t, cond)
+    both = Conditioning.cat([cond, cond])
+
+    def velocity(x: Tensor, t: Tensor) -> Tensor:
+        batch = x.shape[0]
+        drop = torch.arange(2 * batch, device=x.device) >= batch
+        v_cond, v_uncond = model(torch.cat([x, x]), torch.cat([t, t]), both, drop=drop).chunk(2)
+        return v_uncond + guidance * (v_cond - v_uncond)
+
+    return velocity

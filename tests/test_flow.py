@@ -1,0 +1,109 @@
+"""Rectified flow: the objective's path, time grids, samplers on a problem with a known answer."""
+
+import math
+
+import pytest
+import torch
+
+from fractalflow import Conditioning
+from fractalflow.flow import (
+    guided_velocity,
+    interpolate,
+    logit_normal_timesteps,
+    rectified_flow_loss,
+    sample_euler,
+    sample_heun,
+    time_grid,
+)
+
+MODES = torch.tensor([[-4.0, -4.0], [-4.0, 4.0], [4.0, -4.0], [4.0, 4.0]])
+SIGMA = 0.3
+
+
+def mixture_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Exact rectified-flow velocity E[noise - x0 | x_t] for an equal-weight Gaussian mixture."""
+    t = t[:, None]
+    variance = (1 - t) ** 2 * SIGMA**2 + t**2
+    centred = x[:, None, :] - (1 - t[:, None]) * MODES[None]
+    log_weights = -(centred**2).sum(-1) / (2 * variance)
+    weights = torch.softmax(log_weights, dim=1)[..., None]
+    expected_noise = t[:, None] / variance[:, None] * centred
+    expected_x0 = MODES[None] + (1 - t[:, None]) * SIGMA**2 / variance[:, None] * centred
+    return (weights * (expected_noise - expected_x0)).sum(1)
+
+
+@pytest.mark.parametrize("sampler,steps", [(sample_euler, 100), (sample_heun, 25)])
+def test_sampler_with_exact_velocity_lands_on_the_mixture(sampler, steps):
+    noise = torch.randn(4000, 2, generator=torch.Generator().manual_seed(0))
+    samples = sampler(mixture_velocity, noise, time_grid(steps))
+    distances = torch.cdist(samples, MODES)
+    nearest = distances.argmin(1)
+    shares = torch.bincount(nearest, minlength=4).float() / len(samples)
+    assert torch.all((shares - 0.25).abs() < 0.04), shares
+    spread = (samples - MODES[nearest]).std(0)
+    assert torch.all((spread - SIGMA).abs() < 0.1 * SIGMA), spread
+
+
+def test_heun_is_more_accurate_than_euler_at_equal_steps():
+    noise = torch.randn(500, 2, generator=torch.Generator().manual_seed(1))
+    exact = sample_heun(mixture_velocity, noise, time_grid(400))
+    euler_error = (sample_euler(mixture_velocity, noise, time_grid(10)) - exact).norm(dim=1).mean()
+    heun_error = (sample_heun(mixture_velocity, noise, time_grid(10)) - exact).norm(dim=1).mean()
+    assert heun_error < 0.5 * euler_error
+
+
+def test_last_x0_estimate_of_euler_is_the_sample_and_callback_runs_every_step():
+    states = []
+    noise = torch.randn(16, 2, generator=torch.Generator().manual_seed(2))
+    result = sample_euler(mixture_velocity, noise, time_grid(7), states.append)
+    assert [s.step for s in states] == list(range(7)) and all(s.total == 7 for s in states)
+    torch.testing.assert_close(states[-1].x0_estimate, result)
+
+
+def test_time_grid_runs_from_noise_to_data_and_shift_moves_steps_to_high_noise():
+    grid = time_grid(10)
+    assert grid[0] == 1 and grid[-1] == 0 and torch.all(grid[1:] < grid[:-1])
+    assert torch.all(time_grid(10, shift=3.0)[1:-1] > grid[1:-1])
+    with pytest.raises(ValueError, match="at least 1"):
+        time_grid(0)
+
+
+def test_interpolation_endpoints_are_data_and_noise():
+    x0, noise = torch.randn(3, 4), torch.randn(3, 4)
+    torch.testing.assert_close(interpolate(x0, noise, torch.zeros(3)), x0)
+    torch.testing.assert_close(interpolate(x0, noise, torch.ones(3)), noise)
+
+
+def test_logit_normal_timesteps_are_inside_unit_interval_and_centred():
+    t = logit_normal_timesteps(20000, 0.0, 1.0, torch.Generator().manual_seed(0))
+    assert t.min() > 0 and t.max() < 1
+    assert abs(t.median().item() - 0.5) < 0.02
+
+
+def test_loss_is_zero_for_a_model_that_knows_the_velocity():
+    x0 = torch.randn(64, 2)
+
+    def oracle(x_t, t, drop):  # with x0 known, v = (x_t - x0) / t
+        return (x_t - x0) / t[:, None]
+
+    loss = rectified_flow_loss(oracle, x0, torch.Generator().manual_seed(0))
+    assert loss.item() < 1e-8
+
+
+class LabelScale(torch.nn.Module):
+    """A velocity 'model' whose output is label + 1, or 0 for dropped samples."""
+
+    def forward(self, x, t, cond, drop=None):
+        value = cond.labels.float() + 1
+        if drop is not None:
+            value = torch.where(drop, torch.zeros_like(value), value)
+        return value.view(-1, 1).expand_as(x)
+
+
+@pytest.mark.parametrize("guidance", [0.0, 1.0, 2.5])
+def test_guidance_extrapolates_from_unconditional_to_conditional(guidance):
+    velocity = guided_velocity(LabelScale(), Conditioning(labels=torch.tensor([1, 3])), guidance)
+    out = velocity(torch.zeros(2, 2), torch.full((2,), 0.5))
+    expected = guidance * torch.tensor([2.0, 4.0])
+    torch.testing.assert_close(out[:, 0], expected)
+    assert not math.isnan(out.sum().item())
