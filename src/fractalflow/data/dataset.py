@@ -1,0 +1,76 @@
+"""An in-memory set of captioned images, the form every data source is loaded into."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fractalflow.model.conditioning import Conditioning
+
+
+@dataclass
+class CaptionedImages:
+    """Images with a caption each and, for class-labelled sets, a class id each.
+
+    ``images``: ``(N, C, S, S)`` uint8. ``labels``: ``(N,)`` int64 indices into
+    ``class_names`` (class-labelled sets only).
+    """
+
+    images: Tensor
+    captions: list[str]
+    labels: Tensor | None = None
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(
+                f"images must be a uint8 (N, C, H, W) tensor, got {self.images.dtype} {tuple(self.images.shape)}"
+            )
+        if len(self.captions) != len(self.images):
+            raise ValueError(f"{len(self.images)} images but {len(self.captions)} captions")
+        if self.labels is not None and len(self.labels) != len(self.images):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+        if len(self.images) == 0:
+            raise ValueError("the dataset is empty")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.images.shape[-1]
+
+    def pixels(self, indices: Tensor, size: int | None = None) -> Tensor:
+        """Images ``indices`` as float in [-1, 1], resized to ``size`` if given."""
+        x = self.images[indices].float().div(127.5).sub(1.0)
+        if size is not None and size != x.shape[-1]:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return x
+
+    def conditioning(self, indices: Tensor) -> Conditioning:
+        if self.labels is None:
+            raise ValueError("this dataset has no class labels; text conditioning needs a text encoder")
+        return Conditioning(labels=self.labels[indices])
+
+    def subset(self, indices: Tensor) -> CaptionedImages:
+        return CaptionedImages(
+            images=self.images[indices],
+            captions=[self.captions[i] for i in indices.tolist()],
+            labels=None if self.labels is None else self.labels[indices],
+            class_names=self.class_names,
+        )
+
+
+def square_resize(images: Tensor, size: int) -> Tensor:
+    """uint8 ``(N, C, H, W)`` -> uint8 ``(N, C, size, size)`` (area-averaged, antialiased)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8)
