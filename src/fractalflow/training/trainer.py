@@ -1,0 +1,215 @@
+"""The training loop: rectified flow with AdamW, warm-up + cosine, clipping, EMA,
+bf16 autocast on CUDA, TensorBoard logging, atomic checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from fractalflow.config import FractalConfig, TrainConfig
+from fractalflow.data.dataset import CaptionedImages
+from fractalflow.flow.objective import rectified_flow_loss
+from fractalflow.flow.samplers import guided_velocity, sample_euler, time_grid
+from fractalflow.model.flops import forward_flops
+from fractalflow.model.transformer import FractalTransformer
+from fractalflow.model.weights import save_model
+from fractalflow.training.checkpoint import TrainingState, list_checkpoints, load_checkpoint, save_checkpoint
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, floor: float = 0.05):
+    """LR multiplier: linear warm-up, then cosine decay to ``floor``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def training_flops_per_image(model: FractalTransformer, image_size: int) -> float:
+    """Forward + backward FLOPs for one image (3x the forward)."""
+    return 3.0 * forward_flops(model, image_size)
+
+
+class Trainer:
+    """Trains a FractalTransformer on a captioned dataset and writes checkpoints under ``out_dir``.
+
+    ``out_dir/checkpoints/step_*`` hold resumable states, ``out_dir/model`` the final EMA
+    model folder, ``out_dir/logs`` TensorBoard events. All randomness after model
+    initialisation (batches, noise, times, condition dropout) comes from one CPU
+    generator whose state is checkpointed, so a resumed run matches an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        model_config: FractalConfig,
+        train_config: TrainConfig,
+        dataset: CaptionedImages,
+        out_dir: str | Path,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+    ):
+        if model_config.in_channels != dataset.channels:
+            raise ValueError(f"model has in_channels={model_config.in_channels} but the data has {dataset.channels}")
+        self.config, self.model_config, self.dataset = train_config, model_config, dataset
+        self.out_dir = Path(out_dir)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.progress = progress
+        torch.manual_seed(train_config.seed)
+        self.model = FractalTransformer(model_config).to(self.device)
+        self.ema = AveragedModel(
+            self.model, multi_avg_fn=get_ema_multi_avg_fn(train_config.ema_decay), use_buffers=True
+        )
+        decay, no_decay = [], []
+        for param in self.model.parameters():
+            (decay if param.dim() >= 2 else no_decay).append(param)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": train_config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=train_config.learning_rate,
+            betas=(0.9, 0.99),
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(train_config.warmup_steps, train_config.steps)
+        )
+        self.generator = torch.Generator().manual_seed(train_config.seed)
+        self.step = 0
+        self._writer = None
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        wanted = self.config.mixed_precision
+        if wanted == "bf16" or (wanted == "auto" and self.device.type == "cuda"):
+            return torch.bfloat16
+        return None
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    def writer(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.out_dir / "logs"))
+        return self._writer
+
+    def resume(self) -> bool:
+        """Load the newest checkpoint under ``out_dir`` if there is one; True if resumed."""
+        found = list_checkpoints(self.checkpoint_dir)
+        if not found:
+            return False
+        state = load_checkpoint(found[-1])
+        self.model.load_state_dict(state.model)
+        self.ema.load_state_dict(state.ema)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        self.generator.set_state(state.rng["generator"])
+        torch.set_rng_state(state.rng["torch"])
+        self.step = state.step
+        return True
+
+    def save_checkpoint(self) -> Path:
+        rng = {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}
+        state = TrainingState(
+            step=self.step,
+            model=self.model.state_dict(),
+            ema=self.ema.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            rng=rng,
+            info={"model_config": self.model_config.to_dict(), "train_config": self.config.to_dict()},
+        )
+        return save_checkpoint(self.checkpoint_dir, state, self.config.keep_checkpoints)
+
+    def train_step(self) -> float:
+        """One optimizer step on a random batch; returns the loss."""
+        config = self.config
+        indices = torch.randint(len(self.dataset), (config.batch_size,), generator=self.generator)
+        x0 = self.dataset.pixels(indices, config.image_size).to(self.device)
+        cond = self.dataset.conditioning(indices).to(self.device)
+        dtype = self.autocast_dtype
+        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = rectified_flow_loss(
+                lambda x_t, t, drop: self.model(x_t, t, cond, drop),
+                x0,
+                self.generator,
+                config.cond_drop_prob,
+                config.timestep_mean,
+                config.timestep_std,
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.ema.update_parameters(self.model)
+        self.step += 1
+        return loss.item()
+
+    def train(self, stop_at: int | None = None) -> dict[str, float]:
+        """Run until ``config.steps`` (or ``stop_at``, to split a run); returns summary numbers."""
+        config = self.config
+        end = min(config.steps, stop_at or config.steps)
+        flops = training_flops_per_image(self.model, config.image_size)
+        bar = tqdm(total=end, initial=self.step, desc="train", unit="step", disable=not self.progress)
+        losses: list[float] = []
+        images, started = 0, time.perf_counter()
+        while self.step < end:
+            losses.append(self.train_step())
+            images += config.batch_size
+            bar.update(1)
+            elapsed = time.perf_counter() - started
+            if self.step % config.log_every == 0 or self.step == end:
+                rate = images / elapsed
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{rate:.1f}", tflops=f"{rate * flops / 1e12:.3f}")
+                writer = self.writer()
+                writer.add_scalar("train/loss", losses[-1], self.step)
+                writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
+                writer.add_scalar("train/images_per_s", rate, self.step)
+            if config.sample_every and self.step % config.sample_every == 0:
+                self.writer().add_image("samples", self.sample_grid(), self.step)
+            if config.checkpoint_every and (self.step % config.checkpoint_every == 0 or self.step == config.steps):
+                self.save_checkpoint()
+        bar.close()
+        if self.step == config.steps:
+            self.export(self.out_dir / "model")
+        if self._writer is not None:
+            self._writer.flush()
+        elapsed = time.perf_counter() - started
+        return {
+            "step": self.step,
+            "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
+            "images_per_s": images / elapsed if elapsed > 0 else 0.0,
+            "train_flops_per_image": flops,
+            "seconds": elapsed,
+        }
+
+    def export(self, folder: Path, dtype: torch.dtype | None = None) -> None:
+        """Write the EMA weights as a model folder (config.json + model.safetensors)."""
+        save_model(self.ema.module, folder, dtype)
+
+    @torch.no_grad()
+    def sample_grid(self, steps: int = 20, guidance: float = 3.0) -> torch.Tensor:
+        """A ``(C, H, W)`` row of EMA samples in [0, 1], one per class (up to 8), for TensorBoard."""
+        model = self.ema.module.eval()
+        if self.dataset.labels is not None:
+            firsts = [int((self.dataset.labels == k).nonzero()[0]) for k in self.dataset.labels.unique()[:8].tolist()]
+            indices = torch.tensor(firsts)
+        else:
+            indices = torch.arange(min(8, len(self.dataset)))
+        cond = self.dataset.conditioning(indices).to(self.device)
+        count = len(indices)
+        gen = torch.Generator().manual_seed(0)
+        size = self.config.image_size
+        noise = torch.randn(count, self.model_config.in_channels, size, size, generator=gen).to(self.device)
+        images = sample_euler(guided_velocity(model, cond, guidance), noise, time_grid(steps, device=self.device))
+        row = images.clamp(-1, 1).add(1).div(2).permute(1, 2, 0, 3).reshape(self.model_config.in_channels, size, -1)
+        return row.float().cpu()

@@ -1,0 +1,103 @@
+"""Trainer: it learns, it checkpoints atomically, and a resumed run equals an uninterrupted one."""
+
+import json
+
+import pytest
+import torch
+
+from fractalflow import Conditioning, TrainConfig, model_preset
+from fractalflow.data import load_digits
+from fractalflow.flow import guided_velocity, sample_euler, time_grid
+from fractalflow.model.weights import load_model
+from fractalflow.training import Trainer
+from fractalflow.training.checkpoint import list_checkpoints
+
+
+def digits(count):
+    return load_digits(16).subset(torch.arange(count))
+
+
+def make_trainer(out_dir, dataset, **overrides):
+    settings = dict(
+        steps=40,
+        batch_size=8,
+        image_size=16,
+        learning_rate=3e-3,
+        warmup_steps=5,
+        checkpoint_every=10,
+        keep_checkpoints=2,
+        sample_every=0,
+        log_every=10,
+        cond_drop_prob=0.2,
+    )
+    config = model_preset("tiny", in_channels=1, class_names=dataset.class_names, sample_size=16)
+    return Trainer(config, TrainConfig(**{**settings, **overrides}), dataset, out_dir, device="cpu", progress=False)
+
+
+@pytest.mark.slow
+def test_tiny_model_memorises_a_handful_of_digits(tmp_path):
+    dataset = digits(8)  # digits 0..7, one image each
+    trainer = make_trainer(tmp_path, dataset, steps=300, batch_size=16, checkpoint_every=0, cond_drop_prob=0.0)
+    losses = [trainer.train_step() for _ in range(300)]
+    first, last = sum(losses[:10]) / 10, sum(losses[-50:]) / 50
+    assert last < 0.12 and last < 0.15 * first, (first, last)
+
+    model = trainer.model.eval()
+    noise = torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        samples = sample_euler(guided_velocity(model, Conditioning(labels=dataset.labels), 1.0), noise, time_grid(20))
+    real = dataset.pixels(torch.arange(8)).flatten(1)
+    nearest = torch.cdist(samples.flatten(1), real).argmin(1)
+    assert (nearest == torch.arange(8)).sum() >= 7, nearest
+
+
+def test_resume_after_interruption_reproduces_the_uninterrupted_run(tmp_path):
+    dataset = digits(64)
+    straight = make_trainer(tmp_path / "straight", dataset)
+    straight.train()
+
+    interrupted = make_trainer(tmp_path / "split", dataset)
+    interrupted.train(stop_at=20)
+    del interrupted
+    resumed = make_trainer(tmp_path / "split", dataset)
+    assert resumed.resume() and resumed.step == 20
+    resumed.train()
+
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    for (name, a), b in zip(straight.ema.state_dict().items(), resumed.ema.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_checkpoints_are_complete_folders_and_old_ones_are_pruned(tmp_path):
+    trainer = make_trainer(tmp_path, digits(32), steps=30)
+    trainer.train()
+    found = list_checkpoints(tmp_path / "checkpoints")
+    assert [p.name for p in found] == ["step_0000020", "step_0000030"]
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
+    for folder in found:
+        names = sorted(p.name for p in folder.iterdir())
+        assert names == [
+            "ema.safetensors",
+            "model.safetensors",
+            "optimizer.safetensors",
+            "rng.safetensors",
+            "trainer_state.json",
+        ]
+    assert json.loads((found[-1] / "trainer_state.json").read_text())["step"] == 30
+
+
+def test_finished_run_exports_the_ema_weights_as_a_model_folder(tmp_path):
+    trainer = make_trainer(tmp_path, digits(32), steps=12, checkpoint_every=0)
+    trainer.train()
+    loaded = load_model(tmp_path / "model")
+    for (name, exported), ema in zip(loaded.state_dict().items(), trainer.ema.module.state_dict().values()):
+        assert torch.equal(exported, ema), name
+    assert any(not torch.equal(a, b) for a, b in zip(trainer.model.parameters(), trainer.ema.module.parameters()))
+
+
+def test_data_with_other_channels_than_the_model_is_rejected(tmp_path):
+    dataset = digits(8)
+    config = model_preset("tiny", in_channels=3, class_names=dataset.class_names)
+    with pytest.raises(ValueError, match="in_channels=3"):
+        Trainer(config, TrainConfig(), dataset, tmp_path)
