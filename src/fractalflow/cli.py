@@ -1,0 +1,165 @@
+"""The ``fractalflow`` command: ``generate`` and ``train``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from fractalflow.config import MODEL_PRESETS, TrainConfig, model_preset
+
+
+class UsageError(Exception):
+    """Bad input from the command line: printed as one clear line, exit status 2."""
+
+
+def _add_train_config_options(parser: argparse.ArgumentParser) -> None:
+    helps = {
+        "steps": "optimizer steps in total",
+        "batch_size": "images per step",
+        "image_size": "training resolution in pixels (a multiple of the model's downsampling)",
+        "learning_rate": "peak AdamW learning rate",
+        "weight_decay": "AdamW weight decay (matrices only)",
+        "warmup_steps": "linear warm-up steps before the cosine decay",
+        "grad_clip": "clip the gradient norm to this (0 = off)",
+        "ema_decay": "decay of the exponential moving average of the weights that is exported",
+        "cond_drop_prob": "share of samples trained without condition (for classifier-free guidance)",
+        "timestep_mean": "mean of the logit-normal timestep distribution",
+        "timestep_std": "std of the logit-normal timestep distribution",
+        "checkpoint_every": "write a resumable checkpoint every N steps",
+        "keep_checkpoints": "how many checkpoints to keep",
+        "sample_every": "log a sample grid to TensorBoard every N steps (0 = never)",
+        "log_every": "log scalars every N steps",
+        "seed": "seed of the model initialisation and of all training randomness",
+        "mixed_precision": "'auto' (bf16 on CUDA), 'no' or 'bf16'",
+    }
+    for field in dataclasses.fields(TrainConfig):
+        if field.name not in helps:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        parser.add_argument(
+            flag,
+            type=type(field.default),
+            default=field.default,
+            help=f"{helps[field.name]} (default: {field.default})",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fractalflow", description="Small, fast pixel-space image generation.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser(
+        "generate",
+        help="generate an image from a prompt",
+        description="Generate an image from a prompt (several prompts make a grid).",
+    )
+    generate.add_argument("prompt", nargs="+", help="what to draw; for a class-conditional model, a class name")
+    generate.add_argument("-o", "--output", default="out.png", help="PNG file to write (default: out.png)")
+    generate.add_argument("--model", default=None, help="model folder or hub id (default: the shipped model)")
+    generate.add_argument("--steps", type=int, default=20, help="sampling steps, >= 1 (default: 20)")
+    generate.add_argument(
+        "--guidance", type=float, default=3.0, help="classifier-free guidance scale, >= 0 (default: 3)"
+    )
+    generate.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    generate.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="side in pixels, a multiple of the model's downsampling (default: the model's)",
+    )
+    generate.add_argument("--sampler", default="euler", help="euler or heun (default: euler)")
+    generate.add_argument(
+        "--num-images", type=int, default=1, help="images per prompt, shown side by side (default: 1)"
+    )
+    generate.add_argument(
+        "--upscale",
+        type=int,
+        default=1,
+        help="enlarge the saved PNG by this integer factor with nearest-neighbour pixels (default: 1)",
+    )
+
+    train = commands.add_parser(
+        "train",
+        help="train a model on a captioned dataset",
+        description="Train a FractalTransformer with rectified flow; resumes from the "
+        "newest checkpoint in --out unless --no-resume.",
+    )
+    train.add_argument("--data", required=True, help="'fashion-mnist', 'digits', or an imagefolder with metadata.jsonl")
+    train.add_argument(
+        "--out", required=True, help="run folder: checkpoints/, logs/ (TensorBoard) and the final model/"
+    )
+    train.add_argument("--preset", default="small", choices=sorted(MODEL_PRESETS), help="model size (default: small)")
+    train.add_argument(
+        "--model-config", default=None, help="JSON file of FractalConfig fields, applied over the preset"
+    )
+    train.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    train.add_argument("--no-resume", action="store_true", help="start afresh even if checkpoints exist")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_train_config_options(train)
+    return parser
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    from fractalflow.pipeline import FractalFlowPipeline, save_png
+
+    if args.num_images < 1:
+        raise UsageError(f"--num-images={args.num_images}: must be >= 1")
+    if args.upscale < 1:
+        raise UsageError(f"--upscale={args.upscale}: must be >= 1")
+    pipeline = FractalFlowPipeline.from_pretrained(args.model) if args.model else FractalFlowPipeline.default()
+    result = pipeline.generate(
+        args.prompt,
+        num_images_per_prompt=args.num_images,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        size=args.size,
+        sampler=args.sampler,
+        progress=True,
+    )
+    path = save_png(result.grid(columns=args.num_images), Path(args.output), result.metadata, upscale=args.upscale)
+    print(f"wrote {path} ({result.metadata['seconds']:.2f} s)")
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from fractalflow.data import load_dataset
+    from fractalflow.training import Trainer
+
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}
+    train_config = TrainConfig(**{name: getattr(args, name) for name in train_fields})
+    dataset = load_dataset(args.data, train_config.image_size)
+    overrides = json.loads(Path(args.model_config).read_text()) if args.model_config else {}
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    model_config = model_preset(
+        args.preset,
+        **{
+            "in_channels": dataset.channels,
+            "class_names": dataset.class_names,
+            "sample_size": train_config.image_size,
+            **overrides,
+        },
+    )
+    trainer = Trainer(model_config, train_config, dataset, args.out, device=args.device, progress=not args.no_progress)
+    if not args.no_resume and trainer.resume():
+        print(f"resumed from step {trainer.step}")
+    summary = trainer.train()
+    print(json.dumps(summary, indent=2))
+    if trainer.step == train_config.steps:
+        print(f"model written to {Path(args.out) / 'model'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        {"generate": run_generate, "train": run_train}[args.command](args)
+    except (UsageError, ValueError, FileNotFoundError, NotADirectoryError) as error:
+        print(f"fractalflow {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""The one progress event type, shared by the Python callback, the server and the UI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PIL import Image
+from torch import Tensor
+
+
+@dataclass
+class ProgressEvent:
+    """Progress of one generation: ``stage`` name, ``step`` of ``total`` (1-based),
+    ``elapsed`` seconds, and ``preview``: the current clean-image estimate,
+    ``(B, C, H, W)`` in [-1, 1] on the CPU."""
+
+    stage: str
+    step: int
+    total: int
+    elapsed: float
+    preview: Tensor
+
+    def preview_images(self) -> list[Image.Image]:
+        return tensor_to_images(self.preview)
+
+
+def tensor_to_images(images: Tensor) -> list[Image.Image]:
+    """``(B, C, H, W)`` in [-1, 1] -> PIL images (``L`` for one channel, ``RGB`` for three)."""
+    array = images.detach().float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    if array.shape[-1] == 1:
+        return [Image.fromarray(a[..., 0], mode="L") for a in array]
+    return [Image.fromarray(a, mode="RGB") for a in array]

@@ -1,0 +1,179 @@
+"""FractalFlowPipeline: the one object a user holds (load, generate, save)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, PngImagePlugin
+from tqdm.auto import tqdm
+
+from fractalflow.events import ProgressEvent, tensor_to_images
+from fractalflow.files import atomic_path
+from fractalflow.flow.samplers import StepState, get_sampler, guided_velocity, time_grid
+from fractalflow.hub import resolve_model_folder
+from fractalflow.model.conditioning import Conditioning
+from fractalflow.model.transformer import FractalTransformer
+from fractalflow.model.weights import load_model, save_model
+
+DEFAULT_MODEL = "default"
+
+
+def default_model_folder() -> Path:
+    """The model shipped inside the package."""
+    return Path(str(resources.files("fractalflow") / "weights" / DEFAULT_MODEL))
+
+
+@dataclass
+class GenerationResult:
+    """Images in prompt order (``num_images_per_prompt`` per prompt) and how they were made."""
+
+    images: list[Image.Image]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def grid(self, columns: int = 1) -> Image.Image:
+        """All images in one picture, ``columns`` per row."""
+        width, height = self.images[0].size
+        rows = -(-len(self.images) // columns)
+        sheet = Image.new(self.images[0].mode, (columns * width, rows * height), "white")
+        for i, image in enumerate(self.images):
+            sheet.paste(image, ((i % columns) * width, (i // columns) * height))
+        return sheet
+
+
+def save_png(image: Image.Image, path: Path, metadata: dict[str, Any], upscale: int = 1) -> Path:
+    """Write ``image`` as a PNG with ``metadata`` in its text chunk, atomically."""
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"output {str(path)!r} must end in .png")
+    if upscale > 1:
+        image = image.resize((image.width * upscale, image.height * upscale), Image.Resampling.NEAREST)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("fractalflow", json.dumps(metadata))
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
+    return path
+
+
+class FractalFlowPipeline:
+    """Text/class to image with a FractalTransformer and a rectified-flow sampler.
+
+    ``FractalFlowPipeline.from_pretrained(folder_or_hub_id)`` loads a model folder;
+    ``FractalFlowPipeline.default()`` the one shipped in the package;
+    ``generate(prompt, ...)`` returns a :class:`GenerationResult`.
+    """
+
+    def __init__(self, model: FractalTransformer, device: str | torch.device = "cpu", source: str = ""):
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.source = source
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
+    ) -> FractalFlowPipeline:
+        folder = resolve_model_folder(name_or_path)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(load_model(folder, dtype=dtype, device=device), device=device, source=str(name_or_path))
+
+    @classmethod
+    def default(cls, device: str | torch.device | None = None) -> FractalFlowPipeline:
+        return cls.from_pretrained(default_model_folder(), device=device)
+
+    def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> None:
+        save_model(self.model, folder, dtype)
+
+    def encode_prompts(self, prompts: list[str]) -> Conditioning:
+        """Conditioning for ``prompts``; a class-conditional model takes the class named in each."""
+        names = self.config.class_names
+        if not names:
+            raise ValueError("this model is text-conditional, and this version has no text encoder to run it")
+        labels = []
+        for prompt in prompts:
+            lowered = prompt.lower()
+            found = [
+                i for i, name in enumerate(names) if re.search(rf"(?<!\w){re.escape(name.lower())}(?!\w)", lowered)
+            ]
+            if not found:
+                raise ValueError(f"prompt {prompt!r} names no class of this model; allowed classes: {', '.join(names)}")
+            labels.append(max(found, key=lambda i: len(names[i])))
+        return Conditioning(labels=torch.tensor(labels, dtype=torch.long))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str | list[str],
+        num_images_per_prompt: int = 1,
+        steps: int = 20,
+        guidance: float = 3.0,
+        seed: int | None = None,
+        size: int | None = None,
+        sampler: str = "euler",
+        callback: Callable[[ProgressEvent], None] | None = None,
+        progress: bool = False,
+    ) -> GenerationResult:
+        """Generate ``num_images_per_prompt`` images for each prompt.
+
+        Image ``i`` starts from noise seeded with ``seed + i``, so an image does not
+        depend on what else is in the batch. ``callback`` gets a :class:`ProgressEvent`
+        after every step.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or any(not p.strip() for p in prompts):
+            raise ValueError("prompt must be a non-empty string or a list of non-empty strings")
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt={num_images_per_prompt} must be >= 1")
+        if steps < 1:
+            raise ValueError(f"steps={steps}: at least 1 sampling step is required")
+        size = size or self.config.sample_size
+        self.model.check_size(size, size)
+        sample = get_sampler(sampler)
+        seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else seed
+
+        started = time.perf_counter()
+        cond = self.encode_prompts(prompts).repeat(num_images_per_prompt).to(self.device)
+        count = len(prompts) * num_images_per_prompt
+        channels = self.config.in_channels
+        noise = torch.stack(
+            [torch.randn(channels, size, size, generator=torch.Generator().manual_seed(seed + i)) for i in range(count)]
+        ).to(self.device)
+        bar = tqdm(total=steps, desc="generate", unit="step", disable=not progress)
+
+        def on_step(state: StepState) -> None:
+            bar.update(1)
+            if callback is not None:
+                callback(
+                    ProgressEvent(
+                        "sample",
+                        state.step + 1,
+                        state.total,
+                        time.perf_counter() - started,
+                        state.x0_estimate.float().cpu(),
+                    )
+                )
+
+        velocity = guided_velocity(self.model, cond, guidance)
+        images = sample(velocity, noise, time_grid(steps, device=self.device), on_step)
+        bar.close()
+        seconds = time.perf_counter() - started
+        metadata = {
+            "prompts": prompts,
+            "seeds": [seed + i for i in range(count)],
+            "steps": steps,
+            "guidance": guidance,
+            "sampler": sampler,
+            "size": size,
+            "seconds": seconds,
+            "model": self.source,
+        }
+        return GenerationResult(tensor_to_images(images.cpu()), metadata)

@@ -1,0 +1,142 @@
+"""The fractalflow command: it writes images, explains its options, and fails clearly."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from fractalflow.cli import build_parser, main
+
+
+def run(capsys, *argv):
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_generate_writes_a_png_with_its_settings(tmp_path, tiny_model_folder, capsys):
+    out = tmp_path / "img.png"
+    status, stdout, _ = run(
+        capsys,
+        "generate",
+        "two",
+        "nine",
+        "--model",
+        str(tiny_model_folder),
+        "--steps",
+        "3",
+        "--num-images",
+        "2",
+        "--seed",
+        "4",
+        "-o",
+        str(out),
+    )
+    assert status == 0 and "wrote" in stdout
+    with Image.open(out) as image:
+        assert image.size == (32, 32)  # 2 prompts x 2 images of 16 px
+        settings = json.loads(image.text["fractalflow"])
+    assert settings["prompts"] == ["two", "nine"] and settings["steps"] == 3 and settings["seeds"] == [4, 5, 6, 7]
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--steps", "0"], "at least 1 sampling step"),
+        (["--size", "18"], "multiples of 4"),
+        (["--sampler", "ddim"], "unknown sampler"),
+        (["-o", "x.jpg"], "must end in .png"),
+        (["--num-images", "0"], "--num-images=0"),
+        (["--model", "/no/such/folder"], "does not exist"),
+    ],
+)
+def test_generate_bad_input_is_one_clear_error_and_no_file(tmp_path, tiny_model_folder, capsys, extra, message):
+    argv = ["generate", "one", "--model", str(tiny_model_folder), "-o", str(tmp_path / "out.png"), *extra]
+    if "--model" in extra:
+        argv[2:4] = []
+    status, _, stderr = run(capsys, *argv)
+    assert status == 2 and message in stderr and "Traceback" not in stderr
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_every_option_has_help():
+    parser = build_parser()
+    subcommands = parser._subparsers._group_actions[0].choices
+    for name, sub in subcommands.items():
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+
+
+def test_train_then_generate_from_the_trained_model(tmp_path, capsys):
+    out = tmp_path / "run"
+    status, stdout, _ = run(
+        capsys,
+        "train",
+        "--data",
+        "digits",
+        "--out",
+        str(out),
+        "--preset",
+        "tiny",
+        "--steps",
+        "6",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "16",
+        "--checkpoint-every",
+        "3",
+        "--no-progress",
+    )
+    assert status == 0 and (out / "model" / "model.safetensors").is_file()
+    assert json.loads((out / "model" / "config.json").read_text())["class_names"][0] == "zero"
+    status, stdout, _ = run(
+        capsys,
+        "train",
+        "--data",
+        "digits",
+        "--out",
+        str(out),
+        "--preset",
+        "tiny",
+        "--steps",
+        "8",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "16",
+        "--checkpoint-every",
+        "3",
+        "--no-progress",
+    )
+    assert status == 0 and "resumed from step 6" in stdout
+    status, _, _ = run(
+        capsys, "generate", "eight", "--model", str(out / "model"), "--steps", "2", "-o", str(tmp_path / "eight.png")
+    )
+    assert status == 0 and (tmp_path / "eight.png").is_file()
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare is not available")
+def test_default_model_generates_with_no_network_at_all(tmp_path):
+    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
+        pytest.skip("this kernel does not let us make a network namespace")
+    out = tmp_path / "offline.png"
+    command = [
+        "unshare",
+        "-n",
+        sys.executable,
+        "-m",
+        "fractalflow.cli",
+        "generate",
+        "sneaker",
+        "--steps",
+        "4",
+        "-o",
+        str(out),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert out.is_file()

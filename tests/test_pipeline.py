@@ -1,0 +1,122 @@
+"""FractalFlowPipeline: loading, generating, saving, the shipped default model."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fractalflow import FractalFlowPipeline
+from fractalflow.pipeline import default_model_folder, save_png
+
+
+def pixels(image):
+    return np.asarray(image, dtype=np.int16)
+
+
+def test_save_then_load_gives_identical_images(tmp_path, tiny_class_model):
+    pipeline = FractalFlowPipeline(tiny_class_model)
+    before = pipeline.generate(["three", "seven"], steps=4, seed=5)
+    pipeline.save_pretrained(tmp_path / "saved")
+    after = FractalFlowPipeline.from_pretrained(tmp_path / "saved", device="cpu").generate(
+        ["three", "seven"], steps=4, seed=5
+    )
+    for a, b in zip(before.images, after.images):
+        assert np.array_equal(pixels(a), pixels(b))
+
+
+def test_same_seed_same_image_and_other_seed_other_image(tiny_model_folder):
+    pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    first = pipeline.generate("five", steps=3, seed=1).images[0]
+    again = pipeline.generate("five", steps=3, seed=1).images[0]
+    other = pipeline.generate("five", steps=3, seed=2).images[0]
+    assert np.array_equal(pixels(first), pixels(again))
+    assert not np.array_equal(pixels(first), pixels(other))
+
+
+def test_image_does_not_depend_on_the_rest_of_the_batch(tiny_model_folder):
+    pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    batch = pipeline.generate(["one", "two"], steps=3, seed=10)
+    alone = pipeline.generate("two", steps=3, seed=11)
+    assert batch.metadata["seeds"] == [10, 11]
+    assert np.abs(pixels(batch.images[1]) - pixels(alone.images[0])).max() <= 1
+
+
+def test_callback_gets_a_finite_preview_every_step(tiny_model_folder):
+    pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    events = []
+    result = pipeline.generate("four", steps=5, seed=0, size=32, callback=events.append)
+    assert [e.step for e in events] == [1, 2, 3, 4, 5] and {e.total for e in events} == {5}
+    assert all(torch.isfinite(e.preview).all() and e.preview.shape == (1, 1, 32, 32) for e in events)
+    assert events[-1].preview_images()[0].size == (32, 32)
+    assert result.images[0].size == (32, 32) and result.metadata["steps"] == 5
+
+
+def test_prompt_must_name_a_class_of_a_class_conditional_model(tiny_model_folder):
+    pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    assert pipeline.encode_prompts(["a digit seven, bold"]).labels.tolist() == [7]
+    with pytest.raises(ValueError, match="allowed classes: zero, one"):
+        pipeline.generate("a cat", steps=1)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"steps": 0}, "at least 1"),
+        ({"size": 18}, "multiples of 4"),
+        ({"sampler": "dpm"}, "euler"),
+        ({"guidance": -1.0}, "guidance"),
+        ({"num_images_per_prompt": 0}, "num_images_per_prompt"),
+    ],
+)
+def test_bad_settings_raise_clear_errors(tiny_model_folder, kwargs, message):
+    pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    with pytest.raises(ValueError, match=message):
+        pipeline.generate("one", **kwargs)
+
+
+def test_png_keeps_metadata_and_failed_write_leaves_no_file(tmp_path):
+    image = Image.new("L", (8, 8), 128)
+    path = save_png(image, tmp_path / "out.png", {"seed": 3}, upscale=2)
+    with Image.open(path) as loaded:
+        assert loaded.size == (16, 16) and json.loads(loaded.text["fractalflow"]) == {"seed": 3}
+    with pytest.raises(ValueError, match=r"\.png"):
+        save_png(image, tmp_path / "out.jpg", {})
+    assert sorted(os.listdir(tmp_path)) == ["out.png"]
+
+
+def test_hub_id_loads_from_the_local_hub_cache_offline(tmp_path, tiny_model_folder, monkeypatch):
+    snapshot = tmp_path / "hub" / "models--fractalflow--tiny-digits" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for file in tiny_model_folder.iterdir():
+        (snapshot / file.name).write_bytes(file.read_bytes())
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    pipeline = FractalFlowPipeline.from_pretrained("fractalflow/tiny-digits", device="cpu")
+    assert pipeline.config.class_names[3] == "three"
+    with pytest.raises(FileNotFoundError, match="not in the hub cache"):
+        FractalFlowPipeline.from_pretrained("fractalflow/missing-model", device="cpu")
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        FractalFlowPipeline.from_pretrained(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+        FractalFlowPipeline.from_pretrained(tmp_path / "empty")
+
+
+def test_default_model_ships_in_the_package_and_draws_its_classes():
+    folder = default_model_folder()
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    assert size < 30 * 1024**2
+    pipeline = FractalFlowPipeline.default(device="cpu")
+    result = pipeline.generate(["trouser", "bag"], steps=12, seed=0)
+    trouser, bag = (pixels(image).astype(float) for image in result.images)
+    assert trouser.std() > 20 and bag.std() > 20  # not blank
+    assert np.abs(trouser - bag).mean() > 10  # the condition matters
