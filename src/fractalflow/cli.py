@@ -128,7 +128,7 @@ def run_train(args: argparse.Namespace) -> None:
     from fractalflow.data import load_dataset
     from fractalflow.training import Trainer
 
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     train_config = TrainConfig(**{name: getattr(args, name) for name in train_fields})
     dataset = load_dataset(args.data, train_config.image_size)
     overrides = json.loads(Path(args.model_config).read_text()) if args.model_config else {}
