@@ -28,6 +28,7 @@ demo: $(VENV)/.installed
 	@echo "demo image: $(CURDIR)/demo.png"
 
 test: install
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(OFFLINE) $(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed

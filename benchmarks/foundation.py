@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 from fractalflow import Conditioning, FractalFlowPipeline, FractalTransformer
 from fractalflow.flow import rectified_flow_loss
+from fractalflow.hardware import describe_device
 from fractalflow.model.flops import forward_flops
 from fractalflow.pipeline import default_model_folder
 
@@ -75,7 +75,7 @@ def main() -> None:
     flops = {s: forward_flops(model, s) for s in sizes}
     twin_flops = {s: forward_flops(twin, s) for s in sizes}
     report = {
-        "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "hardware": describe_device("cpu"),
         "torch": torch.__version__,
         "baseline": "same FractalTransformer weights with global attention at every level",
         "parameters": sum(p.numel() for p in model.parameters()),

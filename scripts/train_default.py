@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 
 from fractalflow import FractalFlowPipeline, TrainConfig, model_preset
 from fractalflow.data import load_fashion_mnist
+from fractalflow.hardware import describe_device
 from fractalflow.pipeline import default_model_folder
 from fractalflow.training import Trainer
 
@@ -33,12 +33,6 @@ TRAIN = TrainConfig(
     log_every=25,
 )
 GRID_PROMPTS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
-
-
-def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def main() -> None:
@@ -60,7 +54,7 @@ def main() -> None:
     summary = trainer.train()
     summary["seconds_this_session"] = time.perf_counter() - started
     summary["resumed"] = resumed
-    summary["hardware"] = hardware(trainer.device)
+    summary["hardware"] = describe_device(trainer.device)
     summary["parameters"] = sum(p.numel() for p in trainer.model.parameters())
     print(json.dumps(summary, indent=2))
     if not args.install:

@@ -34,7 +34,6 @@ def make_trainer(out_dir, dataset, **overrides):
     return Trainer(config, TrainConfig(**{**settings, **overrides}), dataset, out_dir, device="cpu", progress=False)
 
 
-@pytest.mark.slow
 def test_tiny_model_memorises_a_handful_of_digits(tmp_path):
     dataset = digits(8)  # digits 0..7, one image each
     trainer = make_trainer(tmp_path, dataset, steps=300, batch_size=16, checkpoint_every=0, cond_drop_prob=0.0)
