@@ -4,6 +4,8 @@ import os
 import stat
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from fractalflow.files import atomic_directory, atomic_path, atomic_write_text
 
@@ -16,11 +18,12 @@ def test_written_files_and_folders_get_the_permissions_of_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
         atomic_write_text(tmp_path / "a.txt", "x")
-        atomic_directory(tmp_path / "folder", lambda d: (d / "f").write_text("y"))
+        atomic_directory(tmp_path / "folder", lambda d: save_file({"w": torch.zeros(1)}, d / "w.safetensors"))
     finally:
         os.umask(old)
     assert mode(tmp_path / "a.txt") == 0o644
     assert mode(tmp_path / "folder") == 0o755
+    assert mode(tmp_path / "folder" / "w.safetensors") == 0o644  # safetensors itself writes 0600
 
 
 def test_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):

@@ -41,14 +41,23 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def _normalise_permissions(folder: Path) -> None:
+    """mkdtemp makes 0700 and some writers (safetensors) 0600: give what we built the permissions
+    that mkdir and open would have given under the current umask."""
+    umask = _umask()
+    folder.chmod(0o777 & ~umask)
+    for item in folder.rglob("*"):
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~umask)
+
+
 def atomic_directory(path: Path, fill: Callable[[Path], None]) -> None:
     """Build a folder with ``fill(tmp_dir)`` and move it into place as a whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the permissions mkdir would
     try:
         fill(tmp)
+        _normalise_permissions(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
