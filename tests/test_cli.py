@@ -1,5 +1,6 @@
 """The fractalflow command: it writes images, explains its options, and fails clearly."""
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 
 from fractalflow.cli import build_parser, main
+from fractalflow.data.emoji import is_eval
 
 
 def run(capsys, *argv):
@@ -62,12 +64,46 @@ def test_generate_bad_input_is_one_clear_error_and_no_file(tmp_path, tiny_model_
     assert not list(tmp_path.glob("*.png"))
 
 
-def test_every_option_has_help():
-    parser = build_parser()
-    subcommands = parser._subparsers._group_actions[0].choices
-    for name, sub in subcommands.items():
-        for action in sub._actions:
-            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+def test_every_option_of_every_command_has_help():
+    def check(parser, path):
+        for action in parser._actions:
+            assert action.help, f"{path} {action.option_strings or action.dest} has no help"
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    check(sub, f"{path} {name}")
+
+    check(build_parser(), "fractalflow")
+
+
+def test_data_prepare_prints_counts_and_what_it_skipped(tmp_path, capsys):
+    from test_emoji_data import fake_node_modules
+
+    sources = fake_node_modules(tmp_path / "nm")
+    status, stdout, _ = run(
+        capsys,
+        "data",
+        "prepare",
+        "--out",
+        str(tmp_path / "out"),
+        "--sources",
+        str(sources),
+        "--sizes",
+        "16",
+        "--workers",
+        "1",
+    )
+    assert status == 0
+    assert "skipped openmoji: npm package 'openmoji' not found" in stdout
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in stdout.splitlines()
+        if line.startswith(("noto", "tabler", "total"))
+    }
+    noto_eval = sum(is_eval("noto", key) for key in ("1f600", "2764-fe0f"))
+    tabler_eval = int(is_eval("tabler", "bell-outline"))
+    assert rows["noto"] == [str(2 - noto_eval), str(noto_eval)]
+    assert rows["tabler"] == [str(1 - tabler_eval), str(tabler_eval)]
+    assert rows["total"] == [str(3 - noto_eval - tabler_eval), str(noto_eval + tabler_eval)]
 
 
 def test_train_then_generate_from_the_trained_model(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The ``fractalflow`` command: ``generate`` and ``train``."""
+"""The ``fractalflow`` command: ``generate``, ``train`` and ``data prepare``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 from fractalflow.config import MODEL_PRESETS, TrainConfig, model_preset
@@ -20,6 +21,8 @@ def _add_train_config_options(parser: argparse.ArgumentParser) -> None:
         "steps": "optimizer steps in total",
         "batch_size": "images per step",
         "image_size": "training resolution in pixels (a multiple of the model's downsampling)",
+        "resolutions": "comma-separated sizes to train on, one drawn per step with the batch scaled to keep "
+        "pixels per step constant, e.g. 32,64,128 (default: image-size only)",
         "learning_rate": "peak AdamW learning rate",
         "weight_decay": "AdamW weight decay (matrices only)",
         "warmup_steps": "linear warm-up steps before the cosine decay",
@@ -39,17 +42,21 @@ def _add_train_config_options(parser: argparse.ArgumentParser) -> None:
         if field.name not in helps:
             continue
         flag = "--" + field.name.replace("_", "-")
-        parser.add_argument(
-            flag,
-            type=type(field.default),
-            default=field.default,
-            help=f"{helps[field.name]} (default: {field.default})",
-        )
+        kind = _size_list if isinstance(field.default, tuple) else type(field.default)
+        shown = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
+        parser.add_argument(flag, type=kind, default=field.default, help=f"{helps[field.name]} (default: {shown})")
+
+
+def _size_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of sizes, e.g. 32,64,128") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fractalflow", description="Small, fast pixel-space image generation.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, help="what to do")
 
     generate = commands.add_parser(
         "generate",
@@ -99,7 +106,40 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-resume", action="store_true", help="start afresh even if checkpoints exist")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_train_config_options(train)
+    data = commands.add_parser("data", help="prepare datasets", description="Prepare datasets from packaged sources.")
+    data_commands = data.add_subparsers(dest="data_command", required=True, help="which data step")
+    prepare = data_commands.add_parser(
+        "prepare",
+        help="build the emoji and icon set",
+        description="Rasterise Noto, Twemoji, OpenMoji and Tabler from their npm packages onto white, at each "
+        "size, into a packed cache (images-<size>.npy + records.jsonl) with the train/eval split.",
+    )
+    prepare.add_argument("--out", default="data/emoji", help="folder to write (default: data/emoji)")
+    prepare.add_argument(
+        "--sources",
+        default="data/node_modules",
+        help="node_modules holding the npm packages (default: data/node_modules)",
+    )
+    prepare.add_argument("--sizes", type=_size_list, default=(64, 128), help="sizes in pixels (default: 64,128)")
+    prepare.add_argument("--workers", type=int, default=4, help="rasterising threads (default: 4)")
     return parser
+
+
+def run_data(args: argparse.Namespace) -> None:
+    from fractalflow.data.emoji import prepare
+
+    if not args.sizes or args.workers < 1:
+        raise UsageError("--sizes needs at least one size and --workers must be >= 1")
+    started = time.perf_counter()
+    summary = prepare(Path(args.sources), Path(args.out), tuple(args.sizes), args.workers)
+    for source, message in summary["missing"].items():
+        print(f"skipped {source}: {message}")
+    print(f"{'source':<10} {'train':>7} {'eval':>6}")
+    for source, counts in summary["counts"].items():
+        print(f"{source:<10} {counts['train']:>7} {counts['eval']:>6}")
+    total = {split: sum(c[split] for c in summary["counts"].values()) for split in ("train", "eval")}
+    print(f"{'total':<10} {total['train']:>7} {total['eval']:>6}")
+    print(f"wrote {args.out} at sizes {summary['sizes']} in {time.perf_counter() - started:.0f} s")
 
 
 def run_generate(args: argparse.Namespace) -> None:
@@ -142,7 +182,20 @@ def run_train(args: argparse.Namespace) -> None:
             **overrides,
         },
     )
-    trainer = Trainer(model_config, train_config, dataset, args.out, device=args.device, progress=not args.no_progress)
+    text_encoder = None
+    if not model_config.is_class_conditional:
+        from fractalflow.model.text import TextEncoder
+
+        text_encoder = TextEncoder.from_pretrained(model_config.text_encoder, device=args.device or "cpu")
+    trainer = Trainer(
+        model_config,
+        train_config,
+        dataset,
+        args.out,
+        device=args.device,
+        progress=not args.no_progress,
+        text_encoder=text_encoder,
+    )
     if not args.no_resume and trainer.resume():
         print(f"resumed from step {trainer.step}")
     summary = trainer.train()
@@ -154,7 +207,7 @@ def run_train(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"generate": run_generate, "train": run_train}[args.command](args)
+        {"generate": run_generate, "train": run_train, "data": run_data}[args.command](args)
     except (UsageError, ValueError, FileNotFoundError, NotADirectoryError) as error:
         print(f"fractalflow {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -66,6 +66,7 @@ class FractalConfig(JsonConfig):
     cross_attention_levels: int = 1
     class_names: tuple[str, ...] = ()
     sample_size: int = 32
+    text_encoder: str = "sentence-transformers/all-MiniLM-L6-v2"
 
     def __post_init__(self) -> None:
         problems = []
@@ -126,6 +127,7 @@ class TrainConfig(JsonConfig):
     steps: int = 2000
     batch_size: int = 64
     image_size: int = 32
+    resolutions: tuple[int, ...] = ()
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 100
@@ -146,5 +148,7 @@ class TrainConfig(JsonConfig):
             raise ValueError(f"steps ({self.steps}) and batch_size ({self.batch_size}) must be >= 1")
         if self.mixed_precision not in ("auto", "no", "bf16"):
             raise ValueError(f"mixed_precision={self.mixed_precision!r}; allowed: 'auto', 'no', 'bf16'")
+        if any(size < 1 for size in self.resolutions):
+            raise ValueError(f"resolutions={self.resolutions} must be positive sizes in pixels")
         if not 0.0 <= self.cond_drop_prob < 1.0:
             raise ValueError(f"cond_drop_prob={self.cond_drop_prob} must be in [0, 1)")

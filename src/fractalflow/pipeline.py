@@ -20,6 +20,7 @@ from fractalflow.files import atomic_path
 from fractalflow.flow.samplers import StepState, get_sampler, guided_velocity, time_grid
 from fractalflow.hub import resolve_model_folder
 from fractalflow.model.conditioning import Conditioning
+from fractalflow.model.text import TextEncoder
 from fractalflow.model.transformer import FractalTransformer
 from fractalflow.model.weights import load_model, save_model
 
@@ -69,10 +70,24 @@ class FractalFlowPipeline:
     ``generate(prompt, ...)`` returns a :class:`GenerationResult`.
     """
 
-    def __init__(self, model: FractalTransformer, device: str | torch.device = "cpu", source: str = ""):
+    def __init__(
+        self,
+        model: FractalTransformer,
+        device: str | torch.device = "cpu",
+        source: str = "",
+        text_encoder: TextEncoder | None = None,
+    ):
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.source = source
+        self._text_encoder = text_encoder
+
+    @property
+    def text_encoder(self) -> TextEncoder:
+        """The frozen text encoder named in the model's config, loaded on first use."""
+        if self._text_encoder is None:
+            self._text_encoder = TextEncoder.from_pretrained(self.config.text_encoder, device=self.device)
+        return self._text_encoder
 
     @property
     def config(self):
@@ -94,10 +109,10 @@ class FractalFlowPipeline:
         save_model(self.model, folder, dtype)
 
     def encode_prompts(self, prompts: list[str]) -> Conditioning:
-        """Conditioning for ``prompts``; a class-conditional model takes the class named in each."""
+        """Conditioning for ``prompts``: text features, or for a class-conditional model the class named in each."""
         names = self.config.class_names
         if not names:
-            raise ValueError("this model is text-conditional, and this version has no text encoder to run it")
+            return self.text_encoder.encode(prompts)
         labels = []
         for prompt in prompts:
             lowered = prompt.lower()

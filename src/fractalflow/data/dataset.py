@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -16,13 +17,15 @@ class CaptionedImages:
     """Images with a caption each and, for class-labelled sets, a class id each.
 
     ``images``: ``(N, C, S, S)`` uint8. ``labels``: ``(N,)`` int64 indices into
-    ``class_names`` (class-labelled sets only).
+    ``class_names`` (class-labelled sets only). ``other_sizes``: the same images stored
+    at other resolutions, ``{size: (N, C, size, size) uint8}``, used in place of resizing.
     """
 
     images: Tensor
     captions: list[str]
     labels: Tensor | None = None
     class_names: tuple[str, ...] = ()
+    other_sizes: dict[int, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -48,11 +51,22 @@ class CaptionedImages:
         return self.images.shape[-1]
 
     def pixels(self, indices: Tensor, size: int | None = None) -> Tensor:
-        """Images ``indices`` as float in [-1, 1], resized to ``size`` if given."""
-        x = self.images[indices].float().div(127.5).sub(1.0)
+        """Images ``indices`` as float in [-1, 1] at ``size``: the stored copy of that size,
+        else resized from the smallest stored copy that is larger (or the largest)."""
+        stored = {self.image_size: self.images, **self.other_sizes}
+        if size is None or size in stored:
+            source = stored[size or self.image_size]
+        else:
+            larger = [s for s in stored if s > size]
+            source = stored[min(larger) if larger else max(stored)]
+        x = source[indices].float().div(127.5).sub(1.0)
         if size is not None and size != x.shape[-1]:
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         return x
+
+    def sample_captions(self, indices: Tensor, rng: random.Random) -> list[str]:
+        """Captions to train on for ``indices``; sets with several phrasings draw one with ``rng``."""
+        return [self.captions[i] for i in indices.tolist()]
 
     def conditioning(self, indices: Tensor) -> Conditioning:
         if self.labels is None:
@@ -65,6 +79,7 @@ class CaptionedImages:
             captions=[self.captions[i] for i in indices.tolist()],
             labels=None if self.labels is None else self.labels[indices],
             class_names=self.class_names,
+            other_sizes={size: images[indices] for size, images in self.other_sizes.items()},
         )
 
 

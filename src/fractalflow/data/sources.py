@@ -116,12 +116,16 @@ def _load_square(path: Path, size: int, mode: str) -> np.ndarray:
 
 
 def load_dataset(spec: str, image_size: int, split: str = "train") -> CaptionedImages:
-    """A dataset by name (``fashion-mnist``, ``digits``) or by imagefolder path."""
+    """A dataset by name (``fashion-mnist``, ``digits``), a prepared emoji folder, or an imagefolder."""
     if spec == "fashion-mnist":
         return load_fashion_mnist(split, image_size)
     if spec == "digits":
         return load_digits(image_size)
     path = Path(spec)
+    if (path / "records.jsonl").is_file():
+        from fractalflow.data.emoji import load_emoji
+
+        return load_emoji(path, image_size, split)
     if path.is_dir():
         return load_imagefolder(path, image_size)
     raise ValueError(f"unknown dataset {spec!r}: give 'fashion-mnist', 'digits', or a folder with metadata.jsonl")

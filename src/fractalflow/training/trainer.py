@@ -4,6 +4,7 @@ bf16 autocast on CUDA, TensorBoard logging, atomic checkpoints and exact resume.
 from __future__ import annotations
 
 import math
+import random
 import time
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from fractalflow.config import FractalConfig, TrainConfig
 from fractalflow.data.dataset import CaptionedImages
 from fractalflow.flow.objective import rectified_flow_loss
 from fractalflow.flow.samplers import guided_velocity, sample_euler, time_grid
+from fractalflow.model.conditioning import Conditioning
 from fractalflow.model.flops import forward_flops
+from fractalflow.model.text import TextEncoder
 from fractalflow.model.transformer import FractalTransformer
 from fractalflow.model.weights import save_model
 from fractalflow.training.checkpoint import TrainingState, list_checkpoints, load_checkpoint, save_checkpoint
@@ -55,13 +58,17 @@ class Trainer:
         out_dir: str | Path,
         device: str | torch.device | None = None,
         progress: bool = True,
+        text_encoder: TextEncoder | None = None,
     ):
+        if not model_config.is_class_conditional and text_encoder is None:
+            raise ValueError("a text-conditional model (no class_names) needs a text_encoder to train")
         if model_config.in_channels != dataset.channels:
             raise ValueError(f"model has in_channels={model_config.in_channels} but the data has {dataset.channels}")
         self.config, self.model_config, self.dataset = train_config, model_config, dataset
         self.out_dir = Path(out_dir)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.progress = progress
+        self.text_encoder = text_encoder
         torch.manual_seed(train_config.seed)
         self.model = FractalTransformer(model_config).to(self.device)
         self.ema = AveragedModel(
@@ -80,6 +87,7 @@ class Trainer:
         )
         self.generator = torch.Generator().manual_seed(train_config.seed)
         self.step = 0
+        self.last_batch_size = train_config.batch_size
         self._writer = None
 
     @property
@@ -128,12 +136,34 @@ class Trainer:
         )
         return save_checkpoint(self.checkpoint_dir, state, self.config.keep_checkpoints)
 
+    def batch_shape(self) -> tuple[int, int]:
+        """(image size, batch size) of the next step: one of ``resolutions`` at random, with
+        the batch scaled so every step sees about the same number of pixels."""
+        config = self.config
+        if len(config.resolutions) <= 1:
+            return (config.resolutions or (config.image_size,))[0], config.batch_size
+        size = config.resolutions[int(torch.randint(len(config.resolutions), (1,), generator=self.generator))]
+        return size, max(1, round(config.batch_size * (config.image_size / size) ** 2))
+
+    def conditioning(self, indices: torch.Tensor, fixed_captions: bool = False) -> Conditioning:
+        """Class labels, or text features of the images' captions (freshly phrased unless ``fixed_captions``)."""
+        if self.model_config.is_class_conditional:
+            return self.dataset.conditioning(indices)
+        if fixed_captions:
+            captions = [self.dataset.captions[i] for i in indices.tolist()]
+        else:
+            rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
+            captions = self.dataset.sample_captions(indices, rng)
+        return self.text_encoder.encode(captions)
+
     def train_step(self) -> float:
         """One optimizer step on a random batch; returns the loss."""
         config = self.config
-        indices = torch.randint(len(self.dataset), (config.batch_size,), generator=self.generator)
-        x0 = self.dataset.pixels(indices, config.image_size).to(self.device)
-        cond = self.dataset.conditioning(indices).to(self.device)
+        size, batch = self.batch_shape()
+        indices = torch.randint(len(self.dataset), (batch,), generator=self.generator)
+        x0 = self.dataset.pixels(indices, size).to(self.device)
+        cond = self.conditioning(indices).to(self.device)
+        self.last_batch_size = batch
         dtype = self.autocast_dtype
         with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = rectified_flow_loss(
@@ -164,7 +194,7 @@ class Trainer:
         images, started = 0, time.perf_counter()
         while self.step < end:
             losses.append(self.train_step())
-            images += config.batch_size
+            images += self.last_batch_size
             bar.update(1)
             elapsed = time.perf_counter() - started
             if self.step % config.log_every == 0 or self.step == end:
@@ -204,8 +234,8 @@ class Trainer:
             firsts = [int((self.dataset.labels == k).nonzero()[0]) for k in self.dataset.labels.unique()[:8].tolist()]
             indices = torch.tensor(firsts)
         else:
-            indices = torch.arange(min(8, len(self.dataset)))
-        cond = self.dataset.conditioning(indices).to(self.device)
+            indices = torch.linspace(0, len(self.dataset) - 1, min(8, len(self.dataset))).long()
+        cond = self.conditioning(indices, fixed_captions=True).to(self.device)
         count = len(indices)
         gen = torch.Generator().manual_seed(0)
         size = self.config.image_size
