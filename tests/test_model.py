@@ -38,11 +38,13 @@ def test_fine_levels_use_shifted_windows_and_coarsest_is_global():
     windows = [(b.attn.window, b.attn.shift) for b in model.body.down_blocks]
     assert windows == [(8, 0)]
     assert [(b.attn.window, b.attn.shift) for b in model.body.inner.down_blocks] == [(8, 0)]
-    assert [(b.attn.window, b.attn.shift) for b in model.body.up_blocks] == [(8, 0)]
+    assert [(b.attn.window, b.attn.shift) for b in model.body.up_blocks] == [(8, 4)]
+    assert [(b.attn.window, b.attn.shift) for b in model.body.inner.up_blocks] == [(8, 4)]
     coarsest = model.body.inner.inner
     assert coarsest.inner is None and all(b.attn.window is None for b in coarsest.down_blocks)
     deeper = FractalTransformer(FractalConfig(widths=(32, 64), depths=(2, 1), head_dim=16, window=4))
     assert [b.attn.shift for b in deeper.body.down_blocks] == [0, 2]
+    assert [b.attn.shift for b in deeper.body.up_blocks] == [0, 2]
 
 
 def test_dropped_condition_ignores_the_label(tiny_class_model):

@@ -86,7 +86,7 @@ def test_tiny_text_model_learns_to_tell_two_prompts_apart(tmp_path, encoder):
     red_mean = data.pixels(torch.arange(8)).mean(0)
     blue_mean = data.pixels(torch.arange(8, 16)).mean(0)
     for i, image in enumerate(result.images):
-        x = torch.from_numpy(np.asarray(image)).permute(2, 0, 1).float() / 127.5 - 1
+        x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 127.5 - 1
         closer_to_red = (x - red_mean).pow(2).mean() < (x - blue_mean).pow(2).mean()
         assert closer_to_red == (i < 4), f"image {i} went to the wrong prompt"
 

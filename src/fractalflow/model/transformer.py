@@ -102,12 +102,14 @@ class FractalLevel(nn.Module):
         window = None if coarsest else config.window
         cross = config.uses_cross_attention(index)
 
-        def blocks() -> nn.ModuleList:
+        def blocks(first: int) -> nn.ModuleList:
+            # windows shift every other block counted over the whole level, down side then up side,
+            # so a level with one block a side still mixes across window borders
             return nn.ModuleList(
-                FractalBlock(config, width, window, shifted=i % 2 == 1, cross=cross) for i in range(depth)
+                FractalBlock(config, width, window, shifted=(first + i) % 2 == 1, cross=cross) for i in range(depth)
             )
 
-        self.down_blocks = blocks()
+        self.down_blocks = blocks(0)
         if coarsest:
             self.merge = self.inner = self.split = self.up_blocks = None
         else:
@@ -115,7 +117,7 @@ class FractalLevel(nn.Module):
             self.merge = TokenMerge(width, inner_width, config.merge_factor)
             self.inner = FractalLevel(config, index + 1)
             self.split = TokenSplit(inner_width, width, config.merge_factor)
-            self.up_blocks = blocks()
+            self.up_blocks = blocks(depth)
 
     def forward(self, x: Tensor, vector: Tensor, tokens: Tensor | None, mask: Tensor | None) -> Tensor:
         for block in self.down_blocks:
