@@ -100,3 +100,18 @@ def test_data_with_other_channels_than_the_model_is_rejected(tmp_path):
     config = model_preset("tiny", in_channels=3, class_names=dataset.class_names)
     with pytest.raises(ValueError, match="in_channels=3"):
         Trainer(config, TrainConfig(), dataset, tmp_path)
+
+
+def test_ema_warms_up_then_holds_its_decay():
+    from fractalflow.training.trainer import ema_with_warmup
+
+    update = ema_with_warmup(0.999)
+    average, value = [torch.zeros(3)], [torch.ones(3)]
+    update(average, value, torch.tensor(0))
+    assert torch.allclose(average[0], torch.full((3,), 0.9))  # n = 0: decay 1/10
+    for n in range(1, 20_000):
+        update(average, value, torch.tensor(n))
+    assert torch.allclose(average[0], torch.ones(3), atol=1e-6)  # the initialisation is forgotten
+    average = [torch.zeros(1)]
+    update(average, [torch.ones(1)], torch.tensor(10**6))
+    assert average[0].item() == pytest.approx(1e-3)  # late on: the configured decay

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from fractalflow.config import FractalConfig, TrainConfig
@@ -34,6 +34,21 @@ def warmup_cosine(warmup_steps: int, total_steps: int, floor: float = 0.05):
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def ema_with_warmup(decay: float):
+    """``multi_avg_fn`` for ``AveragedModel``: an EMA whose decay ramps up as ``(1 + n) / (10 + n)``
+    (n = updates so far) to ``decay``, so short runs do not export weights still tied to the
+    initialisation (with a fixed 0.999, 2,400 steps leave 9 % of the zero-initialised output)."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        for average, value in zip(averaged, current):
+            average.lerp_(value, weight)
+
+    return update
 
 
 def training_flops_per_image(model: FractalTransformer, image_size: int) -> float:
@@ -71,9 +86,7 @@ class Trainer:
         self.text_encoder = text_encoder
         torch.manual_seed(train_config.seed)
         self.model = FractalTransformer(model_config).to(self.device)
-        self.ema = AveragedModel(
-            self.model, multi_avg_fn=get_ema_multi_avg_fn(train_config.ema_decay), use_buffers=True
-        )
+        self.ema = AveragedModel(self.model, multi_avg_fn=ema_with_warmup(train_config.ema_decay), use_buffers=True)
         decay, no_decay = [], []
         for param in self.model.parameters():
             (decay if param.dim() >= 2 else no_decay).append(param)
