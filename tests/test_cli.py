@@ -64,6 +64,26 @@ def test_generate_bad_input_is_one_clear_error_and_no_file(tmp_path, tiny_model_
     assert not list(tmp_path.glob("*.png"))
 
 
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        ([], "no held-out set for a class model"),
+        (["--data", "fashion-mnist"], "needs a model trained on the Fashion-MNIST classes"),
+        (["--n", "1"], "num_images (1) must be >= 2"),
+    ],
+)
+def test_eval_bad_input_is_one_clear_error(tmp_path, tiny_model_folder, capsys, extra, message):
+    out = tmp_path / "eval.json"
+    status, _, stderr = run(capsys, "eval", "--model", str(tiny_model_folder), "--out", str(out), *extra)
+    assert status == 2 and message in stderr and "Traceback" not in stderr
+    assert not out.exists()
+
+
+def test_eval_of_a_text_model_needs_the_prepared_set(tmp_path, capsys):
+    status, _, stderr = run(capsys, "eval", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "e.json"))
+    assert status == 2 and "holds no prepared emoji set" in stderr
+
+
 def test_every_option_of_every_command_has_help():
     def check(parser, path):
         for action in parser._actions:
@@ -167,7 +187,7 @@ def test_default_model_generates_with_no_network_at_all(tmp_path):
         "-m",
         "fractalflow.cli",
         "generate",
-        "sneaker",
+        "red heart",
         "--steps",
         "4",
         "-o",

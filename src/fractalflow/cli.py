@@ -1,4 +1,4 @@
-"""The ``fractalflow`` command: ``generate``, ``train`` and ``data prepare``."""
+"""The ``fractalflow`` command: ``generate``, ``train``, ``eval`` and ``data prepare``."""
 
 from __future__ import annotations
 
@@ -106,6 +106,33 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-resume", action="store_true", help="start afresh even if checkpoints exist")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_train_config_options(train)
+    evaluate = commands.add_parser(
+        "eval",
+        help="measure a model on the held-out split",
+        description="Generate for the held-out captions with fixed seeds and report FD-EffNetL0, k-NN "
+        "precision/recall, and prompt alignment with hallucination rate (text models) or classifier "
+        "accuracy (Fashion-MNIST models). Writes JSON with the model hash, settings, hardware and time.",
+    )
+    evaluate.add_argument("--model", default=None, help="model folder or hub id (default: the shipped model)")
+    evaluate.add_argument(
+        "--data",
+        default=None,
+        help="held-out set: a prepared emoji folder or 'fashion-mnist' (default: data/emoji for text models, "
+        "fashion-mnist for a Fashion-MNIST class model)",
+    )
+    evaluate.add_argument(
+        "--n", "--num-images", dest="num_images", type=int, default=2000, help="images to generate (default: 2000)"
+    )
+    evaluate.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
+    evaluate.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default: 3)")
+    evaluate.add_argument("--sampler", default="euler", help="euler or heun (default: euler)")
+    evaluate.add_argument("--size", type=int, default=0, help="side in pixels (default: the model's)")
+    evaluate.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: 0)")
+    evaluate.add_argument("--batch-size", type=int, default=32, help="images generated at once (default: 32)")
+    evaluate.add_argument("--alignment-model", default=None, help="alignment encoder folder (default: the shipped one)")
+    evaluate.add_argument(
+        "--out", default=None, help="JSON file to write (default: benchmarks/results/eval-<data>-<model hash>.json)"
+    )
     data = commands.add_parser("data", help="prepare datasets", description="Prepare datasets from packaged sources.")
     data_commands = data.add_subparsers(dest="data_command", required=True, help="which data step")
     prepare = data_commands.add_parser(
@@ -204,10 +231,59 @@ def run_train(args: argparse.Namespace) -> None:
         print(f"model written to {Path(args.out) / 'model'}")
 
 
+def run_eval(args: argparse.Namespace) -> None:
+    from fractalflow.data import load_dataset
+    from fractalflow.data.sources import FASHION_MNIST_CLASSES, load_fashion_mnist
+    from fractalflow.evaluation.alignment import load_alignment_encoder
+    from fractalflow.evaluation.classifier import cached_classifier
+    from fractalflow.evaluation.evaluate import EvalSettings, evaluate
+    from fractalflow.files import atomic_write_text
+    from fractalflow.pipeline import FractalFlowPipeline
+
+    settings = EvalSettings(
+        num_images=args.num_images,
+        steps=args.steps,
+        guidance=args.guidance,
+        sampler=args.sampler,
+        size=args.size,
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
+    pipeline = FractalFlowPipeline.from_pretrained(args.model) if args.model else FractalFlowPipeline.default()
+    config = pipeline.config
+    size = settings.size or config.sample_size
+    fashion = tuple(config.class_names) == FASHION_MNIST_CLASSES
+    data = args.data or ("fashion-mnist" if fashion else "data/emoji")
+    alignment = classifier = None
+    if data == "fashion-mnist":
+        if not fashion:
+            raise UsageError("--data fashion-mnist needs a model trained on the Fashion-MNIST classes")
+        held_out = load_fashion_mnist("test", size)
+        classifier = cached_classifier("fashion-mnist", load_fashion_mnist("train", size))
+    elif config.is_class_conditional:
+        raise UsageError(f"no held-out set for a class model with classes {list(config.class_names)}")
+    else:
+        if not Path(data, "records.jsonl").is_file():
+            raise UsageError(f"{data} holds no prepared emoji set; run 'make data' or 'fractalflow data prepare'")
+        held_out = load_dataset(data, size, split="eval")
+        alignment = load_alignment_encoder(args.alignment_model)
+    report = evaluate(pipeline, held_out, settings, alignment=alignment, classifier=classifier)
+    report["data"] = data
+    print(f"{'metric':<22} {'generated':>10} {'real held-out':>14}")
+    for name, value in report["metrics"].items():
+        ceiling = report["real_held_out"].get(name)
+        print(f"{name:<22} {value:>10.4f} {'' if ceiling is None else f'{ceiling:.4f}':>14}")
+    print(f"{'seconds per image':<22} {report['seconds_per_image']:>10.3f}   ({report['hardware']})")
+    name = "fashion-mnist" if data == "fashion-mnist" else Path(data).name
+    out = Path(args.out or f"benchmarks/results/eval-{name}-{report['model_sha256'][:10]}.json")
+    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"generate": run_generate, "train": run_train, "data": run_data}[args.command](args)
+        {"generate": run_generate, "train": run_train, "eval": run_eval, "data": run_data}[args.command](args)
     except (UsageError, ValueError, FileNotFoundError, NotADirectoryError) as error:
         print(f"fractalflow {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import torch
 from PIL import Image
 from torch import Tensor
 
@@ -30,3 +32,9 @@ def tensor_to_images(images: Tensor) -> list[Image.Image]:
     if array.shape[-1] == 1:
         return [Image.fromarray(a[..., 0], mode="L") for a in array]
     return [Image.fromarray(a, mode="RGB") for a in array]
+
+
+def images_to_tensor(images: list[Image.Image]) -> Tensor:
+    """PIL images (``L`` or ``RGB``, one size) -> uint8 ``(B, C, H, W)``."""
+    arrays = [np.asarray(image) for image in images]
+    return torch.from_numpy(np.stack([a[..., None] if a.ndim == 2 else a for a in arrays])).permute(0, 3, 1, 2)

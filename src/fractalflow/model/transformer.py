@@ -140,6 +140,8 @@ class FractalTransformer(nn.Module):
     H and W must be multiples of ``config.downsampling``.
     """
 
+    config_class = FractalConfig
+
     def __init__(self, config: FractalConfig):
         super().__init__()
         self.config = config

@@ -1,5 +1,8 @@
 """Model folders in the diffusers convention: ``config.json`` beside ``model.safetensors``
-(or shards with ``model.safetensors.index.json`` when large). Never pickle."""
+(or shards with ``model.safetensors.index.json`` when large). Never pickle.
+
+Any module with a ``config`` (a JSON dataclass) and a ``config_class`` attribute can be
+stored this way: the FractalTransformer, the evaluation encoders."""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from fractalflow.config import FractalConfig
 from fractalflow.files import atomic_directory
 from fractalflow.model.transformer import FractalTransformer
 
@@ -19,7 +21,7 @@ CONFIG_NAME = "config.json"
 
 
 def save_model(
-    model: FractalTransformer, folder: str | Path, dtype: torch.dtype | None = None, max_shard_bytes: int = 2 * 1024**3
+    model: torch.nn.Module, folder: str | Path, dtype: torch.dtype | None = None, max_shard_bytes: int = 2 * 1024**3
 ) -> None:
     """Write ``model`` to ``folder`` (replaced as a whole), weights cast to ``dtype`` if given."""
     state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
@@ -71,16 +73,19 @@ def load_state(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def load_model(
-    folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
-) -> FractalTransformer:
-    """A FractalTransformer from a local model folder, in ``dtype`` on ``device``."""
+    folder: str | Path,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    model_class: type[torch.nn.Module] = FractalTransformer,
+) -> torch.nn.Module:
+    """A ``model_class`` (default FractalTransformer) from a local model folder, in ``dtype`` on ``device``."""
     folder = Path(folder)
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder} is not a model folder: {CONFIG_NAME} is missing")
-    config = FractalConfig.load_json(config_path)
+    config = model_class.config_class.load_json(config_path)
     with torch.device("meta"):
-        model = FractalTransformer(config)
+        model = model_class(config)
     state = load_state(folder)
     missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
     if missing or unexpected:

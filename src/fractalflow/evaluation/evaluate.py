@@ -1,0 +1,166 @@
+"""``evaluate``: generate for held-out captions with fixed seeds and measure the result.
+
+Image ``i`` is drawn for the caption of held-out image ``i mod N`` with seed ``seed + i``,
+so the same settings give the same images, whatever the batch size, on the same machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from fractalflow.config import JsonConfig
+from fractalflow.data.dataset import CaptionedImages
+from fractalflow.evaluation.alignment import (
+    AlignmentEncoder,
+    alignment_scores,
+    caption_index,
+    caption_ranks,
+    image_embeddings,
+)
+from fractalflow.evaluation.classifier import ImageClassifier
+from fractalflow.evaluation.features import EffNetFeatures
+from fractalflow.evaluation.frechet import frechet_distance_of_features
+from fractalflow.evaluation.manifold import precision_recall
+from fractalflow.events import images_to_tensor
+from fractalflow.hardware import describe_device
+from fractalflow.pipeline import FractalFlowPipeline
+
+
+@dataclass(frozen=True)
+class EvalSettings(JsonConfig):
+    """What ``fractalflow eval`` generates and how it measures (saved with every result)."""
+
+    num_images: int = 2000
+    steps: int = 20
+    guidance: float = 3.0
+    sampler: str = "euler"
+    size: int = 0
+    seed: int = 0
+    batch_size: int = 32
+    feature_size: int = 128
+    nearest_neighbours: int = 3
+
+    def __post_init__(self) -> None:
+        if self.num_images < 2 or self.batch_size < 1 or self.steps < 1:
+            raise ValueError(
+                f"num_images ({self.num_images}) must be >= 2, batch_size ({self.batch_size}) and "
+                f"steps ({self.steps}) >= 1"
+            )
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 of the weights (names, dtypes, bytes in name order): which model a number belongs to."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _batches(images: Tensor, batch_size: int) -> Iterator[Tensor]:
+    for start in range(0, len(images), batch_size):
+        yield images[start : start + batch_size].float() / 255.0
+
+
+def generate_for_captions(
+    pipeline: FractalFlowPipeline, prompts: list[str], settings: EvalSettings, progress: bool = True
+) -> Tensor:
+    """uint8 ``(N, C, H, W)`` images, image ``i`` for ``prompts[i]`` with seed ``settings.seed + i``."""
+    images = []
+    bar = tqdm(total=len(prompts), desc="generate", unit="image", disable=not progress)
+    for start in range(0, len(prompts), settings.batch_size):
+        chunk = prompts[start : start + settings.batch_size]
+        result = pipeline.generate(
+            chunk,
+            steps=settings.steps,
+            guidance=settings.guidance,
+            seed=settings.seed + start,
+            size=settings.size or None,
+            sampler=settings.sampler,
+        )
+        images.append(images_to_tensor(result.images))
+        bar.update(len(chunk))
+    bar.close()
+    return torch.cat(images)
+
+
+def evaluate(
+    pipeline: FractalFlowPipeline,
+    held_out: CaptionedImages,
+    settings: EvalSettings,
+    alignment: AlignmentEncoder | None = None,
+    classifier: ImageClassifier | None = None,
+    progress: bool = True,
+) -> dict:
+    """Generate ``settings.num_images`` images for the held-out captions and measure
+    FD-EffNetL0 and precision/recall against the held-out images, plus prompt alignment
+    (text models, with ``alignment``) or classifier accuracy (class models, with ``classifier``).
+    Metrics of the real held-out images under the same encoders are reported as ceilings."""
+    started = time.perf_counter()
+    count = settings.num_images
+    order = [i % len(held_out) for i in range(count)]
+    prompts = [held_out.captions[i] for i in order]
+    size = settings.size or pipeline.config.sample_size
+    real_count = min(count, len(held_out))
+    real = torch.round((held_out.pixels(torch.arange(real_count), size) + 1) * 127.5).clamp(0, 255).byte()
+
+    generation_started = time.perf_counter()
+    fake = generate_for_captions(pipeline, prompts, settings, progress)
+    generation_seconds = time.perf_counter() - generation_started
+
+    features = EffNetFeatures(size=settings.feature_size)
+    real_features = features.features(_batches(real, 128))
+    fake_features = features.features(_batches(fake, 128))
+    precision, recall = precision_recall(real_features, fake_features, k=settings.nearest_neighbours)
+    metrics: dict[str, float] = {
+        "fd_effnet_l0": frechet_distance_of_features(real_features, fake_features),
+        "precision": precision,
+        "recall": recall,
+    }
+    ceilings: dict[str, float] = {}
+    if alignment is not None:
+        distinct, own = caption_index(held_out.captions)
+        pooled = pipeline.text_encoder.encode(distinct).pooled
+        generated = alignment_scores(caption_ranks(alignment, fake.float() / 255.0, own[order], pooled))
+        real_scores = alignment_scores(caption_ranks(alignment, real.float() / 255.0, own[:real_count], pooled))
+        metrics.update(
+            alignment_top1=generated["top1"],
+            alignment_top5=generated["top5"],
+            hallucination_rate=generated["hallucination_rate"],
+        )
+        ceilings.update(alignment_top1=real_scores["top1"], alignment_top5=real_scores["top5"])
+        metrics["fd_alignment"] = frechet_distance_of_features(
+            image_embeddings(alignment, real.float() / 255.0).double().numpy(),
+            image_embeddings(alignment, fake.float() / 255.0).double().numpy(),
+        )
+        metrics["distinct_captions"] = len(distinct)
+    if classifier is not None:
+        if held_out.labels is None:
+            raise ValueError("classifier accuracy needs a class-labelled held-out set")
+        wanted = held_out.labels[order]
+        metrics["classifier_accuracy"] = (classifier.predict(fake.float() / 255.0) == wanted).double().mean().item()
+        ceilings["classifier_accuracy"] = (
+            (classifier.predict(real.float() / 255.0) == held_out.labels[:real_count]).double().mean().item()
+        )
+    total = time.perf_counter() - started
+    return {
+        "model": pipeline.source,
+        "model_sha256": model_fingerprint(pipeline.model),
+        "parameters": sum(p.numel() for p in pipeline.model.parameters()),
+        "settings": settings.to_dict(),
+        "size": size,
+        "real_images": real_count,
+        "metrics": metrics,
+        "real_held_out": ceilings,
+        "seconds_per_image": generation_seconds / count,
+        "seconds_total": total,
+        "hardware": describe_device(pipeline.device),
+        "torch": torch.__version__,
+    }
