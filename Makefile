@@ -36,10 +36,11 @@ install: $(VENV)/.installed system-deps data/node_modules/.installed
 data: data/emoji/records.jsonl
 
 demo: $(VENV)/.installed
-	$(BIN)/fractalflow generate "ankle boot" "sneaker" "bag" "dress" --num-images 4 --seed 0 --upscale 4 -o demo.png
+	$(BIN)/fractalflow generate "red heart" "cat face, twemoji style" "bicycle icon" "sunset over a city" \
+		--num-images 4 --size 64 --seed 0 --upscale 2 -o demo.png
 	@echo "demo image: $(CURDIR)/demo.png"
 
-test: install
+test: install data
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(OFFLINE) $(BIN)/python -m pytest -q
 

@@ -88,7 +88,11 @@ def main() -> None:
     if not args.install:
         return
     target = default_model_folder()
+    card = target / "MODEL_CARD.md"
+    card_text = card.read_text() if card.is_file() else None
     trainer.export(target, dtype=torch.float16)
+    if card_text is not None:  # the card is written by hand: keep it, and update its numbers
+        card.write_text(card_text)
     pipeline = FractalFlowPipeline.from_pretrained(target, device=device)
     grid = pipeline.generate(GRID_PROMPTS, num_images_per_prompt=4, steps=20, seed=0).grid(columns=4)
     docs = REPO / "docs" / "images"

@@ -111,12 +111,16 @@ def test_missing_model_folder_is_a_clear_error(tmp_path):
         FractalFlowPipeline.from_pretrained(tmp_path / "empty")
 
 
-def test_default_model_ships_in_the_package_and_draws_its_classes():
+def test_default_model_ships_in_the_package_and_follows_the_prompt():
     folder = default_model_folder()
     size = sum(f.stat().st_size for f in folder.iterdir())
-    assert size < 30 * 1024**2
+    assert size < 30 * 1024**2 and (folder / "MODEL_CARD.md").is_file()
     pipeline = FractalFlowPipeline.default(device="cpu")
-    result = pipeline.generate(["trouser", "bag"], steps=12, seed=0)
-    trouser, bag = (pixels(image).astype(float) for image in result.images)
-    assert trouser.std() > 20 and bag.std() > 20  # not blank
-    assert np.abs(trouser - bag).mean() > 10  # the condition matters
+    assert not pipeline.config.is_class_conditional  # text-to-image
+    result = pipeline.generate(["red heart", "bicycle icon"], num_images_per_prompt=2, steps=12, seed=0, size=64)
+    images = np.stack([pixels(image).astype(float) for image in result.images])
+    heart, icon = images[:2], images[2:]
+    assert heart.std() > 20 and icon.std() > 20  # not blank
+    # the heart is red: red well above green and blue; the line icon is black on white: no colour
+    assert (heart[..., 0] - heart[..., 1:].mean(-1)).mean() > 30
+    assert np.abs(icon - icon.mean(-1, keepdims=True)).mean() < 10
