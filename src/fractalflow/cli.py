@@ -169,14 +169,20 @@ def run_data(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} at sizes {summary['sizes']} in {time.perf_counter() - started:.0f} s")
 
 
+def _load_pipeline(model: str | None):
+    from fractalflow.pipeline import FractalFlowPipeline
+
+    return FractalFlowPipeline.from_pretrained(model) if model else FractalFlowPipeline.default()
+
+
 def run_generate(args: argparse.Namespace) -> None:
-    from fractalflow.pipeline import FractalFlowPipeline, save_png
+    from fractalflow.pipeline import save_png
 
     if args.num_images < 1:
         raise UsageError(f"--num-images={args.num_images}: must be >= 1")
     if args.upscale < 1:
         raise UsageError(f"--upscale={args.upscale}: must be >= 1")
-    pipeline = FractalFlowPipeline.from_pretrained(args.model) if args.model else FractalFlowPipeline.default()
+    pipeline = _load_pipeline(args.model)
     result = pipeline.generate(
         args.prompt,
         num_images_per_prompt=args.num_images,
@@ -238,7 +244,6 @@ def run_eval(args: argparse.Namespace) -> None:
     from fractalflow.evaluation.classifier import cached_classifier
     from fractalflow.evaluation.evaluate import EvalSettings, evaluate
     from fractalflow.files import atomic_write_text
-    from fractalflow.pipeline import FractalFlowPipeline
 
     settings = EvalSettings(
         num_images=args.num_images,
@@ -249,7 +254,7 @@ def run_eval(args: argparse.Namespace) -> None:
         seed=args.seed,
         batch_size=args.batch_size,
     )
-    pipeline = FractalFlowPipeline.from_pretrained(args.model) if args.model else FractalFlowPipeline.default()
+    pipeline = _load_pipeline(args.model)
     config = pipeline.config
     size = settings.size or config.sample_size
     fashion = tuple(config.class_names) == FASHION_MNIST_CLASSES

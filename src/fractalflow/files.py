@@ -68,3 +68,11 @@ def atomic_directory(path: Path, fill: Callable[[Path], None]) -> None:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cache_dir() -> Path:
+    """Where derived files live: ``$FRACTALFLOW_CACHE``, else ``$XDG_CACHE_HOME/fractalflow``,
+    else ``~/.cache/fractalflow``."""
+    if os.environ.get("FRACTALFLOW_CACHE"):
+        return Path(os.environ["FRACTALFLOW_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fractalflow"

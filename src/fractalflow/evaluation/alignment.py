@@ -105,7 +105,12 @@ def image_embeddings(encoder: AlignmentEncoder, images: Tensor, batch_size: int 
 def caption_ranks(encoder: AlignmentEncoder, images: Tensor, own: Tensor, caption_pooled: Tensor) -> Tensor:
     """For each image (``(N, C, H, W)`` in [0, 1]), the rank (0 = best) of its own caption
     ``own[i]`` (an index into the candidate captions ``caption_pooled``) by similarity."""
-    similarity = image_embeddings(encoder, images) @ encoder.embed_texts(caption_pooled).T
+    return ranks_of_own_captions(image_embeddings(encoder, images), own, encoder.embed_texts(caption_pooled))
+
+
+def ranks_of_own_captions(image_embedded: Tensor, own: Tensor, caption_embedded: Tensor) -> Tensor:
+    """:func:`caption_ranks` from embeddings already computed."""
+    similarity = image_embedded @ caption_embedded.T
     return (similarity > similarity.gather(1, own[:, None])).sum(dim=1)
 
 

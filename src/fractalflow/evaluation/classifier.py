@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from fractalflow.config import JsonConfig
 from fractalflow.data.dataset import CaptionedImages
 from fractalflow.evaluation.convnet import ConvTower, SmallTrainConfig, fit, shift_images
-from fractalflow.evaluation.features import cache_dir
+from fractalflow.files import cache_dir
 from fractalflow.model.weights import load_model, save_model
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -21,8 +20,8 @@ from fractalflow.evaluation.alignment import (
     AlignmentEncoder,
     alignment_scores,
     caption_index,
-    caption_ranks,
     image_embeddings,
+    ranks_of_own_captions,
 )
 from fractalflow.evaluation.classifier import ImageClassifier
 from fractalflow.evaluation.features import EffNetFeatures
@@ -62,11 +61,6 @@ def model_fingerprint(model: torch.nn.Module) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def _batches(images: Tensor, batch_size: int) -> Iterator[Tensor]:
-    for start in range(0, len(images), batch_size):
-        yield images[start : start + batch_size].float() / 255.0
 
 
 def generate_for_captions(
@@ -115,9 +109,10 @@ def evaluate(
     fake = generate_for_captions(pipeline, prompts, settings, progress)
     generation_seconds = time.perf_counter() - generation_started
 
+    real_unit, fake_unit = real.float() / 255.0, fake.float() / 255.0
     features = EffNetFeatures(size=settings.feature_size)
-    real_features = features.features(_batches(real, 128))
-    fake_features = features.features(_batches(fake, 128))
+    real_features = features.features(real_unit.split(128))
+    fake_features = features.features(fake_unit.split(128))
     precision, recall = precision_recall(real_features, fake_features, k=settings.nearest_neighbours)
     metrics: dict[str, float] = {
         "fd_effnet_l0": frechet_distance_of_features(real_features, fake_features),
@@ -127,9 +122,10 @@ def evaluate(
     ceilings: dict[str, float] = {}
     if alignment is not None:
         distinct, own = caption_index(held_out.captions)
-        pooled = pipeline.text_encoder.encode(distinct).pooled
-        generated = alignment_scores(caption_ranks(alignment, fake.float() / 255.0, own[order], pooled))
-        real_scores = alignment_scores(caption_ranks(alignment, real.float() / 255.0, own[:real_count], pooled))
+        captions = alignment.embed_texts(pipeline.text_encoder.encode(distinct).pooled)
+        real_embedded, fake_embedded = image_embeddings(alignment, real_unit), image_embeddings(alignment, fake_unit)
+        generated = alignment_scores(ranks_of_own_captions(fake_embedded, own[order], captions))
+        real_scores = alignment_scores(ranks_of_own_captions(real_embedded, own[:real_count], captions))
         metrics.update(
             alignment_top1=generated["top1"],
             alignment_top5=generated["top5"],
@@ -137,17 +133,16 @@ def evaluate(
         )
         ceilings.update(alignment_top1=real_scores["top1"], alignment_top5=real_scores["top5"])
         metrics["fd_alignment"] = frechet_distance_of_features(
-            image_embeddings(alignment, real.float() / 255.0).double().numpy(),
-            image_embeddings(alignment, fake.float() / 255.0).double().numpy(),
+            real_embedded.double().numpy(), fake_embedded.double().numpy()
         )
         metrics["distinct_captions"] = len(distinct)
     if classifier is not None:
         if held_out.labels is None:
             raise ValueError("classifier accuracy needs a class-labelled held-out set")
         wanted = held_out.labels[order]
-        metrics["classifier_accuracy"] = (classifier.predict(fake.float() / 255.0) == wanted).double().mean().item()
+        metrics["classifier_accuracy"] = (classifier.predict(fake_unit) == wanted).double().mean().item()
         ceilings["classifier_accuracy"] = (
-            (classifier.predict(real.float() / 255.0) == held_out.labels[:real_count]).double().mean().item()
+            (classifier.predict(real_unit) == held_out.labels[:real_count]).double().mean().item()
         )
     total = time.perf_counter() - started
     return {

