@@ -94,9 +94,7 @@ def main() -> None:
     train_size, batch = 32, 64
     cond = pipeline.encode_prompts([prompt] * batch)
     report["train_images_per_s_32px_batch64"] = training_images_per_s(model, cond, train_size, args.train_steps)
-    report["train_images_per_s_32px_batch64_baseline"] = training_images_per_s(
-        twin, cond, train_size, args.train_steps
-    )
+    report["train_images_per_s_32px_batch64_baseline"] = training_images_per_s(twin, cond, train_size, args.train_steps)
     shared_encoder = None if model.config.is_class_conditional else pipeline.text_encoder
     twin_pipeline = FractalFlowPipeline(twin, text_encoder=shared_encoder)
     for size in (32, 64, 128):

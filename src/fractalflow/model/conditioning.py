@@ -86,15 +86,24 @@ class ConditionEmbedder(nn.Module):
                 raise ValueError("this model is class-conditional: Conditioning.labels is required")
             labels = cond.labels if drop is None else torch.where(drop, self.num_classes, cond.labels)
             return vector + self.class_embedding(labels), None, None
-        if cond.pooled is None or cond.tokens is None:
-            raise ValueError("this model is text-conditional: Conditioning.pooled and .tokens are required")
-        pooled, tokens, mask = cond.pooled, cond.tokens, cond.mask
-        if mask is None:
-            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        if drop is not None:
-            pooled = torch.where(drop[:, None], self.null_pooled.to(pooled.dtype), pooled)
-            tokens = torch.where(drop[:, None, None], self.null_token.to(tokens.dtype), tokens)
-            first_only = torch.zeros_like(mask)
-            first_only[:, 0] = True
-            mask = torch.where(drop[:, None], first_only, mask)
+        pooled, tokens, mask = text_with_null(cond, drop, self.null_pooled, self.null_token)
         return vector + self.pooled_proj(pooled), tokens, mask
+
+
+def text_with_null(
+    cond: Conditioning, drop: Tensor | None, null_pooled: Tensor, null_token: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(pooled, tokens, mask) of text features, with the rows marked in ``drop`` replaced by
+    the learned null text (one null token) for classifier-free guidance."""
+    if cond.pooled is None or cond.tokens is None:
+        raise ValueError("this model is text-conditional: Conditioning.pooled and .tokens are required")
+    pooled, tokens, mask = cond.pooled, cond.tokens, cond.mask
+    if mask is None:
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+    if drop is not None:
+        pooled = torch.where(drop[:, None], null_pooled.to(pooled.dtype), pooled)
+        tokens = torch.where(drop[:, None, None], null_token.to(tokens.dtype), tokens)
+        first_only = torch.zeros_like(mask)
+        first_only[:, 0] = True
+        mask = torch.where(drop[:, None], first_only, mask)
+    return pooled, tokens, mask

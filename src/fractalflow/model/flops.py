@@ -7,11 +7,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from fractalflow.model.conditioning import Conditioning
-from fractalflow.model.transformer import FractalTransformer
 
 
-def forward_flops(model: FractalTransformer, size: int, text_tokens: int = 16) -> int:
-    """FLOPs of one forward pass on one ``size``×``size`` image (multiply-add = 2 FLOPs).
+def forward_flops(model: torch.nn.Module, size: int, text_tokens: int = 16) -> int:
+    """FLOPs of one forward pass of a velocity model (``model.config`` names its inputs) on
+    one ``size``×``size`` image (multiply-add = 2 FLOPs).
 
     Attention runs on the math backend while counting: the fused CPU kernels are
     invisible to the counter.

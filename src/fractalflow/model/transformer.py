@@ -31,6 +31,21 @@ class GEGLU(nn.Module):
         return self.out(value * F.gelu(gate))
 
 
+def patchify(x: Tensor, patch: int) -> Tensor:
+    """``(B, C, H, W)`` pixels -> ``(B, H/patch, W/patch, patch*patch*C)`` tokens."""
+    batch, channels, height, width = x.shape
+    h, w = height // patch, width // patch
+    return x.view(batch, channels, h, patch, w, patch).permute(0, 2, 4, 3, 5, 1).reshape(batch, h, w, -1)
+
+
+def unpatchify(tokens: Tensor, channels: int) -> Tensor:
+    """The inverse of :func:`patchify`."""
+    batch, h, w, dim = tokens.shape
+    patch = int(round((dim // channels) ** 0.5))
+    x = tokens.view(batch, h, w, patch, patch, channels).permute(0, 5, 1, 3, 2, 4)
+    return x.reshape(batch, channels, h * patch, w * patch)
+
+
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale) + shift
 
@@ -93,9 +108,13 @@ class TokenSplit(nn.Module):
 
 
 class FractalLevel(nn.Module):
-    """Level ``index`` of the hourglass: blocks, the inner level (recursively), blocks."""
+    """Level ``index`` of the hourglass: blocks, the inner level (recursively), blocks.
 
-    def __init__(self, config: FractalConfig, index: int):
+    ``block(config, width, window, shifted, cross)`` builds each block (FractalBlock unless
+    another hourglass transformer, such as the HDiT peer, brings its own).
+    """
+
+    def __init__(self, config: FractalConfig, index: int, block: type[nn.Module] = FractalBlock):
         super().__init__()
         width, depth = config.widths[index], config.depths[index]
         coarsest = index == config.num_levels - 1
@@ -106,7 +125,7 @@ class FractalLevel(nn.Module):
             # windows shift every other block counted over the whole level, down side then up side,
             # so a level with one block a side still mixes across window borders
             return nn.ModuleList(
-                FractalBlock(config, width, window, shifted=(first + i) % 2 == 1, cross=cross) for i in range(depth)
+                block(config, width, window, shifted=(first + i) % 2 == 1, cross=cross) for i in range(depth)
             )
 
         self.down_blocks = blocks(0)
@@ -115,7 +134,7 @@ class FractalLevel(nn.Module):
         else:
             inner_width = config.widths[index + 1]
             self.merge = TokenMerge(width, inner_width, config.merge_factor)
-            self.inner = FractalLevel(config, index + 1)
+            self.inner = FractalLevel(config, index + 1, block)
             self.split = TokenSplit(inner_width, width, config.merge_factor)
             self.up_blocks = blocks(depth)
 
@@ -184,13 +203,9 @@ class FractalTransformer(nn.Module):
             )
 
     def forward(self, x: Tensor, t: Tensor, cond: Conditioning, drop: Tensor | None = None) -> Tensor:
-        batch, channels, height, width = x.shape
+        channels, height, width = x.shape[1:]
         self.check_size(height, width)
-        p = self.config.patch_size
-        h, w = height // p, width // p
-        patches = x.view(batch, channels, h, p, w, p).permute(0, 2, 4, 3, 5, 1).reshape(batch, h, w, p * p * channels)
         vector, tokens, mask = self.condition(t, cond, drop)
-        tokens_out = self.body(self.patch_embed(patches), vector, tokens, mask)
+        tokens_out = self.body(self.patch_embed(patchify(x, self.config.patch_size)), vector, tokens, mask)
         shift, scale = self.out_modulation(vector)[:, None, None, :].chunk(2, dim=-1)
-        out = self.out_proj(modulate(self.out_norm(tokens_out), shift, scale))
-        return out.view(batch, h, w, p, p, channels).permute(0, 5, 1, 3, 2, 4).reshape(batch, channels, height, width)
+        return unpatchify(self.out_proj(modulate(self.out_norm(tokens_out), shift, scale)), channels)

@@ -51,18 +51,23 @@ def ema_with_warmup(decay: float):
     return update
 
 
-def training_flops_per_image(model: FractalTransformer, image_size: int) -> float:
+def training_flops_per_image(model: torch.nn.Module, image_size: int) -> float:
     """Forward + backward FLOPs for one image (3x the forward)."""
     return 3.0 * forward_flops(model, image_size)
 
 
 class Trainer:
-    """Trains a FractalTransformer on a captioned dataset and writes checkpoints under ``out_dir``.
+    """Trains a velocity model (a FractalTransformer unless ``model_class`` says otherwise) on a
+    captioned dataset and writes checkpoints under ``out_dir``.
 
     ``out_dir/checkpoints/step_*`` hold resumable states, ``out_dir/model`` the final EMA
     model folder, ``out_dir/logs`` TensorBoard events. All randomness after model
     initialisation (batches, noise, times, condition dropout) comes from one CPU
     generator whose state is checkpointed, so a resumed run matches an uninterrupted one.
+
+    ``model_class(model_config)`` must build a module with ``forward(x, t, cond, drop)``
+    (see :class:`FractalTransformer`); ``model_config`` needs ``in_channels``,
+    ``is_class_conditional`` and ``to_dict``. The peer benchmarks train other networks this way.
     """
 
     def __init__(
@@ -74,6 +79,7 @@ class Trainer:
         device: str | torch.device | None = None,
         progress: bool = True,
         text_encoder: TextEncoder | None = None,
+        model_class: type[torch.nn.Module] = FractalTransformer,
     ):
         if not model_config.is_class_conditional and text_encoder is None:
             raise ValueError("a text-conditional model (no class_names) needs a text_encoder to train")
@@ -85,7 +91,7 @@ class Trainer:
         self.progress = progress
         self.text_encoder = text_encoder
         torch.manual_seed(train_config.seed)
-        self.model = FractalTransformer(model_config).to(self.device)
+        self.model = model_class(model_config).to(self.device)
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_with_warmup(train_config.ema_decay), use_buffers=True)
         decay, no_decay = [], []
         for param in self.model.parameters():
@@ -197,15 +203,16 @@ class Trainer:
         self.step += 1
         return loss.item()
 
-    def train(self, stop_at: int | None = None) -> dict[str, float]:
-        """Run until ``config.steps`` (or ``stop_at``, to split a run); returns summary numbers."""
+    def train(self, stop_at: int | None = None, max_seconds: float | None = None) -> dict[str, float]:
+        """Run until ``config.steps`` (or ``stop_at``, to split a run, or until ``max_seconds``
+        of wall clock have passed, for equal-time comparisons); returns summary numbers."""
         config = self.config
         end = min(config.steps, stop_at or config.steps)
         flops = training_flops_per_image(self.model, config.image_size)
         bar = tqdm(total=end, initial=self.step, desc="train", unit="step", disable=not self.progress)
         losses: list[float] = []
         images, started = 0, time.perf_counter()
-        while self.step < end:
+        while self.step < end and (max_seconds is None or time.perf_counter() - started < max_seconds):
             losses.append(self.train_step())
             images += self.last_batch_size
             bar.update(1)
