@@ -47,6 +47,17 @@ def _add_train_config_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, type=kind, default=field.default, help=f"{helps[field.name]} (default: {shown})")
 
 
+def _scale_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of scales, e.g. 0.25,0.5,1") from None
+
+
+def _resolution(text: str | None) -> str | int | None:
+    return int(text) if text is not None and text.isdigit() else text
+
+
 def _size_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(",") if part.strip())
@@ -76,6 +87,26 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="side in pixels, a multiple of the model's downsampling (default: the model's)",
+    )
+    generate.add_argument(
+        "--resolution",
+        default=None,
+        help="refine coarse to fine up to preview, standard, high, ultra (0.25x, 1x, 2x, 4x the model's "
+        "size) or a size in pixels; instead of --size",
+    )
+    generate.add_argument(
+        "--scales",
+        type=_scale_list,
+        default=None,
+        help="comma-separated scales to pass through with --resolution, relative to the model's size "
+        "(default: 0.25,0.5,1,2,4)",
+    )
+    generate.add_argument(
+        "--early-stop",
+        type=float,
+        default=0.0,
+        help="with --resolution: end a scale once the image estimate changes by less than this "
+        "relative amount per step, e.g. 0.01 (default: 0, off)",
     )
     generate.add_argument("--sampler", default="euler", help="euler or heun (default: euler)")
     generate.add_argument(
@@ -127,11 +158,44 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default: 3)")
     evaluate.add_argument("--sampler", default="euler", help="euler or heun (default: euler)")
     evaluate.add_argument("--size", type=int, default=0, help="side in pixels (default: the model's)")
+    evaluate.add_argument(
+        "--resolution", default="", help="refine coarse to fine up to this named resolution or size (as generate)"
+    )
+    evaluate.add_argument(
+        "--scales", type=_scale_list, default=(), help="scales for --resolution (default: 0.25,0.5,1,2,4)"
+    )
+    evaluate.add_argument(
+        "--early-stop", type=float, default=0.0, help="relative-change threshold to end a scale (default: 0, off)"
+    )
     evaluate.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: 0)")
     evaluate.add_argument("--batch-size", type=int, default=32, help="images generated at once (default: 32)")
     evaluate.add_argument("--alignment-model", default=None, help="alignment encoder folder (default: the shipped one)")
     evaluate.add_argument(
         "--out", default=None, help="JSON file to write (default: benchmarks/results/eval-<data>-<model hash>.json)"
+    )
+    bench = commands.add_parser(
+        "bench",
+        help="measure inference profiles against the plain pipeline",
+        description="For each inference profile and resolution, in a fresh process each: seconds to the first "
+        "preview and to the image, images/s at batch 1 and the best batch, peak RSS, and FD-EffNetL0 of --n "
+        "held-out captions; the plain fp32 single-scale pipeline is measured in the same run as the baseline.",
+    )
+    bench.add_argument("--model", default="", help="model folder or hub id (default: the shipped model)")
+    bench.add_argument(
+        "--profiles", default="", help="comma-separated profiles (default: gpu with CUDA, else cpu,edge)"
+    )
+    bench.add_argument(
+        "--resolutions",
+        default="preview,standard",
+        help="comma-separated named resolutions (default: preview,standard)",
+    )
+    bench.add_argument("--n", type=int, default=200, help="held-out images for FD per setting; 0 skips (default: 200)")
+    bench.add_argument(
+        "--early-stop", type=float, default=0.0, help="early-stop threshold for the profiles (default: 0)"
+    )
+    bench.add_argument("--data", default="data/emoji", help="prepared emoji folder for FD (default: data/emoji)")
+    bench.add_argument(
+        "--out", default=None, help="JSON file to write (default: benchmarks/results/bench-<cpu|cuda>.json)"
     )
     data = commands.add_parser("data", help="prepare datasets", description="Prepare datasets from packaged sources.")
     data_commands = data.add_subparsers(dest="data_command", required=True, help="which data step")
@@ -192,6 +256,9 @@ def run_generate(args: argparse.Namespace) -> None:
         size=args.size,
         sampler=args.sampler,
         progress=True,
+        resolution=_resolution(args.resolution),
+        scales=args.scales,
+        early_stop=args.early_stop,
     )
     path = save_png(result.grid(columns=args.num_images), Path(args.output), result.metadata, upscale=args.upscale)
     print(f"wrote {path} ({result.metadata['seconds']:.2f} s)")
@@ -253,10 +320,13 @@ def run_eval(args: argparse.Namespace) -> None:
         size=args.size,
         seed=args.seed,
         batch_size=args.batch_size,
+        resolution=args.resolution,
+        scales=args.scales,
+        early_stop=args.early_stop,
     )
     pipeline = _load_pipeline(args.model)
     config = pipeline.config
-    size = settings.size or config.sample_size
+    size = settings.output_size(config.sample_size, config.downsampling)
     fashion = tuple(config.class_names) == FASHION_MNIST_CLASSES
     data = args.data or ("fashion-mnist" if fashion else "data/emoji")
     alignment = classifier = None
@@ -285,10 +355,36 @@ def run_eval(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def run_bench(args: argparse.Namespace) -> None:
+    import torch
+
+    from fractalflow.files import atomic_write_text
+    from fractalflow.flow.refine import NAMED_RESOLUTIONS
+    from fractalflow.hardware import describe_device
+    from fractalflow.inference.bench import default_profiles, format_table, run_bench
+
+    profiles = [p for p in args.profiles.split(",") if p] or default_profiles()
+    resolutions = [r for r in args.resolutions.split(",") if r]
+    unknown = sorted(set(resolutions) - set(NAMED_RESOLUTIONS))
+    if unknown or not resolutions:
+        raise UsageError(f"--resolutions {args.resolutions!r}: choose from {list(NAMED_RESOLUTIONS)}")
+    if args.n and not Path(args.data, "records.jsonl").is_file():
+        raise UsageError(f"{args.data} holds no prepared emoji set for FD; run 'make data' or pass --n 0")
+    report = run_bench(profiles, resolutions, args.model, args.n, args.data, args.early_stop)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    report.update(hardware=describe_device(device), torch=torch.__version__)
+    print(format_table(report["rows"]))
+    out = Path(args.out or f"benchmarks/results/bench-{device}.json")
+    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"generate": run_generate, "train": run_train, "eval": run_eval, "data": run_data}[args.command](args)
+        {"generate": run_generate, "train": run_train, "eval": run_eval, "bench": run_bench, "data": run_data}[
+            args.command
+        ](args)
     except (UsageError, ValueError, FileNotFoundError, NotADirectoryError) as error:
         print(f"fractalflow {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -17,7 +18,8 @@ from tqdm.auto import tqdm
 
 from fractalflow.events import ProgressEvent, tensor_to_images
 from fractalflow.files import atomic_path
-from fractalflow.flow.samplers import StepState, get_sampler, guided_velocity, time_grid
+from fractalflow.flow.refine import DEFAULT_SCALES, ProgressiveRefiner, RefineSettings, seeded_noise
+from fractalflow.flow.samplers import guided_velocity
 from fractalflow.hub import resolve_model_folder
 from fractalflow.model.conditioning import Conditioning
 from fractalflow.model.text import TextEncoder
@@ -81,6 +83,7 @@ class FractalFlowPipeline:
         self.device = torch.device(device)
         self.source = source
         self._text_encoder = text_encoder
+        self.autocast_dtype: torch.dtype | None = None  # run the network in bf16/fp16 (set by InferenceEngine)
 
     @property
     def text_encoder(self) -> TextEncoder:
@@ -136,59 +139,80 @@ class FractalFlowPipeline:
         sampler: str = "euler",
         callback: Callable[[ProgressEvent], None] | None = None,
         progress: bool = False,
+        resolution: str | int | None = None,
+        scales: Sequence[float] | None = None,
+        early_stop: float = 0.0,
+        seeds: Sequence[int] | None = None,
     ) -> GenerationResult:
         """Generate ``num_images_per_prompt`` images for each prompt.
 
-        Image ``i`` starts from noise seeded with ``seed + i``, so an image does not
-        depend on what else is in the batch. ``callback`` gets a :class:`ProgressEvent`
-        after every step.
+        ``size`` samples at one scale. ``resolution`` (``preview``/``standard``/``high``/
+        ``ultra`` or pixels) refines coarse to fine through ``scales`` (relative to the
+        model's trained size, default ``DEFAULT_SCALES``); ``early_stop`` ends a scale when
+        the clean-image estimate has stopped changing (see :class:`ProgressiveRefiner`).
+        Image ``i`` draws its noise from a generator seeded with ``seed + i`` (or ``seeds[i]``),
+        so an image does not depend on what else is in the batch. ``callback`` gets a
+        :class:`ProgressEvent` after every step.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or any(not p.strip() for p in prompts):
             raise ValueError("prompt must be a non-empty string or a list of non-empty strings")
         if num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt={num_images_per_prompt} must be >= 1")
-        if steps < 1:
-            raise ValueError(f"steps={steps}: at least 1 sampling step is required")
-        size = size or self.config.sample_size
-        self.model.check_size(size, size)
-        sample = get_sampler(sampler)
-        seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else seed
+        if size is not None and resolution is not None:
+            raise ValueError("give size (one scale) or resolution (coarse to fine), not both")
+        native = self.config.sample_size
+        if resolution is None:
+            resolution = size or native
+            self.model.check_size(resolution, resolution)
+            scales = scales or (resolution / native,)
+        settings = RefineSettings(
+            resolution=resolution,
+            scales=tuple(scales or DEFAULT_SCALES),
+            steps=steps,
+            early_stop=early_stop,
+            sampler=sampler,
+        )
+        refiner = ProgressiveRefiner(settings, native, self.config.downsampling)
+        count = len(prompts) * num_images_per_prompt
+        if seeds is None:
+            seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else seed
+            seeds = [seed + i for i in range(count)]
+        elif len(seeds) != count:
+            raise ValueError(f"{len(seeds)} seeds given for {count} images: give one seed per image")
+        seeds = [int(s) for s in seeds]
 
         started = time.perf_counter()
         cond = self.encode_prompts(prompts).repeat(num_images_per_prompt).to(self.device)
-        count = len(prompts) * num_images_per_prompt
-        channels = self.config.in_channels
-        noise = torch.stack(
-            [torch.randn(channels, size, size, generator=torch.Generator().manual_seed(seed + i)) for i in range(count)]
-        ).to(self.device)
-        bar = tqdm(total=steps, desc="generate", unit="step", disable=not progress)
+        noise = seeded_noise(seeds, self.config.in_channels, self.device)
+        bar = tqdm(total=refiner.total_steps, desc="generate", unit="step", disable=not progress)
 
-        def on_step(state: StepState) -> None:
+        def on_event(event: ProgressEvent) -> None:
             bar.update(1)
             if callback is not None:
-                callback(
-                    ProgressEvent(
-                        "sample",
-                        state.step + 1,
-                        state.total,
-                        time.perf_counter() - started,
-                        state.x0_estimate.float().cpu(),
-                    )
-                )
+                callback(event)
 
-        velocity = guided_velocity(self.model, cond, guidance)
-        images = sample(velocity, noise, time_grid(steps, device=self.device), on_step)
+        dtype = self.autocast_dtype
+        with (
+            torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
+            warnings.catch_warnings(),
+        ):
+            # under autocast nn.RMSNorm meets bf16 inputs with fp32 weights and takes its unfused path
+            warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
+            images, report = refiner.run(guided_velocity(self.model, cond, guidance), noise, on_event)
         bar.close()
-        seconds = time.perf_counter() - started
         metadata = {
             "prompts": prompts,
-            "seeds": [seed + i for i in range(count)],
+            "seeds": seeds,
             "steps": steps,
             "guidance": guidance,
             "sampler": sampler,
-            "size": size,
-            "seconds": seconds,
+            "size": report.stages[-1].size,
+            "stages": [
+                {"size": stage.size, "start": stage.start, "steps": stage.steps, "steps_run": ran}
+                for stage, ran in zip(report.stages, report.steps_run)
+            ],
+            "seconds": time.perf_counter() - started,
             "model": self.source,
         }
         return GenerationResult(tensor_to_images(images.cpu()), metadata)

@@ -28,6 +28,7 @@ from fractalflow.evaluation.features import EffNetFeatures
 from fractalflow.evaluation.frechet import frechet_distance_of_features
 from fractalflow.evaluation.manifold import precision_recall
 from fractalflow.events import images_to_tensor
+from fractalflow.flow.refine import DEFAULT_SCALES, RefineSettings, plan_stages
 from fractalflow.hardware import describe_device
 from fractalflow.pipeline import FractalFlowPipeline
 
@@ -45,6 +46,9 @@ class EvalSettings(JsonConfig):
     batch_size: int = 32
     feature_size: int = 128
     nearest_neighbours: int = 3
+    resolution: str = ""
+    scales: tuple[float, ...] = ()
+    early_stop: float = 0.0
 
     def __post_init__(self) -> None:
         if self.num_images < 2 or self.batch_size < 1 or self.steps < 1:
@@ -52,14 +56,56 @@ class EvalSettings(JsonConfig):
                 f"num_images ({self.num_images}) must be >= 2, batch_size ({self.batch_size}) and "
                 f"steps ({self.steps}) >= 1"
             )
+        if self.size and self.resolution:
+            raise ValueError("give size (one scale) or resolution (coarse to fine), not both")
+
+    def sampling(self) -> dict:
+        """The pipeline.generate arguments these settings fix (besides prompts and seeds)."""
+        resolution = int(self.resolution) if self.resolution.isdigit() else self.resolution
+        return dict(
+            steps=self.steps,
+            guidance=self.guidance,
+            sampler=self.sampler,
+            size=self.size or None,
+            resolution=resolution or None,
+            scales=self.scales or None,
+            early_stop=self.early_stop,
+        )
+
+    def output_size(self, native_size: int, multiple: int) -> int:
+        """Side in pixels of the generated images for a model trained at ``native_size``."""
+        if not self.resolution:
+            return self.size or native_size
+        sampling = self.sampling()
+        refine = RefineSettings(resolution=sampling["resolution"], scales=self.scales or DEFAULT_SCALES)
+        return plan_stages(refine, native_size, multiple)[-1].size
+
+
+PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric)
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 of the weights (names, dtypes, bytes in name order): which model a number belongs to."""
+    """SHA-256 of the weights (names, dtypes, bytes in name order): which model a number belongs to.
+
+    Quantized layers keep packed (weight, bias) tuples in their state: their int8 values
+    and scales are hashed, so an int8 model has its own fingerprint."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+    def add(name: str, value: object) -> None:
+        if isinstance(value, (tuple, list)):
+            for i, item in enumerate(value):
+                add(f"{name}.{i}", item)
+        elif isinstance(value, Tensor) and value.is_quantized:
+            add(f"{name}.int", value.int_repr())
+            add(f"{name}.scale", value.q_per_channel_scales() if value.qscheme() in PER_CHANNEL else value.q_scale())
+        elif isinstance(value, Tensor):
+            digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+            digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(f"{name}:{value!r}".encode())
+
+    for name, value in sorted(model.state_dict().items()):
+        add(name, value)
     return digest.hexdigest()
 
 
@@ -71,14 +117,7 @@ def generate_for_captions(
     bar = tqdm(total=len(prompts), desc="generate", unit="image", disable=not progress)
     for start in range(0, len(prompts), settings.batch_size):
         chunk = prompts[start : start + settings.batch_size]
-        result = pipeline.generate(
-            chunk,
-            steps=settings.steps,
-            guidance=settings.guidance,
-            seed=settings.seed + start,
-            size=settings.size or None,
-            sampler=settings.sampler,
-        )
+        result = pipeline.generate(chunk, seed=settings.seed + start, **settings.sampling())
         images.append(images_to_tensor(result.images))
         bar.update(len(chunk))
     bar.close()
@@ -101,7 +140,7 @@ def evaluate(
     count = settings.num_images
     order = [i % len(held_out) for i in range(count)]
     prompts = [held_out.captions[i] for i in order]
-    size = settings.size or pipeline.config.sample_size
+    size = settings.output_size(pipeline.config.sample_size, pipeline.config.downsampling)
     real_count = min(count, len(held_out))
     real = torch.round((held_out.pixels(torch.arange(real_count), size) + 1) * 127.5).clamp(0, 255).byte()
 

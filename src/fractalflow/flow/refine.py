@@ -1,0 +1,209 @@
+"""ProgressiveRefiner: coarse-to-fine sampling with one model at every scale.
+
+Sampling starts from noise at the smallest scale and runs to a clean image there; that
+image is upsampled to the next scale, re-noised to a flow time that hides the detail it
+lacks, and sampling continues from that time at the new size. Small scales are cheap
+(cost grows with pixels), so the layout is decided where steps cost little and the
+large scales only add detail. Scales above 1.0 go beyond the size the model was trained
+at: pixel upsampling plus a short re-noise/denoise pass (no latent upscaling).
+
+After every step the current clean-image estimate goes to the callback as a
+:class:`ProgressEvent` (downsampled to at most ``preview_size`` pixels), and a scale can
+stop early once that estimate has stopped changing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fractalflow.config import JsonConfig
+from fractalflow.events import ProgressEvent
+from fractalflow.flow.samplers import StepState, Velocity, get_sampler, time_grid
+
+# final scale of each named resolution, relative to the size the model was trained at
+NAMED_RESOLUTIONS = {"preview": 0.25, "standard": 1.0, "high": 2.0, "ultra": 4.0}
+# Starting at half the trained size: a 0.25 first scale costs alignment (top-5 0.018 vs
+# 0.089 at equal cost, benchmarks/refine.py) because the model never saw 16 px images.
+DEFAULT_SCALES = (0.5, 1.0, 2.0, 4.0)
+
+
+def renoise_time(ratio: float) -> float:
+    """Flow time to re-noise an image upsampled by ``ratio`` per side: ``1 - 1/ratio``.
+
+    Upsampling by 2 leaves a quarter of the frequencies an image of the new size has;
+    at t = 0.5 noise as strong as the signal covers what is missing (0.75 for 4x).
+    """
+    return 1.0 - 1.0 / ratio
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One scale of a refinement: sample at ``size`` px for ``steps`` steps from flow time ``start``."""
+
+    size: int
+    steps: int
+    start: float
+
+
+@dataclass(frozen=True)
+class RefineSettings(JsonConfig):
+    """How to refine: the final ``resolution`` (a name in NAMED_RESOLUTIONS or a size in
+    pixels), the ``scales`` to pass through (relative to the model's trained size; those
+    up to the final one are used), ``steps`` for a full noise-to-image trajectory (a scale
+    that starts at time t gets ``round(steps * t)``, at least ``min_stage_steps``), and
+    ``early_stop``: stop a scale when the clean-image estimate changes by less than this
+    (relative L2) between two steps; 0 turns it off. ``renoise`` overrides the start time
+    of every scale after the first."""
+
+    resolution: str | int = "standard"
+    scales: tuple[float, ...] = DEFAULT_SCALES
+    steps: int = 20
+    min_stage_steps: int = 2
+    renoise: float | None = None
+    early_stop: float = 0.0
+    sampler: str = "euler"
+    preview_size: int = 64
+
+    def __post_init__(self) -> None:
+        problems = []
+        if isinstance(self.resolution, str) and self.resolution not in NAMED_RESOLUTIONS:
+            problems.append(
+                f"unknown resolution {self.resolution!r}; use one of {list(NAMED_RESOLUTIONS)} or a size in pixels"
+            )
+        if isinstance(self.resolution, int) and self.resolution < 1:
+            problems.append(f"resolution={self.resolution} px must be positive")
+        if not self.scales or any(s <= 0 for s in self.scales) or list(self.scales) != sorted(set(self.scales)):
+            problems.append(f"scales={self.scales} must be positive and strictly increasing")
+        if self.steps < 1:
+            problems.append(f"steps={self.steps}: at least 1 sampling step is required")
+        if self.min_stage_steps < 1:
+            problems.append(f"min_stage_steps={self.min_stage_steps} must be >= 1")
+        if self.renoise is not None and not 0.0 < self.renoise <= 1.0:
+            problems.append(f"renoise={self.renoise} must be in (0, 1]")
+        if self.early_stop < 0:
+            problems.append(f"early_stop={self.early_stop} must be >= 0")
+        if problems:
+            raise ValueError("invalid RefineSettings: " + "; ".join(problems))
+        get_sampler(self.sampler)
+
+
+def plan_stages(settings: RefineSettings, native_size: int, multiple: int) -> list[Stage]:
+    """The scales a refinement passes through, as sizes (multiples of ``multiple``), steps and start times."""
+    if isinstance(settings.resolution, str):
+        final = round(native_size * NAMED_RESOLUTIONS[settings.resolution] / multiple) * multiple
+    else:
+        final = settings.resolution
+    if final % multiple or final < multiple:
+        raise ValueError(f"resolution {final} px is not allowed: it must be a positive multiple of {multiple}")
+    sizes = sorted({round(native_size * s / multiple) * multiple for s in settings.scales} - {0})
+    sizes = [s for s in sizes if s < final] + [final]
+    stages, previous = [], None
+    for size in sizes:
+        if previous is None:
+            start = 1.0
+        else:
+            start = settings.renoise if settings.renoise is not None else renoise_time(size / previous)
+        stages.append(Stage(size, max(settings.min_stage_steps, round(settings.steps * start)), start))
+        previous = size
+    return stages
+
+
+def stage_cost(stages: list[Stage], evaluations_per_step: int = 1) -> float:
+    """Velocity evaluations weighted by pixels, in units of one evaluation at the last stage's size."""
+    final = stages[-1].size ** 2
+    return sum(evaluations_per_step * s.steps * s.size**2 / final for s in stages)
+
+
+def upsample(images: Tensor, size: int) -> Tensor:
+    """Bicubic upsampling to ``size`` px, clamped to the data range [-1, 1]."""
+    return F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
+
+
+def relative_change(new: Tensor, old: Tensor) -> float:
+    """Largest, over the batch, relative L2 change between two clean-image estimates."""
+    difference = (new - old).flatten(1).norm(dim=1)
+    return float((difference / old.flatten(1).norm(dim=1).clamp_min(1e-8)).max())
+
+
+@dataclass
+class RefineReport:
+    """What a refinement did: steps planned and run per stage, and the seconds it took."""
+
+    stages: list[Stage]
+    steps_run: list[int]
+    seconds: float
+
+    @property
+    def steps_saved(self) -> int:
+        return sum(s.steps for s in self.stages) - sum(self.steps_run)
+
+
+class ProgressiveRefiner:
+    """Runs a coarse-to-fine refinement with a size-agnostic velocity ``v(x, t)``.
+
+    ``noise(size)`` returns the batch's noise at a size: pass per-image seeded generators
+    so an image does not depend on what else is in the batch (see :func:`seeded_noise`).
+    """
+
+    def __init__(self, settings: RefineSettings, native_size: int, multiple: int):
+        self.settings = settings
+        self.stages = plan_stages(settings, native_size, multiple)
+        self.sample_step = get_sampler(settings.sampler)
+
+    @property
+    def total_steps(self) -> int:
+        return sum(stage.steps for stage in self.stages)
+
+    def preview(self, x0: Tensor) -> Tensor:
+        if x0.shape[-1] > self.settings.preview_size:
+            x0 = F.interpolate(x0, size=self.settings.preview_size, mode="area")
+        return x0.detach().float().clamp(-1, 1).cpu()
+
+    @torch.no_grad()
+    def run(
+        self,
+        velocity: Velocity,
+        noise: Callable[[int], Tensor],
+        callback: Callable[[ProgressEvent], None] | None = None,
+    ) -> tuple[Tensor, RefineReport]:
+        started = time.perf_counter()
+        total, done, steps_run = self.total_steps, 0, []
+        image: Tensor | None = None
+        for stage in self.stages:
+            fresh = noise(stage.size)
+            x = fresh if image is None else torch.lerp(upsample(image, stage.size), fresh, stage.start)
+            times = time_grid(stage.steps, device=x.device) * stage.start
+            x0, ran = None, 0
+            for i in range(stage.steps):
+                states: list[StepState] = []
+                x = self.sample_step(velocity, x, times[i : i + 2], states.append)
+                ran += 1
+                previous, x0 = x0, states[-1].x0_estimate
+                if callback is not None:
+                    elapsed = time.perf_counter() - started
+                    callback(ProgressEvent(f"{stage.size}px", done + ran, total, elapsed, self.preview(x0)))
+                threshold = self.settings.early_stop
+                if threshold and previous is not None and relative_change(x0, previous) < threshold:
+                    x = x0
+                    break
+            done += ran
+            steps_run.append(ran)
+            image = x
+        return image, RefineReport(self.stages, steps_run, time.perf_counter() - started)
+
+
+def seeded_noise(seeds: list[int], channels: int, device: torch.device | str) -> Callable[[int], Tensor]:
+    """``noise(size)`` for a batch: image i draws from its own generator seeded with ``seeds[i]``,
+    one draw per stage in order, so results do not depend on the batch they run in."""
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+
+    def noise(size: int) -> Tensor:
+        return torch.stack([torch.randn(channels, size, size, generator=g) for g in generators]).to(device)
+
+    return noise

@@ -1,0 +1,14 @@
+"""Running a model well on the machine at hand: profiles, precision, quantization, batching."""
+
+from fractalflow.inference.engine import GenerationRequest, InferenceEngine
+from fractalflow.inference.profiles import PROFILES, DeviceReading, InferenceProfile, auto_profile, get_profile
+
+__all__ = [
+    "PROFILES",
+    "DeviceReading",
+    "GenerationRequest",
+    "InferenceEngine",
+    "InferenceProfile",
+    "auto_profile",
+    "get_profile",
+]

@@ -1,0 +1,212 @@
+"""``fractalflow bench``: speed, memory and quality of each inference profile at each
+resolution, against the plain fp32 single-scale pipeline measured in the same run.
+
+Each (profile, resolution) runs in its own process so its peak RSS is its own. A run
+measures, one image at a time, the seconds to the first preview event and to the finished
+image (median of 3 after a warm-up), images per second at batch 1 and at the best batch
+the profile allows, peak RSS, and FD-EffNetL0 / alignment of ``n`` held-out captions.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from fractalflow.config import JsonConfig
+from fractalflow.inference.engine import InferenceEngine
+from fractalflow.inference.profiles import PROFILES, InferenceProfile, get_profile
+from fractalflow.pipeline import FractalFlowPipeline, default_model_folder
+
+BASELINE = "baseline"
+TEXT_PROMPT = "red heart"
+
+
+@dataclass(frozen=True)
+class BenchCase(JsonConfig):
+    """One measurement: a profile (or ``baseline``: the fp32 pipeline at one scale) at a resolution."""
+
+    profile: str = BASELINE
+    resolution: str = "standard"
+    model: str = ""
+    steps: int = 20
+    early_stop: float = 0.0
+    eval_images: int = 0
+    data: str = "data/emoji"
+    repeats: int = 3
+
+
+def generation_settings(case: BenchCase, pipeline: FractalFlowPipeline) -> dict:
+    """The baseline samples the named resolution's size at one scale; profiles refine coarse to fine."""
+    if case.profile == BASELINE:
+        from fractalflow.flow.refine import NAMED_RESOLUTIONS
+
+        multiple, native = pipeline.config.downsampling, pipeline.config.sample_size
+        size = round(native * NAMED_RESOLUTIONS[case.resolution] / multiple) * multiple
+        return dict(size=size, steps=case.steps)
+    return dict(resolution=case.resolution, steps=case.steps, early_stop=case.early_stop)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def bench_prompt(pipeline: FractalFlowPipeline) -> str:
+    """What the timings draw: a fixed text prompt, or a class model's first class."""
+    names = pipeline.config.class_names
+    return names[0] if names else TEXT_PROMPT
+
+
+def latency(pipeline: FractalFlowPipeline, settings: dict, repeats: int = 3) -> tuple[float, float]:
+    """Median seconds to the first preview event and to the finished image, one image at a
+    time, after one warm-up run (which also compiles, where the profile compiles)."""
+    first_preview, finished = [], []
+    for seed in range(repeats + 1):
+        stamps: list[float] = []
+        begin = time.perf_counter()
+        pipeline.generate(
+            bench_prompt(pipeline),
+            seed=seed,
+            callback=lambda _, seen=stamps: seen.append(time.perf_counter()),
+            **settings,
+        )
+        if seed:
+            first_preview.append(stamps[0] - begin)
+            finished.append(time.perf_counter() - begin)
+    return statistics.median(first_preview), statistics.median(finished)
+
+
+def measure(case: BenchCase) -> dict:
+    """Run one case in this process (call it in a fresh one for a clean peak RSS)."""
+    started = time.perf_counter()
+    if case.profile == BASELINE:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        profile = InferenceProfile(name=BASELINE, device=device)
+        pipeline = FractalFlowPipeline.from_pretrained(case.model or default_model_folder(), device=device)
+    else:
+        engine = InferenceEngine(case.model or None, profile=case.profile)
+        profile, pipeline = engine.profile, engine.pipeline
+    prompt = bench_prompt(pipeline)
+    if not pipeline.config.class_names:
+        pipeline.text_encoder.encode([prompt])
+    load_seconds = time.perf_counter() - started
+    settings = generation_settings(case, pipeline)
+
+    first_preview, finished = latency(pipeline, settings, case.repeats)
+    throughput = {}
+    for batch in sorted({1, 2, 4, profile.max_batch}):
+        if batch > profile.max_batch:
+            continue
+        begin = time.perf_counter()
+        pipeline.generate([prompt] * batch, seed=0, **settings)
+        throughput[batch] = batch / (time.perf_counter() - begin)
+    report = {
+        "case": case.to_dict(),
+        "profile": profile.to_dict(),
+        "size": pipeline.generate(prompt, seed=0, **{**settings, "steps": 1}).metadata["size"],
+        "load_seconds": load_seconds,
+        "seconds_to_first_preview": first_preview,
+        "seconds_to_image": finished,
+        "images_per_s_batch1": throughput[1],
+        "images_per_s_best": max(throughput.values()),
+        "best_batch": max(throughput, key=throughput.get),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    if torch.cuda.is_available():
+        report["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 1024**2
+    if case.eval_images:
+        report["eval"] = evaluate_case(case, pipeline, settings)
+    return report
+
+
+def evaluate_case(case: BenchCase, pipeline: FractalFlowPipeline, settings: dict) -> dict:
+    from fractalflow.data.emoji import load_emoji
+    from fractalflow.evaluation.alignment import load_alignment_encoder
+    from fractalflow.evaluation.evaluate import EvalSettings, evaluate
+
+    eval_settings = EvalSettings(
+        num_images=case.eval_images,
+        steps=case.steps,
+        size=settings.get("size", 0),
+        resolution=str(settings.get("resolution", "")),
+        early_stop=settings.get("early_stop", 0.0),
+        batch_size=32,
+    )
+    held_out = load_emoji(case.data, image_size=64, split="eval")
+    result = evaluate(pipeline, held_out, eval_settings, alignment=load_alignment_encoder(), progress=False)
+    return {**result["metrics"], "seconds_per_image": result["seconds_per_image"]}
+
+
+def run_case_in_subprocess(case: BenchCase) -> dict:
+    command = [sys.executable, "-m", "fractalflow.inference.bench", json.dumps(case.to_dict())]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench case {case.profile}/{case.resolution} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def default_profiles() -> list[str]:
+    return ["gpu"] if torch.cuda.is_available() else ["cpu", "edge"]
+
+
+def run_bench(
+    profiles: list[str],
+    resolutions: list[str],
+    model: str = "",
+    eval_images: int = 0,
+    data: str = "data/emoji",
+    early_stop: float = 0.0,
+) -> dict:
+    """Every (baseline and profile) x resolution, each in a fresh process; rows carry ratios to the baseline."""
+    for name in profiles:
+        if name not in PROFILES:
+            get_profile(name)  # raises the error that names the allowed profiles
+    rows = []
+    for resolution in resolutions:
+        base = None
+        for name in [BASELINE, *profiles]:
+            case = BenchCase(
+                profile=name,
+                resolution=resolution,
+                model=model,
+                early_stop=0.0 if name == BASELINE else early_stop,
+                eval_images=eval_images,
+                data=data,
+            )
+            print(f"bench: {name} at {resolution} ...", file=sys.stderr, flush=True)
+            row = run_case_in_subprocess(case)
+            base = base or row
+            row["time_ratio"] = row["seconds_to_image"] / base["seconds_to_image"]
+            row["rss_ratio"] = row["peak_rss_mb"] / base["peak_rss_mb"]
+            if "eval" in row:
+                row["fd_ratio"] = row["eval"]["fd_effnet_l0"] / base["eval"]["fd_effnet_l0"]
+            rows.append(row)
+    return {"rows": rows}
+
+
+def format_table(rows: list[dict]) -> str:
+    header = (
+        f"{'profile':9s} {'resolution':10s} {'px':>4s} {'1st preview s':>13s} {'image s':>8s} {'x base':>6s} "
+        f"{'img/s b1':>8s} {'img/s best':>10s} {'RSS MB':>7s} {'x base':>6s} {'FD':>7s} {'x base':>6s}"
+    )
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        fd = row.get("eval", {}).get("fd_effnet_l0")
+        lines.append(
+            f"{row['case']['profile']:9s} {row['case']['resolution']:10s} {row['size']:4d} "
+            f"{row['seconds_to_first_preview']:13.3f} {row['seconds_to_image']:8.3f} {row['time_ratio']:6.2f} "
+            f"{row['images_per_s_batch1']:8.2f} {row['images_per_s_best']:10.2f} {row['peak_rss_mb']:7.0f} "
+            f"{row['rss_ratio']:6.2f} {'' if fd is None else f'{fd:7.1f}':>7s} "
+            f"{'' if fd is None else format(row['fd_ratio'], '6.3f'):>6s}"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(BenchCase.from_dict(json.loads(sys.argv[1])))))
