@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ from fractalflow.data.emoji import load_emoji
 from fractalflow.evaluation.alignment import load_alignment_encoder
 from fractalflow.evaluation.evaluate import EvalSettings, evaluate
 from fractalflow.files import atomic_write_text
-from fractalflow.flow.refine import DEFAULT_SCALES, RefineSettings, plan_stages, stage_cost
+from fractalflow.flow.refine import DEFAULT_SCALES, ProgressiveRefiner, RefineSettings, plan_stages, stage_cost
 from fractalflow.hardware import describe_device
 from fractalflow.inference.bench import latency
 
@@ -56,6 +57,16 @@ def cost(settings: EvalSettings, native: int, multiple: int) -> float:
     scales = settings.scales or (DEFAULT_SCALES if settings.resolution else (settings.size / native,))
     stages = plan_stages(RefineSettings(resolution=resolution, scales=scales, steps=settings.steps), native, multiple)
     return stage_cost(stages) * (stages[-1].size / 64) ** 2
+
+
+def preview_milliseconds(size: int, repeats: int = 200) -> float:
+    """Milliseconds to turn one image's clean-image estimate at ``size`` px into its preview."""
+    refiner = ProgressiveRefiner(RefineSettings(resolution=size, scales=(1.0,)), native_size=size, multiple=8)
+    x0 = torch.randn(1, 3, size, size)
+    begin = time.perf_counter()
+    for _ in range(repeats):
+        refiner.preview(x0)
+    return (time.perf_counter() - begin) / repeats * 1000
 
 
 def main() -> None:
@@ -106,7 +117,19 @@ def main() -> None:
             f"{row['seconds_to_first_preview']:11.3f} {row['seconds_to_image_batch1']:11.3f} "
             f"{row['seconds_to_image_batch1'] / base['seconds_to_image_batch1']:10.2f}"
         )
-    report = {"hardware": hardware, "torch": torch.__version__, "n": args.n, "variants": rows}
+    step_ms = base["seconds_to_image_batch1"] / 20 * 1000
+    previews = {size: preview_milliseconds(size) for size in (64, 256)}
+    print(
+        f"\npreview per step: {previews[64]:.3f} ms at 64 px, {previews[256]:.3f} ms at 256 px "
+        f"(a 64 px baseline step at batch 1: {step_ms:.1f} ms)"
+    )
+    report = {
+        "hardware": hardware,
+        "torch": torch.__version__,
+        "n": args.n,
+        "variants": rows,
+        "preview_ms": {"64": previews[64], "256": previews[256], "baseline_step_ms_batch1": step_ms},
+    }
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")
     print(f"wrote {path}")
 

@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_scale_list,
         default=None,
         help="comma-separated scales to pass through with --resolution, relative to the model's size "
-        "(default: 0.25,0.5,1,2,4)",
+        "(default: 0.5,1,2,4)",
     )
     generate.add_argument(
         "--early-stop",
@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resolution", default="", help="refine coarse to fine up to this named resolution or size (as generate)"
     )
     evaluate.add_argument(
-        "--scales", type=_scale_list, default=(), help="scales for --resolution (default: 0.25,0.5,1,2,4)"
+        "--scales", type=_scale_list, default=(), help="scales for --resolution (default: 0.5,1,2,4)"
     )
     evaluate.add_argument(
         "--early-stop", type=float, default=0.0, help="relative-change threshold to end a scale (default: 0, off)"
