@@ -37,6 +37,16 @@ def test_named_resolutions_plan_scales_up_to_their_size(name, final):
     assert [s.steps for s in stages] == [20] + [10] * (len(stages) - 1)
 
 
+def test_upscale_strength_sets_the_start_of_scales_above_the_trained_size_only():
+    stages = plan_stages(RefineSettings(resolution="ultra", steps=20, upscale_strength=0.25), 64, 8)
+    assert [(s.size, s.start, s.steps) for s in stages] == [
+        (32, 1.0, 20),
+        (64, 0.5, 10),
+        (128, 0.25, 5),
+        (256, 0.25, 5),
+    ]
+
+
 def test_standard_refinement_costs_less_than_one_scale_at_equal_steps():
     progressive = plan_stages(RefineSettings(resolution="standard", steps=20), 64, 8)
     single = plan_stages(RefineSettings(resolution=64, scales=(1.0,), steps=20), 64, 8)
@@ -83,6 +93,7 @@ def test_early_stop_does_not_fire_while_the_estimate_still_changes():
         ({"resolution": "huge"}, "unknown resolution 'huge'; use one of \\['preview', 'standard'"),
         ({"scales": (1.0, 0.5)}, "strictly increasing"),
         ({"renoise": 1.5}, "renoise"),
+        ({"upscale_strength": 0.0}, "upscale_strength=0.0 must be in \\(0, 1\\]"),
         ({"early_stop": -1.0}, "early_stop"),
         ({"sampler": "ddim"}, "unknown sampler"),
     ],

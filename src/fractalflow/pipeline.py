@@ -143,13 +143,15 @@ class FractalFlowPipeline:
         scales: Sequence[float] | None = None,
         early_stop: float = 0.0,
         seeds: Sequence[int] | None = None,
+        upscale_strength: float | None = None,
     ) -> GenerationResult:
         """Generate ``num_images_per_prompt`` images for each prompt.
 
         ``size`` samples at one scale. ``resolution`` (``preview``/``standard``/``high``/
         ``ultra`` or pixels) refines coarse to fine through ``scales`` (relative to the
         model's trained size, default ``DEFAULT_SCALES``); ``early_stop`` ends a scale when
-        the clean-image estimate has stopped changing (see :class:`ProgressiveRefiner`).
+        the clean-image estimate has stopped changing; ``upscale_strength`` (0-1] is how much
+        of the image each scale above the trained size redraws (see :class:`ProgressiveRefiner`).
         Image ``i`` draws its noise from a generator seeded with ``seed + i`` (or ``seeds[i]``),
         so an image does not depend on what else is in the batch. ``callback`` gets a
         :class:`ProgressEvent` after every step.
@@ -172,6 +174,7 @@ class FractalFlowPipeline:
             steps=steps,
             early_stop=early_stop,
             sampler=sampler,
+            upscale_strength=upscale_strength,
         )
         refiner = ProgressiveRefiner(settings, native, self.config.downsampling)
         count = len(prompts) * num_images_per_prompt

@@ -49,6 +49,7 @@ class EvalSettings(JsonConfig):
     resolution: str = ""
     scales: tuple[float, ...] = ()
     early_stop: float = 0.0
+    upscale_strength: float = 0.0
 
     def __post_init__(self) -> None:
         if self.num_images < 2 or self.batch_size < 1 or self.steps < 1:
@@ -70,6 +71,7 @@ class EvalSettings(JsonConfig):
             resolution=resolution or None,
             scales=self.scales or None,
             early_stop=self.early_stop,
+            upscale_strength=self.upscale_strength or None,
         )
 
     def output_size(self, native_size: int, multiple: int) -> int:

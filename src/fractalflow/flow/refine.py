@@ -59,13 +59,15 @@ class RefineSettings(JsonConfig):
     that starts at time t gets ``round(steps * t)``, at least ``min_stage_steps``), and
     ``early_stop``: stop a scale when the clean-image estimate changes by less than this
     (relative L2) between two steps; 0 turns it off. ``renoise`` overrides the start time
-    of every scale after the first."""
+    of every scale after the first; ``upscale_strength`` that of the scales above the
+    trained size (like img2img strength: how much of the upsampled image is redrawn)."""
 
     resolution: str | int = "standard"
     scales: tuple[float, ...] = DEFAULT_SCALES
     steps: int = 20
     min_stage_steps: int = 2
     renoise: float | None = None
+    upscale_strength: float | None = None
     early_stop: float = 0.0
     sampler: str = "euler"
     preview_size: int = 64
@@ -84,8 +86,10 @@ class RefineSettings(JsonConfig):
             problems.append(f"steps={self.steps}: at least 1 sampling step is required")
         if self.min_stage_steps < 1:
             problems.append(f"min_stage_steps={self.min_stage_steps} must be >= 1")
-        if self.renoise is not None and not 0.0 < self.renoise <= 1.0:
-            problems.append(f"renoise={self.renoise} must be in (0, 1]")
+        for name in ("renoise", "upscale_strength"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value <= 1.0:
+                problems.append(f"{name}={value} must be in (0, 1]")
         if self.early_stop < 0:
             problems.append(f"early_stop={self.early_stop} must be >= 0")
         if problems:
@@ -107,6 +111,8 @@ def plan_stages(settings: RefineSettings, native_size: int, multiple: int) -> li
     for size in sizes:
         if previous is None:
             start = 1.0
+        elif size > native_size and settings.upscale_strength is not None:
+            start = settings.upscale_strength
         else:
             start = settings.renoise if settings.renoise is not None else renoise_time(size / previous)
         stages.append(Stage(size, max(settings.min_stage_steps, round(settings.steps * start)), start))

@@ -35,11 +35,12 @@ class GenerationRequest:
     resolution: str | int | None = None
     scales: tuple[float, ...] | None = None
     early_stop: float = 0.0
+    upscale_strength: float | None = None
     callback: Callable[[ProgressEvent], None] | None = None
 
     def sampling(self) -> dict:
         """The ``pipeline.generate`` settings a batch must share."""
-        names = ("steps", "guidance", "sampler", "size", "resolution", "scales", "early_stop")
+        names = ("steps", "guidance", "sampler", "size", "resolution", "scales", "early_stop", "upscale_strength")
         return {name: getattr(self, name) for name in names}
 
     def batch_key(self) -> tuple:
