@@ -11,6 +11,7 @@ from fractalflow.evaluation.evaluate import model_fingerprint
 from fractalflow.inference import (
     PROFILES,
     DeviceReading,
+    GenerationCancelled,
     GenerationRequest,
     InferenceEngine,
     InferenceProfile,
@@ -124,6 +125,43 @@ def test_batched_requests_give_the_images_of_one_at_a_time(tiny_model_folder):
         for got, expected in zip(result.images, alone.images, strict=True):
             assert np.abs(pixels(got) - pixels(expected)).max() <= 1
         assert previews[name] == [n] * 4  # every step, only this request's images
+
+
+def test_cancelling_a_running_request_stops_its_batch_early(tiny_model_folder):
+    steps_seen = []
+    with InferenceEngine(tiny_model_folder, profile="cpu") as engine:
+
+        def cancel_after_two_steps(event):
+            steps_seen.append(event.step)
+            if event.step == 2:
+                engine.cancel(future)
+
+        future = engine.submit(GenerationRequest("one", steps=20, callback=cancel_after_two_steps))
+        with pytest.raises(GenerationCancelled):
+            future.result(timeout=60)
+    assert steps_seen == [1, 2]  # no events after the cancel, and the batch stopped at step 3
+    assert engine.batches_run == []
+
+
+def test_cancelling_one_request_of_a_batch_leaves_the_others_whole(tiny_model_folder):
+    profile = replace(PROFILES["cpu"], batch_window_ms=300.0)
+    seen: dict[str, list[int]] = {"kept": [], "dropped": []}
+    with InferenceEngine(tiny_model_folder, profile=profile) as engine:
+
+        def on_dropped(event):
+            seen["dropped"].append(event.step)
+            engine.cancel(dropped)
+
+        kept = engine.submit(GenerationRequest("one", steps=6, callback=lambda e: seen["kept"].append(e.step)))
+        dropped = engine.submit(GenerationRequest("two", steps=6, callback=on_dropped))
+        waiting = engine.submit(GenerationRequest("three", steps=6, guidance=1.0))  # another batch, still queued
+        assert engine.cancel(waiting) and waiting.cancelled()
+        assert len(kept.result(timeout=60).images) == 1
+        with pytest.raises(GenerationCancelled):
+            dropped.result(timeout=60)
+    assert seen == {"kept": [1, 2, 3, 4, 5, 6], "dropped": [1]}
+    assert engine.batches_run[0] == 2  # both ran in one batch
+    assert not engine.cancel(kept)  # a finished request cannot be cancelled
 
 
 def test_incompatible_requests_run_in_separate_batches_and_errors_stay_with_their_request(tiny_model_folder):

@@ -197,6 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--out", default=None, help="JSON file to write (default: benchmarks/results/bench-<cpu|cuda>.json)"
     )
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP service (API, event stream, web UI)",
+        description="Serve the model over HTTP: POST /v1/generate, server-sent events at /v1/jobs/{id}/events, "
+        "OpenAPI at /docs, Prometheus at /metrics, the web UI at /. Settings come from --config (a ServerConfig "
+        "JSON file); the flags below override it.",
+    )
+    serve.add_argument("--config", default=None, help="ServerConfig JSON file (default: built-in defaults)")
+    serve.add_argument("--host", default=None, help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default: 8000)")
+    serve.add_argument("--model", default=None, help="model folder or hub id (default: the shipped model)")
+    serve.add_argument("--profile", default=None, help="inference profile: auto, gpu, cpu, edge (default: auto)")
     data = commands.add_parser("data", help="prepare datasets", description="Prepare datasets from packaged sources.")
     data_commands = data.add_subparsers(dest="data_command", required=True, help="which data step")
     prepare = data_commands.add_parser(
@@ -379,12 +391,30 @@ def run_bench(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def run_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from fractalflow.serving import ServerConfig, create_app
+
+    config = ServerConfig.load_json(args.config) if args.config else ServerConfig()
+    overrides = {name: getattr(args, name) for name in ("host", "port", "model", "profile")}
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    print(f"fractalflow serve: http://{config.host}:{config.port}/ (API docs at /docs)", file=sys.stderr)
+    uvicorn.run(create_app(config), host=config.host, port=config.port, timeout_graceful_shutdown=30)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"generate": run_generate, "train": run_train, "eval": run_eval, "bench": run_bench, "data": run_data}[
-            args.command
-        ](args)
+        commands = {
+            "generate": run_generate,
+            "train": run_train,
+            "eval": run_eval,
+            "bench": run_bench,
+            "serve": run_serve,
+            "data": run_data,
+        }
+        commands[args.command](args)
     except (UsageError, ValueError, FileNotFoundError, NotADirectoryError) as error:
         print(f"fractalflow {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -51,6 +51,10 @@ class GenerationRequest:
         return [self.seed + i for i in range(self.num_images)]
 
 
+class GenerationCancelled(Exception):
+    """A request was cancelled while its batch was running; its Future ends with this."""
+
+
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Linear layers -> dynamically quantized int8 ones (weights int8, activations quantized per batch)."""
     with warnings.catch_warnings():
@@ -67,8 +71,10 @@ class InferenceEngine:
 
     ``generate(...)`` runs a request now; ``submit(GenerationRequest)`` returns a Future
     and lets a worker thread batch requests with the same settings that arrive within the
-    profile's ``batch_window_ms``, up to ``max_batch`` images. The model loads on first use,
-    unless a loaded ``pipeline`` is given (the profile is then applied to it in place).
+    profile's ``batch_window_ms``, up to ``max_batch`` images. ``cancel(future)`` stops a
+    request whether it waits or runs: a running one hears no more events and ends with
+    :class:`GenerationCancelled`; its batch stops early once every request in it is cancelled.
+    The model loads on first use, unless a loaded ``pipeline`` is given (the profile is then applied to it in place).
     Use as a context manager (or call ``close``) to stop the worker.
     """
 
@@ -87,6 +93,7 @@ class InferenceEngine:
         self._requests: queue.Queue[tuple[GenerationRequest, Future] | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self.batches_run: list[int] = []  # images per batch the worker ran, for inspection
+        self._cancelled: set[int] = set()  # ids of running futures whose callers gave up
 
     @property
     def pipeline(self) -> FractalFlowPipeline:
@@ -139,6 +146,15 @@ class InferenceEngine:
         future: Future = Future()
         self._requests.put((request, future))
         return future
+
+    def cancel(self, future: Future) -> bool:
+        """Cancel a submitted request; False if it had already finished."""
+        if future.cancel():
+            return True
+        if future.done():
+            return False
+        self._cancelled.add(id(future))
+        return True
 
     def close(self) -> None:
         """Finish queued requests, then stop the worker."""
@@ -195,8 +211,10 @@ class InferenceEngine:
             start += request.num_images
 
         def split_event(event: ProgressEvent) -> None:
-            for (request, _), (begin, end) in zip(live, rows):
-                if request.callback is not None:
+            if all(id(f) in self._cancelled for _, f in live):
+                raise GenerationCancelled("every request in the batch was cancelled")
+            for (request, future), (begin, end) in zip(live, rows):
+                if request.callback is not None and id(future) not in self._cancelled:
                     request.callback(replace(event, preview=event.preview[begin:end]))
 
         first = live[0][0]
@@ -209,9 +227,14 @@ class InferenceEngine:
             )
         except Exception as error:  # every caller of the batch hears of it; the worker lives on
             for _, future in live:
+                self._cancelled.discard(id(future))
                 future.set_exception(error)
             return
         self.batches_run.append(start)
         for (request, future), (begin, end) in zip(live, rows):
+            if id(future) in self._cancelled:
+                self._cancelled.discard(id(future))
+                future.set_exception(GenerationCancelled("cancelled while running"))
+                continue
             metadata = {**result.metadata, "prompts": [request.prompt], "seeds": request.seeds(), "batch": start}
             future.set_result(GenerationResult(result.images[begin:end], metadata))

@@ -1,0 +1,221 @@
+"""The FastAPI app: ``create_app(config, engine)``. Endpoints under ``/v1`` (see docs/events.md
+for the event stream), ``/healthz``, ``/metrics`` (Prometheus), OpenAPI at ``/docs``, and the
+web UI at ``/`` when its built folder is present."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from fractalflow.flow.refine import NAMED_RESOLUTIONS
+from fractalflow.inference import InferenceEngine
+from fractalflow.serving.config import ServerConfig
+from fractalflow.serving.jobs import Job, JobManager, QueueFull
+from fractalflow.serving.metrics import ServerMetrics
+from fractalflow.serving.schemas import GenerateRequest, JobCreated, JobInfo, ModelInfo
+
+PACKAGED_UI = Path(__file__).parent / "ui"
+
+
+def unprocessable(field: str, message: str, value: object) -> HTTPException:
+    """A 422 shaped like FastAPI's own validation errors."""
+    return HTTPException(422, detail=[{"loc": ["body", field], "msg": message, "type": "value_error", "input": value}])
+
+
+class Limits:
+    """The server's per-request limits, checked against the served model."""
+
+    def __init__(self, config: ServerConfig, engine: InferenceEngine):
+        self.config = config
+        self.engine = engine
+
+    def resolution_size(self, resolution: str | int) -> int:
+        model = self.engine.pipeline.config
+        native, multiple = model.sample_size, model.downsampling
+        if isinstance(resolution, str) and not resolution.isdigit():
+            if resolution not in NAMED_RESOLUTIONS:
+                raise unprocessable(
+                    "resolution",
+                    f"unknown resolution {resolution!r}; allowed: {list(NAMED_RESOLUTIONS)} or a size in pixels",
+                    resolution,
+                )
+            return round(native * NAMED_RESOLUTIONS[resolution] / multiple) * multiple
+        size = int(resolution)
+        if size < multiple or size % multiple:
+            raise unprocessable("resolution", f"{size} px is not allowed: use a positive multiple of {multiple}", size)
+        return size
+
+    def check(self, request: GenerateRequest) -> None:
+        config = self.config
+        size = self.resolution_size(request.resolution)
+        if size > config.max_size:
+            raise unprocessable(
+                "resolution",
+                f"{request.resolution!r} is {size} px, over this server's max_size={config.max_size}",
+                request.resolution,
+            )
+        most_images = min(config.max_images, self.engine.profile.max_batch)
+        for field, value, most in [
+            ("steps", request.steps, config.max_steps),
+            ("num_images", request.num_images, most_images),
+            ("prompt", len(request.prompt), config.max_prompt_length),
+            ("guidance", request.guidance, config.max_guidance),
+        ]:
+            if value > most:
+                what = "characters" if field == "prompt" else field
+                raise unprocessable(field, f"{field}: {value} {what} is over this server's limit of {most}", value)
+        if not request.prompt.strip():
+            raise unprocessable("prompt", "prompt must contain more than white space", request.prompt)
+
+
+def sse(event: dict) -> str:
+    return f"id: {event['id']}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n"
+
+
+def create_app(config: ServerConfig | None = None, engine: InferenceEngine | None = None) -> FastAPI:
+    """The service for ``config`` (default ``ServerConfig()``), running its model on ``engine``
+    (default: an InferenceEngine for ``config.model`` under ``config.profile``)."""
+    config = config or ServerConfig()
+    engine = engine or InferenceEngine(config.model or None, profile=config.profile)
+    metrics = ServerMetrics()
+    manager = JobManager(engine, config, metrics)
+    limits = Limits(config, engine)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        await run_in_threadpool(manager.shutdown)
+
+    app = FastAPI(
+        title="fractalflow",
+        summary="Text to image with a fractal transformer: jobs, live previews over server-sent events.",
+        lifespan=lifespan,
+    )
+    app.state.manager = manager
+    if config.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"], allow_headers=["*"]
+        )
+
+    async def require_key(
+        x_api_key: str | None = Header(None, description="the server's API key, when it has one"),
+        api_key: str | None = Query(None, description="the same, for EventSource, which cannot send headers"),
+    ) -> None:
+        if config.api_key and config.api_key not in (x_api_key, api_key):
+            metrics.refused.labels("401").inc()
+            raise HTTPException(401, detail="missing or wrong API key: send it in the X-API-Key header")
+
+    api = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+
+    def find(job_id: str) -> Job:
+        job = manager.get(job_id)
+        if job is None:
+            raise HTTPException(404, detail=f"no job {job_id!r} (unknown, or finished long enough ago to be dropped)")
+        return job
+
+    @api.post("/generate", status_code=202, response_model=JobCreated)
+    async def generate(request: GenerateRequest) -> JobCreated:
+        """Queue a generation; follow it at ``events_url`` (server-sent events) or ``job_url``."""
+        try:
+            limits.check(request)
+            job = manager.submit(request, asyncio.get_running_loop())
+        except HTTPException:
+            metrics.refused.labels("422").inc()
+            raise
+        except QueueFull as full:
+            metrics.refused.labels("429").inc()
+            raise HTTPException(429, detail=str(full), headers={"Retry-After": str(full.retry_after)}) from None
+        return JobCreated(
+            id=job.id, state=job.state, events_url=f"/v1/jobs/{job.id}/events", job_url=f"/v1/jobs/{job.id}"
+        )
+
+    @api.get("/jobs/{job_id}", response_model=JobInfo)
+    async def job_info(job_id: str) -> JobInfo:
+        return find(job_id).info()
+
+    @api.get("/jobs/{job_id}/events")
+    async def job_events(job_id: str, last_event_id: int | None = Header(None)) -> StreamingResponse:
+        """Server-sent events of the job from the start (or after ``Last-Event-ID``) to its end."""
+        job = find(job_id)
+        start = 0 if last_event_id is None else last_event_id + 1
+
+        async def stream():
+            async for event in job.stream(start):
+                yield sse(event)
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+
+    @api.delete("/jobs/{job_id}", response_model=JobInfo)
+    async def cancel_job(job_id: str) -> JobInfo:
+        """Cancel a queued or running job (a finished one is returned unchanged, with 409)."""
+        job = find(job_id)
+        if not manager.cancel(job):
+            raise HTTPException(409, detail=f"job {job_id} has already finished ({job.state})")
+        return job.info()
+
+    @api.get("/images/{image_id}.png", response_class=Response)
+    async def image(image_id: str) -> Response:
+        data = manager.images.get(image_id)
+        if data is None:
+            raise HTTPException(
+                404,
+                detail=f"no image {image_id!r} (unknown, or dropped: the server keeps the last {config.stored_images})",
+            )
+        return Response(data, media_type="image/png")
+
+    @api.get("/models", response_model=list[ModelInfo])
+    async def models() -> list[ModelInfo]:
+        pipeline = await run_in_threadpool(lambda: engine.pipeline)
+        model = pipeline.config
+        return [
+            ModelInfo(
+                id="default" if not config.model else config.model,
+                source=pipeline.source,
+                parameters=sum(p.numel() for p in pipeline.model.parameters()),
+                sample_size=model.sample_size,
+                size_multiple=model.downsampling,
+                text_conditioned=not model.class_names,
+                resolutions={name: limits.resolution_size(name) for name in NAMED_RESOLUTIONS},
+                profile=engine.profile.to_dict(),
+            )
+        ]
+
+    app.include_router(api)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok", "unfinished_jobs": manager.unfinished(), "max_queue": config.max_queue}
+
+    @app.get("/metrics", response_class=Response)
+    async def prometheus() -> Response:
+        metrics.queue_length.set(manager.unfinished())
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    ui = Path(config.ui_folder) if config.ui_folder else PACKAGED_UI
+    if (ui / "index.html").is_file():
+        app.mount("/", StaticFiles(directory=ui, html=True), name="ui")
+    else:
+
+        @app.get("/", include_in_schema=False)
+        async def no_ui() -> RedirectResponse:
+            return RedirectResponse("/docs")
+
+    @app.exception_handler(RequestValidationError)
+    async def count_invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        metrics.refused.labels("422").inc()
+        return await request_validation_exception_handler(request, error)
+
+    return app

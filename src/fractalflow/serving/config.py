@@ -1,0 +1,57 @@
+"""ServerConfig: what ``fractalflow serve`` listens on, serves, and allows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fractalflow.config import JsonConfig
+from fractalflow.flow.refine import NAMED_RESOLUTIONS
+from fractalflow.flow.samplers import SAMPLERS
+
+
+@dataclass(frozen=True)
+class ServerConfig(JsonConfig):
+    """Settings of the service, saved as JSON (``fractalflow serve --config server.json``).
+
+    ``model``: a model folder or hub id ("" = the shipped default); ``profile``: an inference
+    profile name (``auto``, ``gpu``, ``cpu``, ``edge``). ``max_queue``: jobs waiting or running
+    before new ones get 429. The ``max_*`` limits are enforced per request with a 422 that
+    names the allowed range. ``api_key``: when set, every ``/v1`` call needs it in the
+    ``X-API-Key`` header. ``cors_origins``: origins a browser app may call from.
+    ``stored_images``: finished images kept in memory for ``/v1/images`` (oldest dropped).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model: str = ""
+    profile: str = "auto"
+    max_queue: int = 32
+    max_size: int = 256
+    max_steps: int = 100
+    max_images: int = 4
+    max_prompt_length: int = 300
+    max_guidance: float = 20.0
+    api_key: str = ""
+    cors_origins: tuple[str, ...] = ()
+    stored_images: int = 512
+    ui_folder: str = ""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("max_queue", "max_size", "max_steps", "max_images", "max_prompt_length", "stored_images"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)} must be >= 1")
+        if not 0 < self.port < 65536:
+            problems.append(f"port={self.port} must be in 1..65535")
+        if self.max_guidance < 1:
+            problems.append(f"max_guidance={self.max_guidance} must be >= 1")
+        if problems:
+            raise ValueError("invalid ServerConfig: " + "; ".join(problems))
+
+    @property
+    def resolutions(self) -> list[str]:
+        return list(NAMED_RESOLUTIONS)
+
+    @property
+    def samplers(self) -> list[str]:
+        return sorted(SAMPLERS)

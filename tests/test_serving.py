@@ -1,0 +1,263 @@
+"""The HTTP service: jobs, the event stream, limits, cancel, auth, metrics, shutdown."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from fractalflow import FractalFlowPipeline
+from fractalflow.inference import PROFILES, InferenceEngine
+from fractalflow.serving import ServerConfig, create_app
+
+
+@pytest.fixture
+def pipeline(tiny_model_folder):
+    return FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+
+
+def engine_for(pipeline, **profile):
+    return InferenceEngine(profile=replace(PROFILES["cpu"], batch_window_ms=0.0, **profile), pipeline=pipeline)
+
+
+def gate(pipeline) -> threading.Event:
+    """Hold every generation of ``pipeline`` until the returned event is set."""
+    opened, generate = threading.Event(), pipeline.generate
+
+    def held(*args, **kwargs):
+        assert opened.wait(30), "the test never opened the gate"
+        return generate(*args, **kwargs)
+
+    pipeline.generate = held
+    return opened
+
+
+def events_of(client, job_id, **params):
+    """Every server-sent event of a job, parsed, in order, until its final one."""
+    events = []
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", params=params) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[len("data: ") :]))
+    return events
+
+
+def png_from_data_url(url: str) -> Image.Image:
+    assert url.startswith("data:image/png;base64,")
+    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+
+
+def test_a_job_streams_queued_stage_steps_and_done_then_serves_its_image(pipeline):
+    with TestClient(create_app(ServerConfig(), engine_for(pipeline))) as client:
+        created = client.post("/v1/generate", json={"prompt": "seven", "resolution": "high", "steps": 4, "seed": 5})
+        assert created.status_code == 202
+        job = created.json()
+        events = events_of(client, job["id"])
+        info = client.get(job["job_url"]).json()
+        image = client.get(info["images"][0])
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "queued" and kinds[-1] == "done"
+    steps = [e for e in events if e["type"] == "step"]
+    assert [e["step"] for e in steps] == list(range(1, steps[0]["total"] + 1))
+    assert [e["stage"] for e in events if e["type"] == "stage"] == ["8px", "16px", "32px"]
+    assert all(png_from_data_url(e["preview"]).size[0] <= 64 for e in steps)
+    assert [e["id"] for e in events] == list(range(len(events)))
+    assert info["state"] == "done" and info["request"]["seed"] == 5 and info["metadata"]["seeds"] == [5]
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    picture = Image.open(io.BytesIO(image.content))
+    assert picture.size == (32, 32) and json.loads(picture.text["fractalflow"])["job"] == job["id"]
+    # the same seed through the pipeline directly gives the same pixels
+    direct = pipeline.generate("seven", resolution="high", steps=4, seed=5).images[0]
+    assert np.array_equal(np.asarray(picture), np.asarray(direct))
+
+
+def test_reconnecting_with_last_event_id_resumes_after_it(pipeline):
+    with TestClient(create_app(ServerConfig(), engine_for(pipeline))) as client:
+        job = client.post("/v1/generate", json={"prompt": "one", "steps": 3}).json()
+        everything = events_of(client, job["id"])
+        with client.stream("GET", job["events_url"], headers={"Last-Event-ID": "2"}) as response:
+            rest = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+    assert rest == everything[3:]
+
+
+@pytest.mark.parametrize(
+    "body,field,message",
+    [
+        ({"prompt": "one", "steps": 101}, "steps", "steps: 101 steps is over this server's limit of 100"),
+        ({"prompt": "one", "resolution": "huge"}, "resolution", "unknown resolution 'huge'; allowed: \\['preview'"),
+        ({"prompt": "one", "resolution": 18}, "resolution", "18 px is not allowed: use a positive multiple of 4"),
+        ({"prompt": "one", "resolution": "ultra"}, "resolution", "'ultra' is 64 px, over this server's max_size=32"),
+        ({"prompt": "one " * 20}, "prompt", "prompt: 80 characters is over this server's limit of 50"),
+        ({"prompt": "one", "num_images": 3}, "num_images", "num_images: 3 num_images is over .* limit of 2"),
+        ({"prompt": "one", "guidance": 30}, "guidance", "over this server's limit of 20"),
+        ({"prompt": "   "}, "prompt", "more than white space"),
+        ({"prompt": "one", "steps": 0}, "steps", "greater than or equal to 1"),
+        ({"prompt": "one", "colour": "red"}, "colour", "Extra inputs are not permitted"),
+    ],
+)
+def test_requests_over_the_limits_get_422_saying_what_is_allowed(pipeline, body, field, message):
+    config = ServerConfig(max_size=32, max_images=2, max_prompt_length=50)
+    with TestClient(create_app(config, engine_for(pipeline))) as client:
+        response = client.post("/v1/generate", json=body)
+        metrics = client.get("/metrics").text
+    assert response.status_code == 422
+    (problem,) = response.json()["detail"]
+    assert problem["loc"][-1] == field
+    assert re.search(message, problem["msg"]), problem["msg"]
+    assert 'fractalflow_refused_requests_total{status="422"} 1.0' in metrics
+
+
+def test_a_full_queue_answers_429_with_retry_after(pipeline):
+    opened = gate(pipeline)
+    with TestClient(create_app(ServerConfig(max_queue=2), engine_for(pipeline))) as client:
+        accepted = [client.post("/v1/generate", json={"prompt": "one", "steps": 2}) for _ in range(2)]
+        refused = client.post("/v1/generate", json={"prompt": "one", "steps": 2})
+        opened.set()
+        finished = [events_of(client, r.json()["id"])[-1]["type"] for r in accepted]
+        after = client.post("/v1/generate", json={"prompt": "one", "steps": 2})
+    assert [r.status_code for r in accepted] == [202, 202]
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    assert "queue is full" in refused.json()["detail"]
+    assert finished == ["done", "done"] and after.status_code == 202  # room again once jobs finish
+
+
+def test_cancel_a_running_and_a_queued_job_then_the_next_one_still_runs(pipeline):
+    opened = gate(pipeline)
+    with TestClient(create_app(ServerConfig(), engine_for(pipeline))) as client:
+        running = client.post("/v1/generate", json={"prompt": "one", "steps": 5}).json()
+        queued = client.post("/v1/generate", json={"prompt": "two", "steps": 6}).json()
+        cancelled = [client.delete(f"/v1/jobs/{job['id']}") for job in (running, queued)]
+        opened.set()
+        streams = [events_of(client, job["id"]) for job in (running, queued)]
+        later = client.post("/v1/generate", json={"prompt": "three", "steps": 2}).json()
+        later_events = events_of(client, later["id"])
+        again = client.delete(f"/v1/jobs/{later['id']}")
+        states = [client.get(f"/v1/jobs/{job['id']}").json()["state"] for job in (running, queued, later)]
+        metrics = client.get("/metrics").text
+    assert [r.status_code for r in cancelled] == [200, 200]
+    assert [r.json()["state"] for r in cancelled] == ["cancelled", "cancelled"]
+    assert [[e["type"] for e in s] for s in streams] == [["queued", "cancelled"], ["queued", "cancelled"]]
+    assert later_events[-1]["type"] == "done"
+    assert again.status_code == 409 and "already finished (done)" in again.json()["detail"]
+    assert states == ["cancelled", "cancelled", "done"]
+    assert 'fractalflow_jobs_total{state="cancelled"} 2.0' in metrics
+    assert 'fractalflow_jobs_total{state="done"} 1.0' in metrics
+
+
+def test_unknown_jobs_and_images_are_404(pipeline):
+    with TestClient(create_app(ServerConfig(), engine_for(pipeline))) as client:
+        assert client.get("/v1/jobs/nope").status_code == 404
+        assert client.delete("/v1/jobs/nope").status_code == 404
+        assert "no image 'nope'" in client.get("/v1/images/nope.png").json()["detail"]
+
+
+def test_an_api_key_guards_v1_but_not_health(pipeline):
+    with TestClient(create_app(ServerConfig(api_key="s3cret"), engine_for(pipeline))) as client:
+        refused = client.post("/v1/generate", json={"prompt": "one", "steps": 2})
+        wrong = client.get("/v1/models", headers={"X-API-Key": "guess"})
+        job = client.post("/v1/generate", json={"prompt": "one", "steps": 2}, headers={"X-API-Key": "s3cret"})
+        events = events_of(client, job.json()["id"], api_key="s3cret")  # EventSource cannot send headers
+        health = client.get("/healthz")
+    assert refused.status_code == 401 and "X-API-Key" in refused.json()["detail"]
+    assert wrong.status_code == 401
+    assert job.status_code == 202 and events[-1]["type"] == "done"
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+
+
+def test_cors_allows_only_the_configured_origins(pipeline):
+    config = ServerConfig(cors_origins=("http://app.example",))
+    with TestClient(create_app(config, engine_for(pipeline))) as client:
+        allowed = client.get("/healthz", headers={"Origin": "http://app.example"})
+        other = client.get("/healthz", headers={"Origin": "http://evil.example"})
+    assert allowed.headers["access-control-allow-origin"] == "http://app.example"
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_models_lists_the_served_model_with_its_resolutions(pipeline):
+    with TestClient(create_app(ServerConfig(), engine_for(pipeline))) as client:
+        (model,) = client.get("/v1/models").json()
+        schema = client.get("/openapi.json").json()
+    assert model["resolutions"] == {"preview": 4, "standard": 16, "high": 32, "ultra": 64}
+    assert model["sample_size"] == 16 and model["parameters"] == sum(p.numel() for p in pipeline.model.parameters())
+    assert {"/v1/generate", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events", "/v1/models"} <= set(schema["paths"])
+
+
+def test_metrics_count_jobs_and_time_them(pipeline):
+    with TestClient(create_app(ServerConfig(), engine_for(pipeline))) as client:
+        for _ in range(2):
+            events_of(client, client.post("/v1/generate", json={"prompt": "one", "steps": 2}).json()["id"])
+        text = client.get("/metrics").text
+    assert 'fractalflow_jobs_total{state="done"} 2.0' in text
+    assert "fractalflow_job_seconds_count 2.0" in text
+    assert "fractalflow_first_preview_seconds_count 2.0" in text
+    assert "fractalflow_queue_length 0.0" in text
+
+
+def test_shutdown_finishes_the_running_job_and_cancels_the_waiting_one(pipeline):
+    opened = gate(pipeline)
+    app = create_app(ServerConfig(), engine_for(pipeline))
+    manager = app.state.manager
+    with TestClient(app) as client:
+        running = client.post("/v1/generate", json={"prompt": "one", "steps": 3}).json()
+        waiting = client.post("/v1/generate", json={"prompt": "two", "steps": 4}).json()
+        threading.Timer(0.5, opened.set).start()  # the running job may finish only once shutdown has begun
+    assert manager.get(running["id"]).state == "done"
+    assert manager.get(waiting["id"]).state == "cancelled"
+    assert [e["type"] for e in manager.get(waiting["id"]).events] == ["queued", "cancelled"]
+
+
+def test_fractalflow_serve_answers_over_http_and_stops_cleanly_on_sigterm(tiny_model_folder, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "server.json"
+    ServerConfig(port=port, model=str(tiny_model_folder), profile="cpu", max_steps=8).save_json(config)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fractalflow.cli", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                health = json.load(urllib.request.urlopen(f"{base}/healthz", timeout=1))
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the server did not come up")
+        body = json.dumps({"prompt": "four", "steps": 9}).encode()
+        post = urllib.request.Request(f"{base}/v1/generate", body, {"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(post, timeout=10)
+        assert refused.value.code == 422  # the limit from the config file holds
+        body = json.dumps({"prompt": "four", "steps": 3}).encode()
+        post = urllib.request.Request(f"{base}/v1/generate", body, {"Content-Type": "application/json"})
+        job = json.load(urllib.request.urlopen(post, timeout=10))
+        stream = urllib.request.urlopen(f"{base}{job['events_url']}", timeout=30).read().decode()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output = server.communicate(timeout=30)[0]
+    assert health["status"] == "ok"
+    assert "event: done" in stream and "event: step" in stream
+    # uvicorn re-raises the signal once its graceful shutdown is complete
+    assert server.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in output, output
