@@ -5,10 +5,11 @@ BIN := $(VENV)/bin
 # A CPU build where one lies on disk (pip's find-links); override for a CUDA machine,
 # e.g. `make install TORCH_SPEC='torch>=2.4'`.
 TORCH_SPEC ?= torch==2.13.0
-# Tests run without network where the kernel lets us make a namespace.
-OFFLINE := $(shell unshare -n true 2>/dev/null && echo "unshare -n")
+# Tests run without network (loopback only) where the kernel lets us make a namespace.
+OFFLINE := $(shell unshare -n true 2>/dev/null && echo "scripts/offline")
+UI := src/fractalflow/serving/ui/index.html
 
-.PHONY: install system-deps data demo test lint bench clean
+.PHONY: install system-deps data ui demo test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,17 +26,27 @@ data/node_modules/.installed: data/package.json data/package-lock.json
 	npm ci --prefix data --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
 
+# the web UI (React + Vite), built into the package so that `fractalflow serve` serves it at /
+web/node_modules/.installed: web/package.json web/package-lock.json
+	npm ci --prefix web --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(UI): web/node_modules/.installed web/index.html web/vite.config.ts web/tsconfig.json $(wildcard web/src/*)
+	npm run --prefix web build
+
 data/emoji/records.jsonl: data/node_modules/.installed | $(VENV)/.installed
 	$(BIN)/fractalflow data prepare --out data/emoji --sources data/node_modules
 
 system-deps:
 	bash scripts/install-system-deps.sh
 
-install: $(VENV)/.installed system-deps data/node_modules/.installed
+install: $(VENV)/.installed system-deps data/node_modules/.installed $(UI)
+
+ui: $(UI)
 
 data: data/emoji/records.jsonl
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed $(UI)
 	$(BIN)/fractalflow generate "red heart" "cat face, twemoji style" "bicycle icon" "sunset over a city" \
 		--num-images 4 --size 64 --seed 0 --upscale 2 -o demo.png
 	@echo "demo image: $(CURDIR)/demo.png"
@@ -43,6 +54,8 @@ demo: $(VENV)/.installed
 test: install data
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(OFFLINE) $(BIN)/python -m pytest -q
+	npm test --prefix web
+	$(OFFLINE) npm run --prefix web e2e
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks scripts
@@ -51,4 +64,4 @@ bench: install
 	$(BIN)/python benchmarks/foundation.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache build src/*.egg-info data/node_modules data/emoji
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info data/node_modules data/emoji web/node_modules src/fractalflow/serving/ui

@@ -94,6 +94,7 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        await run_in_threadpool(lambda: engine.pipeline)  # load before taking requests, off the event loop
         yield
         await run_in_threadpool(manager.shutdown)
 

@@ -1,0 +1,115 @@
+// End to end: `fractalflow serve` with the shipped model, the demo page in headless Chromium.
+// Types a prompt, sees previews and the finished image, cancels a second job and sees it
+// cancelled (on the page and on the server); saves docs/images/ui.png.
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { createServer } from "node:net";
+import path from "node:path";
+import { existsSync } from "node:fs";
+import { after, before, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const fractalflow = process.env.FRACTALFLOW ?? path.join(repo, ".venv/bin/fractalflow");
+const browserPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
+// no background connections: this machine has no network and Chromium would keep trying
+const chromiumArgs = [
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
+const skip = existsSync(browserPath) ? false : `no Chromium at ${browserPath} (make system-deps installs it)`;
+
+let server;
+let serverLog = "";
+let browser;
+let base;
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const probe = createServer();
+    probe.once("error", reject);
+    probe.listen(0, "127.0.0.1", () => {
+      const { port } = probe.address();
+      probe.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitForHealth(url, seconds) {
+  const deadline = Date.now() + seconds * 1000;
+  while (Date.now() < deadline) {
+    try {
+      if ((await fetch(`${url}/healthz`)).ok) return;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`the server did not answer within ${seconds} s:\n${serverLog}`);
+}
+
+before(async () => {
+  if (skip) return;
+  const port = await freePort();
+  base = `http://127.0.0.1:${port}`;
+  server = spawn(fractalflow, ["serve", "--port", String(port), "--profile", "cpu"], { cwd: repo });
+  server.stdout.on("data", (chunk) => (serverLog += chunk));
+  server.stderr.on("data", (chunk) => (serverLog += chunk));
+  await waitForHealth(base, 90);
+  browser = await chromium.launch({ executablePath: browserPath, headless: true, args: chromiumArgs });
+});
+
+after(async () => {
+  await browser?.close();
+  if (server && server.exitCode === null) {
+    const exited = new Promise((resolve) => server.once("exit", resolve));
+    server.kill("SIGTERM");
+    await exited;
+  }
+});
+
+test("generate with live previews, then cancel a running job", { timeout: 180_000, skip }, async () => {
+  const page = await browser.newPage({ viewport: { width: 900, height: 720 } });
+  const pageErrors = [];
+  page.on("pageerror", (error) => pageErrors.push(error.message));
+  await page.goto(`${base}/`);
+
+  await page.getByLabel("prompt").fill("red heart");
+  await page.getByLabel("seed").fill("1");
+  await page.getByRole("button", { name: "Generate" }).click();
+  const preview = page.getByTestId("preview");
+  await preview.waitFor({ timeout: 60_000 });
+  assert.match(await preview.getAttribute("src"), /^data:image\/png;base64,/);
+  const gallery = page.getByTestId("gallery").locator("img");
+  await gallery.first().waitFor({ timeout: 60_000 });
+  assert.match(await page.getByTestId("status").innerText(), /^done/);
+  const finished = await gallery.first().evaluate((img) => img.complete && img.naturalWidth);
+  assert.equal(finished, 64, "the finished 64 px image loaded from the server");
+
+  // a long job: ultra resolution, many steps; cancel it once it is running
+  await page.getByLabel("prompt").fill("bicycle icon");
+  await page.getByLabel("resolution").selectOption("ultra");
+  await page.getByLabel("steps").fill("100");
+  const created = page.waitForResponse((r) => r.url().endsWith("/v1/generate"));
+  await page.getByRole("button", { name: "Generate" }).click();
+  const job = await (await created).json();
+  await page.getByTestId("status").filter({ hasText: /^running/ }).waitFor({ timeout: 60_000 });
+  await page.getByRole("button", { name: "Cancel" }).click();
+  await page.getByTestId("status").filter({ hasText: /^cancelled/ }).waitFor({ timeout: 10_000 });
+
+  const info = await (await fetch(`${base}/v1/jobs/${job.id}`)).json();
+  assert.equal(info.state, "cancelled");
+  await new Promise((r) => setTimeout(r, 1000)); // late events, if any, must not change the page
+  assert.match(await page.getByTestId("status").innerText(), /^cancelled/);
+  assert.equal(await gallery.count(), 1, "the cancelled job added nothing to the gallery");
+  assert.deepEqual(pageErrors, []);
+
+  await page.screenshot({ path: path.join(repo, "docs/images/ui.png"), fullPage: true });
+});
