@@ -90,7 +90,7 @@ test("generate with live previews, then cancel a running job", { timeout: 180_00
   const gallery = page.getByTestId("gallery").locator("img");
   await gallery.first().waitFor({ timeout: 60_000 });
   assert.match(await page.getByTestId("status").innerText(), /^done/);
-  const finished = await gallery.first().evaluate((img) => img.complete && img.naturalWidth);
+  const finished = await gallery.first().evaluate((img) => img.decode().then(() => img.naturalWidth));
   assert.equal(finished, 64, "the finished 64 px image loaded from the server");
 
   // a long job: ultra resolution, many steps; cancel it once it is running
@@ -101,8 +101,10 @@ test("generate with live previews, then cancel a running job", { timeout: 180_00
   await page.getByRole("button", { name: "Generate" }).click();
   const job = await (await created).json();
   await page.getByTestId("status").filter({ hasText: /^running/ }).waitFor({ timeout: 60_000 });
+  const deleted = page.waitForResponse((r) => r.request().method() === "DELETE" && r.url().endsWith(job.id));
   await page.getByRole("button", { name: "Cancel" }).click();
   await page.getByTestId("status").filter({ hasText: /^cancelled/ }).waitFor({ timeout: 10_000 });
+  assert.equal((await deleted).status(), 200);
 
   const info = await (await fetch(`${base}/v1/jobs/${job.id}`)).json();
   assert.equal(info.state, "cancelled");
