@@ -66,15 +66,14 @@ class Limits:
                 request.resolution,
             )
         most_images = min(config.max_images, self.engine.profile.max_batch)
-        for field, value, most in [
-            ("steps", request.steps, config.max_steps),
-            ("num_images", request.num_images, most_images),
-            ("prompt", len(request.prompt), config.max_prompt_length),
-            ("guidance", request.guidance, config.max_guidance),
+        for field, value, shown, most in [
+            ("steps", request.steps, f"steps={request.steps}", config.max_steps),
+            ("num_images", request.num_images, f"num_images={request.num_images}", most_images),
+            ("prompt", len(request.prompt), f"the prompt ({len(request.prompt)} characters)", config.max_prompt_length),
+            ("guidance", request.guidance, f"guidance={request.guidance}", config.max_guidance),
         ]:
             if value > most:
-                what = "characters" if field == "prompt" else field
-                raise unprocessable(field, f"{field}: {value} {what} is over this server's limit of {most}", value)
+                raise unprocessable(field, f"{shown} is over this server's limit of {most}", value)
         if not request.prompt.strip():
             raise unprocessable("prompt", "prompt must contain more than white space", request.prompt)
 

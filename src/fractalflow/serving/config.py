@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fractalflow.config import JsonConfig
-from fractalflow.flow.refine import NAMED_RESOLUTIONS
-from fractalflow.flow.samplers import SAMPLERS
 
 
 @dataclass(frozen=True)
@@ -47,11 +45,3 @@ class ServerConfig(JsonConfig):
             problems.append(f"max_guidance={self.max_guidance} must be >= 1")
         if problems:
             raise ValueError("invalid ServerConfig: " + "; ".join(problems))
-
-    @property
-    def resolutions(self) -> list[str]:
-        return list(NAMED_RESOLUTIONS)
-
-    @property
-    def samplers(self) -> list[str]:
-        return sorted(SAMPLERS)
