@@ -55,6 +55,12 @@ class BertLayer(nn.Module):
         return self.output["LayerNorm"](x + self.output["dense"](hidden))
 
 
+def uninitialized_embedding(count: int, width: int) -> nn.Embedding:
+    """An embedding table left uninitialised: its weights always come from the checkpoint, and
+    random-initialising on the meta device would pull in torch._dynamo (~75 MB resident)."""
+    return nn.Embedding(count, width, _weight=torch.empty(count, width))
+
+
 class MiniLMEncoder(nn.Module):
     """BERT encoder: token ids ``(B, L)`` -> hidden states ``(B, L, width)``."""
 
@@ -63,9 +69,9 @@ class MiniLMEncoder(nn.Module):
         width, eps = config["hidden_size"], config["layer_norm_eps"]
         self.embeddings = nn.ModuleDict(
             {
-                "word_embeddings": nn.Embedding(config["vocab_size"], width),
-                "position_embeddings": nn.Embedding(config["max_position_embeddings"], width),
-                "token_type_embeddings": nn.Embedding(config["type_vocab_size"], width),
+                "word_embeddings": uninitialized_embedding(config["vocab_size"], width),
+                "position_embeddings": uninitialized_embedding(config["max_position_embeddings"], width),
+                "token_type_embeddings": uninitialized_embedding(config["type_vocab_size"], width),
                 "LayerNorm": nn.LayerNorm(width, eps=eps),
             }
         )

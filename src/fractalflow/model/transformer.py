@@ -175,6 +175,10 @@ class FractalTransformer(nn.Module):
 
     def initialize_weights(self) -> None:
         """Xavier for linear layers; adaLN gates and the output zeroed so training starts at v = 0."""
+        if self.patch_embed.weight.is_meta:
+            # built on the meta device to receive saved weights: torch's meta normal_ would pull in
+            # torch._dynamo and sympy (~75 MB of resident memory) to initialise nothing
+            return
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
