@@ -54,10 +54,6 @@ def _scale_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of scales, e.g. 0.25,0.5,1") from None
 
 
-def _resolution(text: str | None) -> str | int | None:
-    return int(text) if text is not None and text.isdigit() else text
-
-
 def _size_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(",") if part.strip())
@@ -161,9 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--resolution", default="", help="refine coarse to fine up to this named resolution or size (as generate)"
     )
-    evaluate.add_argument(
-        "--scales", type=_scale_list, default=(), help="scales for --resolution (default: 0.5,1,2,4)"
-    )
+    evaluate.add_argument("--scales", type=_scale_list, default=(), help="scales for --resolution (default: 0.5,1,2,4)")
     evaluate.add_argument(
         "--early-stop", type=float, default=0.0, help="relative-change threshold to end a scale (default: 0, off)"
     )
@@ -268,7 +262,7 @@ def run_generate(args: argparse.Namespace) -> None:
         size=args.size,
         sampler=args.sampler,
         progress=True,
-        resolution=_resolution(args.resolution),
+        resolution=args.resolution,
         scales=args.scales,
         early_stop=args.early_stop,
     )

@@ -28,7 +28,7 @@ from fractalflow.evaluation.features import EffNetFeatures
 from fractalflow.evaluation.frechet import frechet_distance_of_features
 from fractalflow.evaluation.manifold import precision_recall
 from fractalflow.events import images_to_tensor
-from fractalflow.flow.refine import DEFAULT_SCALES, RefineSettings, plan_stages
+from fractalflow.flow.refine import resolution_size
 from fractalflow.hardware import describe_device
 from fractalflow.pipeline import FractalFlowPipeline
 
@@ -62,13 +62,12 @@ class EvalSettings(JsonConfig):
 
     def sampling(self) -> dict:
         """The pipeline.generate arguments these settings fix (besides prompts and seeds)."""
-        resolution = int(self.resolution) if self.resolution.isdigit() else self.resolution
         return dict(
             steps=self.steps,
             guidance=self.guidance,
             sampler=self.sampler,
             size=self.size or None,
-            resolution=resolution or None,
+            resolution=self.resolution or None,
             scales=self.scales or None,
             early_stop=self.early_stop,
             upscale_strength=self.upscale_strength or None,
@@ -76,11 +75,7 @@ class EvalSettings(JsonConfig):
 
     def output_size(self, native_size: int, multiple: int) -> int:
         """Side in pixels of the generated images for a model trained at ``native_size``."""
-        if not self.resolution:
-            return self.size or native_size
-        sampling = self.sampling()
-        refine = RefineSettings(resolution=sampling["resolution"], scales=self.scales or DEFAULT_SCALES)
-        return plan_stages(refine, native_size, multiple)[-1].size
+        return resolution_size(self.resolution or self.size or native_size, native_size, multiple)
 
 
 PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric)

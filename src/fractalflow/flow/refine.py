@@ -54,10 +54,10 @@ class Stage:
 @dataclass(frozen=True)
 class RefineSettings(JsonConfig):
     """How to refine: the final ``resolution`` (a name in NAMED_RESOLUTIONS or a size in
-    pixels), the ``scales`` to pass through (relative to the model's trained size; those
-    up to the final one are used), ``steps`` for a full noise-to-image trajectory (a scale
-    that starts at time t gets ``round(steps * t)``, at least ``min_stage_steps``), and
-    ``early_stop``: stop a scale when the clean-image estimate changes by less than this
+    pixels, as an int or a string of digits), the ``scales`` to pass through (relative to
+    the model's trained size; those up to the final one are used), ``steps`` for a full
+    noise-to-image trajectory (a scale that starts at time t gets ``round(steps * t)``, at
+    least ``min_stage_steps``), and ``early_stop``: stop a scale when the clean-image estimate changes by less than this
     (relative L2) between two steps; 0 turns it off. ``renoise`` overrides the start time
     of every scale after the first; ``upscale_strength`` that of the scales above the
     trained size (like img2img strength: how much of the upsampled image is redrawn)."""
@@ -74,7 +74,11 @@ class RefineSettings(JsonConfig):
 
     def __post_init__(self) -> None:
         problems = []
-        if isinstance(self.resolution, str) and self.resolution not in NAMED_RESOLUTIONS:
+        if (
+            isinstance(self.resolution, str)
+            and not self.resolution.isdigit()
+            and self.resolution not in NAMED_RESOLUTIONS
+        ):
             problems.append(
                 f"unknown resolution {self.resolution!r}; use one of {list(NAMED_RESOLUTIONS)} or a size in pixels"
             )
@@ -97,14 +101,24 @@ class RefineSettings(JsonConfig):
         get_sampler(self.sampler)
 
 
+def resolution_size(resolution: str | int, native_size: int, multiple: int) -> int:
+    """Side in pixels of ``resolution`` (a name in NAMED_RESOLUTIONS, or a size as an int or a
+    string of digits) for a model trained at ``native_size`` that needs multiples of ``multiple``."""
+    if isinstance(resolution, str) and not resolution.isdigit():
+        if resolution not in NAMED_RESOLUTIONS:
+            raise ValueError(
+                f"unknown resolution {resolution!r}; allowed: {list(NAMED_RESOLUTIONS)} or a size in pixels"
+            )
+        return round(native_size * NAMED_RESOLUTIONS[resolution] / multiple) * multiple
+    size = int(resolution)
+    if size % multiple or size < multiple:
+        raise ValueError(f"{size} px is not allowed: use a positive multiple of {multiple}")
+    return size
+
+
 def plan_stages(settings: RefineSettings, native_size: int, multiple: int) -> list[Stage]:
     """The scales a refinement passes through, as sizes (multiples of ``multiple``), steps and start times."""
-    if isinstance(settings.resolution, str):
-        final = round(native_size * NAMED_RESOLUTIONS[settings.resolution] / multiple) * multiple
-    else:
-        final = settings.resolution
-    if final % multiple or final < multiple:
-        raise ValueError(f"resolution {final} px is not allowed: it must be a positive multiple of {multiple}")
+    final = resolution_size(settings.resolution, native_size, multiple)
     sizes = sorted({round(native_size * s / multiple) * multiple for s in settings.scales} - {0})
     sizes = [s for s in sizes if s < final] + [final]
     stages, previous = [], None

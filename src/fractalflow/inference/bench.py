@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from fractalflow.config import JsonConfig
+from fractalflow.flow.refine import resolution_size
 from fractalflow.inference.engine import InferenceEngine
 from fractalflow.inference.profiles import PROFILES, InferenceProfile, get_profile
 from fractalflow.pipeline import FractalFlowPipeline, default_model_folder
@@ -45,11 +46,8 @@ class BenchCase(JsonConfig):
 def generation_settings(case: BenchCase, pipeline: FractalFlowPipeline) -> dict:
     """The baseline samples the named resolution's size at one scale; profiles refine coarse to fine."""
     if case.profile == BASELINE:
-        from fractalflow.flow.refine import NAMED_RESOLUTIONS
-
-        multiple, native = pipeline.config.downsampling, pipeline.config.sample_size
-        size = round(native * NAMED_RESOLUTIONS[case.resolution] / multiple) * multiple
-        return dict(size=size, steps=case.steps)
+        model = pipeline.config
+        return dict(size=resolution_size(case.resolution, model.sample_size, model.downsampling), steps=case.steps)
     return dict(resolution=case.resolution, steps=case.steps, early_stop=case.early_stop)
 
 

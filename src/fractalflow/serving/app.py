@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from fractalflow.flow.refine import NAMED_RESOLUTIONS
+from fractalflow.flow.refine import NAMED_RESOLUTIONS, resolution_size
 from fractalflow.inference import InferenceEngine
 from fractalflow.serving.config import ServerConfig
 from fractalflow.serving.jobs import Job, JobManager, QueueFull
@@ -42,19 +42,10 @@ class Limits:
 
     def resolution_size(self, resolution: str | int) -> int:
         model = self.engine.pipeline.config
-        native, multiple = model.sample_size, model.downsampling
-        if isinstance(resolution, str) and not resolution.isdigit():
-            if resolution not in NAMED_RESOLUTIONS:
-                raise unprocessable(
-                    "resolution",
-                    f"unknown resolution {resolution!r}; allowed: {list(NAMED_RESOLUTIONS)} or a size in pixels",
-                    resolution,
-                )
-            return round(native * NAMED_RESOLUTIONS[resolution] / multiple) * multiple
-        size = int(resolution)
-        if size < multiple or size % multiple:
-            raise unprocessable("resolution", f"{size} px is not allowed: use a positive multiple of {multiple}", size)
-        return size
+        try:
+            return resolution_size(resolution, model.sample_size, model.downsampling)
+        except ValueError as error:
+            raise unprocessable("resolution", str(error), resolution) from None
 
     def check(self, request: GenerateRequest) -> None:
         config = self.config

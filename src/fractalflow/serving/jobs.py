@@ -156,7 +156,6 @@ class JobManager:
             self.jobs[job.id] = job
         self.metrics.queue_length.set(waiting + 1)
         job.publish("queued", position=waiting)
-        resolution = request.resolution
         job.future = self.engine.submit(
             GenerationRequest(
                 request.prompt,
@@ -165,7 +164,7 @@ class JobManager:
                 steps=request.steps,
                 guidance=request.guidance,
                 sampler=request.sampler,
-                resolution=int(resolution) if str(resolution).isdigit() else resolution,
+                resolution=request.resolution,
                 early_stop=request.early_stop,
                 callback=lambda event: self._on_progress(job, event),
             )
