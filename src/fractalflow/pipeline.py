@@ -202,7 +202,9 @@ class FractalFlowPipeline:
         ):
             # under autocast nn.RMSNorm meets bf16 inputs with fp32 weights and takes its unfused path
             warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
-            images, report = refiner.run(guided_velocity(self.model, cond, guidance), noise, on_event)
+            # a preview is a copy to the CPU every step (a device sync on a GPU): only when someone listens
+            listener = on_event if callback is not None or progress else None
+            images, report = refiner.run(guided_velocity(self.model, cond, guidance), noise, listener)
         bar.close()
         metadata = {
             "prompts": prompts,
