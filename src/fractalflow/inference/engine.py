@@ -93,7 +93,7 @@ class InferenceEngine:
         self._requests: queue.Queue[tuple[GenerationRequest, Future] | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self.batches_run: list[int] = []  # images per batch the worker ran, for inspection
-        self._cancelled: set[int] = set()  # ids of running futures whose callers gave up
+        self._cancelled: set[Future] = set()  # running requests whose callers gave up
 
     @property
     def pipeline(self) -> FractalFlowPipeline:
@@ -153,7 +153,7 @@ class InferenceEngine:
             return True
         if future.done():
             return False
-        self._cancelled.add(id(future))
+        self._cancelled.add(future)
         return True
 
     def close(self) -> None:
@@ -211,10 +211,10 @@ class InferenceEngine:
             start += request.num_images
 
         def split_event(event: ProgressEvent) -> None:
-            if all(id(f) in self._cancelled for _, f in live):
+            if all(f in self._cancelled for _, f in live):
                 raise GenerationCancelled("every request in the batch was cancelled")
             for (request, future), (begin, end) in zip(live, rows):
-                if request.callback is not None and id(future) not in self._cancelled:
+                if request.callback is not None and future not in self._cancelled:
                     request.callback(replace(event, preview=event.preview[begin:end]))
 
         first = live[0][0]
@@ -227,13 +227,13 @@ class InferenceEngine:
             )
         except Exception as error:  # every caller of the batch hears of it; the worker lives on
             for _, future in live:
-                self._cancelled.discard(id(future))
+                self._cancelled.discard(future)
                 future.set_exception(error)
             return
         self.batches_run.append(start)
         for (request, future), (begin, end) in zip(live, rows):
-            if id(future) in self._cancelled:
-                self._cancelled.discard(id(future))
+            if future in self._cancelled:
+                self._cancelled.discard(future)
                 future.set_exception(GenerationCancelled("cancelled while running"))
                 continue
             metadata = {**result.metadata, "prompts": [request.prompt], "seeds": request.seeds(), "batch": start}
