@@ -80,6 +80,7 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
     engine = engine or InferenceEngine(config.model or None, profile=config.profile)
     metrics = ServerMetrics()
     manager = JobManager(engine, config, metrics)
+    metrics.queue_length.set_function(manager.unfinished)  # read at each scrape
     limits = Limits(config, engine)
 
     @asynccontextmanager
@@ -192,7 +193,6 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
 
     @app.get("/metrics", response_class=Response)
     async def prometheus() -> Response:
-        metrics.queue_length.set(manager.unfinished())
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     ui = Path(config.ui_folder) if config.ui_folder else PACKAGED_UI

@@ -154,7 +154,6 @@ class JobManager:
         job = Job(request, seed, loop)
         with self._lock:
             self.jobs[job.id] = job
-        self.metrics.queue_length.set(waiting + 1)
         job.publish("queued", position=waiting)
         job.future = self.engine.submit(
             GenerationRequest(
@@ -222,7 +221,6 @@ class JobManager:
 
     def _count_finished(self, job: Job) -> None:
         self.metrics.jobs.labels(job.state).inc()
-        self.metrics.queue_length.set(self.unfinished())
         self._forget_old_jobs()
 
     def _store(self, image: Image.Image, metadata: dict[str, Any]) -> str:
