@@ -117,13 +117,39 @@ def test_data_prepare_prints_counts_and_what_it_skipped(tmp_path, capsys):
     rows = {
         line.split()[0]: line.split()[1:]
         for line in stdout.splitlines()
-        if line.startswith(("noto", "tabler", "total"))
+        if line.startswith(("noto ", "tabler ", "total "))
     }
-    noto_eval = sum(is_eval("noto", key) for key in ("1f600", "2764-fe0f"))
+    noto_eval = sum(is_eval("noto", key) for key in ("1f600", "2764"))
     tabler_eval = int(is_eval("tabler", "bell-outline"))
-    assert rows["noto"] == [str(2 - noto_eval), str(noto_eval)]
-    assert rows["tabler"] == [str(1 - tabler_eval), str(tabler_eval)]
-    assert rows["total"] == [str(3 - noto_eval - tabler_eval), str(noto_eval + tabler_eval)]
+    assert rows["noto"][:3] == ["2", str(2 - noto_eval), str(noto_eval)]  # found, train, eval
+    assert rows["tabler"][:3] == ["1", str(1 - tabler_eval), str(tabler_eval)]
+    assert float(rows["tabler"][3]) == pytest.approx(0.3)  # the icons' share of training draws
+    held_out = noto_eval + tabler_eval + int(is_eval("noto-blob", "2764"))
+    assert rows["total"][1:] == [str(4 - held_out), str(held_out)]
+    assert "held-out concepts:" in stdout and (tmp_path / "out" / "CREDITS.md").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--cap", "material"], "expected SOURCE=N"),
+        (["--cap", "pixabay=10"], "unknown sources ['pixabay']"),
+        (["--max-images", "0"], "--max-images must be >= 1"),
+    ],
+)
+def test_data_prepare_rejects_a_bad_budget_in_one_line(tmp_path, capsys, args, message):
+    from test_emoji_data import fake_node_modules
+
+    sources = fake_node_modules(tmp_path / "nm")
+    status, _, stderr = run(capsys, "data", "prepare", "--out", str(tmp_path / "out"), "--sources", str(sources), *args)
+    assert status == 2 and message in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_data_pack_without_a_prepared_set_is_a_clear_error(tmp_path, capsys):
+    status, _, stderr = run(capsys, "data", "pack", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "p"))
+    assert status == 2 and "holds no prepared emoji set" in stderr
+    assert not (tmp_path / "p").exists()
 
 
 def test_train_then_generate_from_the_trained_model(tmp_path, capsys):

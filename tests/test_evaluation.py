@@ -220,3 +220,47 @@ def test_classifier_learns_digits_and_is_cached(tmp_path, monkeypatch):
     again = cached_classifier("digits", train, quick, progress=False)  # read back, not retrained
     images = held_out.pixels(torch.arange(8)).add(1).div(2)
     assert torch.equal(again(images), classifier(images))
+
+
+def test_concept_retrieval_counts_nearest_other_style_images_of_the_asked_concept():
+    from fractalflow.data.emoji_sources import EmojiRecord
+    from fractalflow.evaluation.concepts import ConceptGallery, concept_retrieval
+
+    # gallery: heart in styles a, b; sun in styles a, b, c (features are one-hot "looks")
+    concepts = np.array(["heart", "heart", "sun", "sun", "sun"])
+    sources = np.array(["a", "b", "a", "b", "c"])
+    looks = np.array([[1, 0], [1, 0.1], [0, 1], [0.1, 1], [0, 1]], dtype=float)
+    gallery = ConceptGallery(looks / np.linalg.norm(looks, axis=1, keepdims=True), concepts, sources)
+    queries = [EmojiRecord("a", "k1", "heart", concept="heart"), EmojiRecord("c", "k2", "sun", concept="sun")]
+    drawn_right = concept_retrieval(np.array([[1.0, 0.0], [0.0, 1.0]]), queries, gallery)
+    assert drawn_right["concept_retrieval"] == 1.0 and drawn_right["queries"] == 2
+    # a sun drawn for "heart" finds a sun; the own style (a) is never a candidate
+    drawn_wrong = concept_retrieval(np.array([[0.0, 1.0], [0.0, 1.0]]), queries, gallery)
+    assert drawn_wrong["concept_retrieval"] == 0.5
+    # chance: heart in style a has 1 heart among 3 other-style images; sun in style c has 2 of 4
+    assert drawn_right["chance"] == pytest.approx((1 / 3 + 2 / 4) / 2)
+    with pytest.raises(ValueError, match="feature rows"):
+        concept_retrieval(np.zeros((1, 2)), queries, gallery)
+
+
+def test_evaluate_reports_concept_retrieval_with_its_ceiling_and_chance(text_encoder, monkeypatch, tmp_path):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from test_emoji_data import fake_node_modules
+
+    from fractalflow import FractalFlowPipeline, FractalTransformer, model_preset
+    from fractalflow.data.emoji import load_emoji, prepare
+    from fractalflow.evaluation.evaluate import EvalSettings, evaluate
+
+    monkeypatch.setenv("FRACTALFLOW_CACHE", str(tmp_path))
+    prepare(fake_node_modules(tmp_path / "nm"), tmp_path / "data", sizes=(16,), workers=1)
+    data = load_emoji(tmp_path / "data", 16, split="all")
+    gallery = load_emoji(tmp_path / "data", 16, split="all", keep=lambda r: r.kind == "emoji")
+    torch.manual_seed(0)
+    model = FractalTransformer(model_preset("tiny", in_channels=3, cond_dim=384, sample_size=16))
+    pipeline = FractalFlowPipeline(model, text_encoder=text_encoder)
+    settings = EvalSettings(num_images=4, steps=2, batch_size=4, feature_size=32)
+    report = evaluate(pipeline, data, settings, progress=False, gallery=gallery)
+    metrics = report["metrics"]
+    assert metrics["concept_queries"] == 3  # the three emoji; the icon is not a query
+    assert 0 <= metrics["concept_retrieval"] <= 1 and metrics["concept_chance"] == pytest.approx(0.5)
+    assert report["real_held_out"]["concept_retrieval"] >= metrics["concept_chance"]

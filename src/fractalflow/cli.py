@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
-import time
 from pathlib import Path
 
 from fractalflow.config import MODEL_PRESETS, TrainConfig, model_preset
+from fractalflow.data.emoji_sources import DEFAULT_CAPS, DEFAULT_MAX_IMAGES
+
+DEFAULT_PACK_MIB = 38
 
 
 class UsageError(Exception):
@@ -208,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = data_commands.add_parser(
         "prepare",
         help="build the emoji and icon set",
-        description="Rasterise Noto, Twemoji, OpenMoji and Tabler from their npm packages onto white, at each "
-        "size, into a packed cache (images-<size>.npy + records.jsonl) with the train/eval split.",
+        description="Rasterise 14 emoji styles and 4 icon sets from their npm packages onto white, at each size, "
+        "into a packed cache (images-<size>.npy, records.jsonl, sources.json, CREDITS.md) with the train/eval split. "
+        "Every emoji is captioned with the CLDR name of its code points.",
     )
     prepare.add_argument("--out", default="data/emoji", help="folder to write (default: data/emoji)")
     prepare.add_argument(
@@ -218,25 +222,78 @@ def build_parser() -> argparse.ArgumentParser:
         help="node_modules holding the npm packages (default: data/node_modules)",
     )
     prepare.add_argument("--sizes", type=_size_list, default=(64, 128), help="sizes in pixels (default: 64,128)")
-    prepare.add_argument("--workers", type=int, default=4, help="rasterising threads (default: 4)")
+    prepare.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="rasterising processes (default: one per CPU core)"
+    )
+    prepare.add_argument(
+        "--max-images",
+        type=int,
+        default=DEFAULT_MAX_IMAGES,
+        help=f"images in all; the largest sources are cut first (default: {DEFAULT_MAX_IMAGES})",
+    )
+    prepare.add_argument(
+        "--cap",
+        action="append",
+        default=None,
+        metavar="SOURCE=N",
+        help="at most N images of SOURCE, repeatable; replaces the default caps "
+        f"({', '.join(f'{k}={v}' for k, v in DEFAULT_CAPS.items())})",
+    )
+    pack = data_commands.add_parser(
+        "pack",
+        help="pack the training split and the text encoder for a GPU machine with no network",
+        description="Write the prepared set's training split (lossless WebP at one size) and all-MiniLM-L6-v2 "
+        "(int8, cut to the captions' tokens) into one folder within a byte budget, for scripts/gpu_train.",
+    )
+    pack.add_argument("--data", default="data/emoji", help="prepared emoji folder (default: data/emoji)")
+    pack.add_argument("--out", default="pack", help="folder to write (default: pack)")
+    pack.add_argument("--size", type=int, default=64, help="image size in pixels (default: 64)")
+    pack.add_argument(
+        "--max-mib", type=float, default=DEFAULT_PACK_MIB, help=f"size limit in MiB (default: {DEFAULT_PACK_MIB})"
+    )
     return parser
 
 
+def _caps(items: list[str] | None) -> dict[str, int] | None:
+    if items is None:
+        return None
+    caps = {}
+    for item in items:
+        name, _, count = item.partition("=")
+        if not count.isdigit():
+            raise UsageError(f"--cap {item!r}: expected SOURCE=N with N a whole number, e.g. material=2000")
+        caps[name.strip()] = int(count)
+    return caps
+
+
 def run_data(args: argparse.Namespace) -> None:
+    if args.data_command == "pack":
+        return run_pack(args)
     from fractalflow.data.emoji import prepare
 
-    if not args.sizes or args.workers < 1:
-        raise UsageError("--sizes needs at least one size and --workers must be >= 1")
-    started = time.perf_counter()
-    summary = prepare(Path(args.sources), Path(args.out), tuple(args.sizes), args.workers)
+    if not args.sizes or args.workers < 1 or args.max_images < 1:
+        raise UsageError("--sizes needs at least one size, and --workers and --max-images must be >= 1")
+    try:
+        summary = prepare(
+            Path(args.sources), Path(args.out), tuple(args.sizes), args.workers, args.max_images, _caps(args.cap)
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from error
     for source, message in summary["missing"].items():
         print(f"skipped {source}: {message}")
-    print(f"{'source':<10} {'train':>7} {'eval':>6}")
+    print(f"{'source':<22} {'found':>6} {'train':>7} {'eval':>6} {'weight':>7}")
     for source, counts in summary["counts"].items():
-        print(f"{source:<10} {counts['train']:>7} {counts['eval']:>6}")
+        found, weight = summary["available"][source], summary["weights"].get(source, 0.0)
+        print(f"{source:<22} {found:>6} {counts['train']:>7} {counts['eval']:>6} {weight:>7.3f}")
     total = {split: sum(c[split] for c in summary["counts"].values()) for split in ("train", "eval")}
-    print(f"{'total':<10} {total['train']:>7} {total['eval']:>6}")
-    print(f"wrote {args.out} at sizes {summary['sizes']} in {time.perf_counter() - started:.0f} s")
+    print(f"{'total':<22} {sum(summary['available'].values()):>6} {total['train']:>7} {total['eval']:>6}")
+    print(
+        f"held-out concepts: {summary['held_out_concepts']}, of which "
+        f"{summary['held_out_concepts_in_training']} appear in training in another style"
+    )
+    print(
+        f"wrote {args.out} at sizes {summary['sizes']} in {summary['seconds']:.0f} s (credits: {args.out}/CREDITS.md)"
+    )
 
 
 def _load_pipeline(model: str | None):
@@ -335,7 +392,7 @@ def run_eval(args: argparse.Namespace) -> None:
     size = settings.output_size(config.sample_size, config.downsampling)
     fashion = tuple(config.class_names) == FASHION_MNIST_CLASSES
     data = args.data or ("fashion-mnist" if fashion else "data/emoji")
-    alignment = classifier = None
+    alignment = classifier = gallery = None
     if data == "fashion-mnist":
         if not fashion:
             raise UsageError("--data fashion-mnist needs a model trained on the Fashion-MNIST classes")
@@ -348,7 +405,8 @@ def run_eval(args: argparse.Namespace) -> None:
             raise UsageError(f"{data} holds no prepared emoji set; run 'make data' or 'fractalflow data prepare'")
         held_out = load_dataset(data, size, split="eval")
         alignment = load_alignment_encoder(args.alignment_model)
-    report = evaluate(pipeline, held_out, settings, alignment=alignment, classifier=classifier)
+        gallery = concept_gallery(data, held_out, settings.num_images, size)
+    report = evaluate(pipeline, held_out, settings, alignment=alignment, classifier=classifier, gallery=gallery)
     report["data"] = data
     print(f"{'metric':<22} {'generated':>10} {'real held-out':>14}")
     for name, value in report["metrics"].items():
@@ -359,6 +417,41 @@ def run_eval(args: argparse.Namespace) -> None:
     out = Path(args.out or f"benchmarks/results/eval-{name}-{report['model_sha256'][:10]}.json")
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def run_pack(args: argparse.Namespace) -> None:
+    from fractalflow.data.pack import write_pack
+
+    if not Path(args.data, "records.jsonl").is_file():
+        raise UsageError(f"{args.data} holds no prepared emoji set; run 'make data' or 'fractalflow data prepare'")
+    if args.size < 8 or args.max_mib <= 0:
+        raise UsageError(f"--size {args.size} must be >= 8 and --max-mib {args.max_mib} > 0")
+    try:
+        summary = write_pack(Path(args.data), Path(args.out), args.size, int(args.max_mib * 2**20))
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    print(f"{'source':<22} {'kept':>6} {'of':>6}")
+    for source, count in summary["kept_per_source"].items():
+        print(f"{source:<22} {count['kept']:>6} {count['of']:>6}")
+    print(
+        f"wrote {args.out}: {summary['images']} images at {summary['size']} px ({summary['kept_share']:.0%} of the "
+        f"training split), text encoder {summary['text']['bytes'] / 2**20:.1f} MiB with "
+        f"{summary['text']['tokens_kept']} tokens, {summary['bytes'] / 2**20:.1f} MiB in all, "
+        f"{summary['seconds']:.0f} s"
+    )
+
+
+def concept_gallery(data: str, held_out, num_images: int, size: int):
+    """Every real image (all splits and styles) of the emoji concepts the eval will ask for."""
+    from fractalflow.data.emoji import load_emoji
+    from fractalflow.evaluation.concepts import is_emoji_concept
+    from fractalflow.evaluation.evaluate import eval_rows
+
+    asked = [held_out.records[i] for i in set(eval_rows(num_images, len(held_out)))]
+    concepts = {r.concept for r in asked if is_emoji_concept(r)}
+    if not concepts:
+        return None
+    return load_emoji(data, size, split="all", keep=lambda record: record.concept in concepts)
 
 
 def run_bench(args: argparse.Namespace) -> None:

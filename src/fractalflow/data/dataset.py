@@ -19,6 +19,8 @@ class CaptionedImages:
     ``images``: ``(N, C, S, S)`` uint8. ``labels``: ``(N,)`` int64 indices into
     ``class_names`` (class-labelled sets only). ``other_sizes``: the same images stored
     at other resolutions, ``{size: (N, C, size, size) uint8}``, used in place of resizing.
+    ``weights``: ``(N,)`` relative probabilities with which training draws each image
+    (``None``: uniform).
     """
 
     images: Tensor
@@ -26,6 +28,7 @@ class CaptionedImages:
     labels: Tensor | None = None
     class_names: tuple[str, ...] = ()
     other_sizes: dict[int, Tensor] = field(default_factory=dict)
+    weights: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -36,6 +39,8 @@ class CaptionedImages:
             raise ValueError(f"{len(self.images)} images but {len(self.captions)} captions")
         if self.labels is not None and len(self.labels) != len(self.images):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+        if self.weights is not None and (len(self.weights) != len(self.images) or not bool((self.weights >= 0).all())):
+            raise ValueError(f"weights must be {len(self.images)} non-negative numbers, one per image")
         if len(self.images) == 0:
             raise ValueError("the dataset is empty")
 
@@ -80,7 +85,14 @@ class CaptionedImages:
             labels=None if self.labels is None else self.labels[indices],
             class_names=self.class_names,
             other_sizes={size: images[indices] for size, images in self.other_sizes.items()},
+            weights=None if self.weights is None else self.weights[indices],
         )
+
+    def draw(self, count: int, generator: torch.Generator) -> Tensor:
+        """``count`` random image indices: uniform, or by ``weights`` (with replacement)."""
+        if self.weights is None:
+            return torch.randint(len(self), (count,), generator=generator)
+        return torch.multinomial(self.weights, count, replacement=True, generator=generator)
 
 
 def square_resize(images: Tensor, size: int) -> Tensor:

@@ -1,7 +1,9 @@
 """``evaluate``: generate for held-out captions with fixed seeds and measure the result.
 
-Image ``i`` is drawn for the caption of held-out image ``i mod N`` with seed ``seed + i``,
-so the same settings give the same images, whatever the batch size, on the same machine.
+Image ``i`` is drawn for the caption of held-out image ``rows[i]`` with seed ``seed + i``
+(:func:`eval_rows`: every held-out image in turn, or an even spread of them when fewer images
+are asked for than there are), so the same settings give the same images, whatever the batch
+size, on the same machine.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from tqdm.auto import tqdm
 
 from fractalflow.config import JsonConfig
 from fractalflow.data.dataset import CaptionedImages
+from fractalflow.data.emoji import EmojiDataset
 from fractalflow.evaluation.alignment import (
     AlignmentEncoder,
     alignment_scores,
@@ -24,6 +27,7 @@ from fractalflow.evaluation.alignment import (
     ranks_of_own_captions,
 )
 from fractalflow.evaluation.classifier import ImageClassifier
+from fractalflow.evaluation.concepts import ConceptGallery, concept_retrieval, is_emoji_concept
 from fractalflow.evaluation.features import EffNetFeatures
 from fractalflow.evaluation.frechet import frechet_distance_of_features
 from fractalflow.evaluation.manifold import precision_recall
@@ -106,6 +110,15 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def eval_rows(count: int, held_out: int) -> list[int]:
+    """Which held-out image each of ``count`` generated images is drawn for: ``i mod N`` when
+    ``count >= N``, else ``count`` rows spread evenly over the set (whose sources are stored
+    one after another, so a prefix would cover only the first sources)."""
+    if count >= held_out:
+        return [i % held_out for i in range(count)]
+    return [i * held_out // count for i in range(count)]
+
+
 def generate_for_captions(
     pipeline: FractalFlowPipeline, prompts: list[str], settings: EvalSettings, progress: bool = True
 ) -> Tensor:
@@ -128,22 +141,30 @@ def evaluate(
     alignment: AlignmentEncoder | None = None,
     classifier: ImageClassifier | None = None,
     progress: bool = True,
+    gallery: EmojiDataset | None = None,
+    images: Tensor | None = None,
 ) -> dict:
     """Generate ``settings.num_images`` images for the held-out captions and measure
     FD-EffNetL0 and precision/recall against the held-out images, plus prompt alignment
     (text models, with ``alignment``) or classifier accuracy (class models, with ``classifier``).
+    With ``gallery`` (the real images of the held-out emoji concepts, every split and style),
+    concept retrieval too (:mod:`fractalflow.evaluation.concepts`). ``images``: the images these
+    settings generate, made before (to measure one set with several encoders); then nothing is drawn.
     Metrics of the real held-out images under the same encoders are reported as ceilings."""
     started = time.perf_counter()
     count = settings.num_images
-    order = [i % len(held_out) for i in range(count)]
+    order = eval_rows(count, len(held_out))
     prompts = [held_out.captions[i] for i in order]
     size = settings.output_size(pipeline.config.sample_size, pipeline.config.downsampling)
     real_count = min(count, len(held_out))
-    real = torch.round((held_out.pixels(torch.arange(real_count), size) + 1) * 127.5).clamp(0, 255).byte()
+    real_rows = order[:real_count]
+    real = torch.round((held_out.pixels(torch.tensor(real_rows), size) + 1) * 127.5).clamp(0, 255).byte()
 
     generation_started = time.perf_counter()
-    fake = generate_for_captions(pipeline, prompts, settings, progress)
+    fake = generate_for_captions(pipeline, prompts, settings, progress) if images is None else images
     generation_seconds = time.perf_counter() - generation_started
+    if len(fake) != count:
+        raise ValueError(f"{len(fake)} images given for num_images={count}")
 
     real_unit, fake_unit = real.float() / 255.0, fake.float() / 255.0
     features = EffNetFeatures(size=settings.feature_size)
@@ -161,7 +182,7 @@ def evaluate(
         captions = alignment.embed_texts(pipeline.text_encoder.encode(distinct).pooled)
         real_embedded, fake_embedded = image_embeddings(alignment, real_unit), image_embeddings(alignment, fake_unit)
         generated = alignment_scores(ranks_of_own_captions(fake_embedded, own[order], captions))
-        real_scores = alignment_scores(ranks_of_own_captions(real_embedded, own[:real_count], captions))
+        real_scores = alignment_scores(ranks_of_own_captions(real_embedded, own[real_rows], captions))
         metrics.update(
             alignment_top1=generated["top1"],
             alignment_top5=generated["top5"],
@@ -172,13 +193,26 @@ def evaluate(
             real_embedded.double().numpy(), fake_embedded.double().numpy()
         )
         metrics["distinct_captions"] = len(distinct)
+    if gallery is not None:
+        if not isinstance(held_out, EmojiDataset):
+            raise ValueError("concept retrieval needs an emoji held-out set (with records)")
+        library = ConceptGallery.of(
+            gallery, features.features(gallery.pixels(torch.arange(len(gallery)), size).add(1).div(2).split(128))
+        )
+        asked = [(i, held_out.records[k]) for i, k in enumerate(order) if is_emoji_concept(held_out.records[k])]
+        shown = [(i, held_out.records[k]) for i, k in enumerate(real_rows) if is_emoji_concept(held_out.records[k])]
+        generated = concept_retrieval(fake_features[[i for i, _ in asked]], [r for _, r in asked], library)
+        real_scores = concept_retrieval(real_features[[i for i, _ in shown]], [r for _, r in shown], library)
+        metrics.update(concept_retrieval=generated["concept_retrieval"], concept_chance=generated["chance"])
+        metrics["concept_queries"] = generated["queries"]
+        ceilings["concept_retrieval"] = real_scores["concept_retrieval"]
     if classifier is not None:
         if held_out.labels is None:
             raise ValueError("classifier accuracy needs a class-labelled held-out set")
         wanted = held_out.labels[order]
         metrics["classifier_accuracy"] = (classifier.predict(fake_unit) == wanted).double().mean().item()
         ceilings["classifier_accuracy"] = (
-            (classifier.predict(real_unit) == held_out.labels[:real_count]).double().mean().item()
+            (classifier.predict(real_unit) == held_out.labels[real_rows]).double().mean().item()
         )
     total = time.perf_counter() - started
     return {

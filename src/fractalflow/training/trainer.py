@@ -3,6 +3,7 @@ bf16 autocast on CUDA, TensorBoard logging, atomic checkpoints and exact resume.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -107,6 +108,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(train_config.seed)
         self.step = 0
         self.last_batch_size = train_config.batch_size
+        self.history: list[dict[str, float]] = []  # one entry per log_every steps of train()
         self._writer = None
 
     @property
@@ -121,10 +123,15 @@ class Trainer:
         return self.out_dir / "checkpoints"
 
     def writer(self):
+        """TensorBoard's SummaryWriter on ``out_dir/logs``; where TensorBoard is not installed
+        (a bare GPU machine), a :class:`ScalarLog` writing the scalars to ``scalars.jsonl`` there."""
         if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(str(self.out_dir / "logs"))
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self._writer = ScalarLog(self.out_dir / "logs" / "scalars.jsonl")
+            else:
+                self._writer = SummaryWriter(str(self.out_dir / "logs"))
         return self._writer
 
     def resume(self) -> bool:
@@ -179,7 +186,7 @@ class Trainer:
         """One optimizer step on a random batch; returns the loss."""
         config = self.config
         size, batch = self.batch_shape()
-        indices = torch.randint(len(self.dataset), (batch,), generator=self.generator)
+        indices = self.dataset.draw(batch, self.generator)
         x0 = self.dataset.pixels(indices, size).to(self.device)
         cond = self.conditioning(indices).to(self.device)
         self.last_batch_size = batch
@@ -220,6 +227,10 @@ class Trainer:
             if self.step % config.log_every == 0 or self.step == end:
                 rate = images / elapsed
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{rate:.1f}", tflops=f"{rate * flops / 1e12:.3f}")
+                recent = losses[-config.log_every :]
+                self.history.append(
+                    {"step": self.step, "seconds": elapsed, "loss": sum(recent) / len(recent), "images_per_s": rate}
+                )
                 writer = self.writer()
                 writer.add_scalar("train/loss", losses[-1], self.step)
                 writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
@@ -263,3 +274,21 @@ class Trainer:
         images = sample_euler(guided_velocity(model, cond, guidance), noise, time_grid(steps, device=self.device))
         row = images.clamp(-1, 1).add(1).div(2).permute(1, 2, 0, 3).reshape(self.model_config.in_channels, size, -1)
         return row.float().cpu()
+
+
+class ScalarLog:
+    """The part of TensorBoard's SummaryWriter the trainer uses, as JSON lines (scalars only)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"tag": tag, "value": float(value), "step": int(step)}) + "\n")
+
+    def add_image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        """Images are not kept without TensorBoard."""
+
+    def flush(self) -> None:
+        """Every line is written when it is added."""

@@ -1,0 +1,167 @@
+"""Train the default text-to-image model on a lent GPU machine from a pack, within a wall-clock budget.
+
+Runs from the repository root with nothing installed but torch, numpy, safetensors,
+tokenizers and Pillow (no network, no npm packages, no pip install of fractalflow):
+
+    fractalflow data pack --out pack                                   # here, on the CPU
+    python scripts/gpu_train.py --pack pack --minutes 7 --out "$OUT"   # there, on the GPU
+
+Reads the pack (``fractalflow.data.pack``), pre-encodes every caption variant with the packed
+MiniLM, keeps the images on the GPU, measures the step time in a short probe to plan the
+learning-rate schedule for the budget, trains with bf16 autocast (and ``torch.compile``
+with ``--compile``), and writes to ``--out``: the EMA model in fp16 (``model/``, sharded
+below 16 MiB a file) and ``gpu_train.json`` (settings, loss curve, images/s, MFU, hardware).
+With ``--init`` it continues from a model folder (e.g. the shipped default) instead of from
+scratch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+import torch  # noqa: E402
+
+from fractalflow.config import TrainConfig, model_preset  # noqa: E402
+from fractalflow.data.pack import read_pack, unpack_text_encoder  # noqa: E402
+from fractalflow.model.text import TextEncoder  # noqa: E402
+from fractalflow.model.weights import load_state, save_model  # noqa: E402
+from fractalflow.training import Trainer  # noqa: E402
+from fractalflow.training.trainer import training_flops_per_image  # noqa: E402
+
+MODEL = dict(in_channels=3, cond_dim=384, cross_attention_levels=1, sample_size=64)
+# dense bf16 peak of the GPUs we are lent, for MFU (NVIDIA's datasheets, without sparsity)
+PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
+SHARD_BYTES = 15 * 2**20
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+def train_config(args: argparse.Namespace, steps: int) -> TrainConfig:
+    return TrainConfig(
+        steps=steps,
+        batch_size=args.batch_size,
+        image_size=64,
+        resolutions=(32, 64),
+        learning_rate=args.learning_rate,
+        warmup_steps=min(200, max(1, steps // 10)),
+        checkpoint_every=0,
+        sample_every=0,
+        log_every=args.log_every,
+        mixed_precision="bf16" if args.device == "cuda" else "no",
+    )
+
+
+def build_trainer(args, steps: int, dataset, encoder, out: Path) -> Trainer:
+    trainer = Trainer(
+        model_preset(args.preset, **MODEL),
+        train_config(args, steps),
+        dataset,
+        out,
+        device=args.device,
+        progress=False,
+        text_encoder=encoder,
+    )
+    if args.init:
+        state = load_state(Path(args.init))
+        trainer.model.load_state_dict({k: v.float() for k, v in state.items()})
+        trainer.ema.module.load_state_dict(trainer.model.state_dict())
+    if args.compile:
+        trainer.model.compile()
+    return trainer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pack", default="pack", help="folder written by 'fractalflow data pack' (default: pack)")
+    parser.add_argument("--out", default=os.environ.get("OUT", "runs/gpu"), help="output folder (default: $OUT)")
+    parser.add_argument("--minutes", type=float, default=7.0, help="training wall-clock budget (default: 7)")
+    parser.add_argument("--preset", default="small", help="model size preset (default: small)")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per step at 64 px (default: 256)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    parser.add_argument("--init", default=None, help="model folder to continue from (default: from scratch)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--log-every", type=int, default=50, help="steps between loss-curve points (default: 50)")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (for tests)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+
+    dataset = read_pack(Path(args.pack))
+    dataset.images = dataset.images.to(device)  # indexing and resizing on the GPU, not the host
+    with tempfile.TemporaryDirectory() as folder:
+        encoder = TextEncoder.from_pretrained(
+            unpack_text_encoder(Path(args.pack) / "text", Path(folder)), device=device, cache_size=10**7
+        )
+    variants = [c for captions in dataset.caption_variants for c in captions]
+    encoder.encode(variants, batch_size=1024)
+    loaded = time.perf_counter() - started
+
+    probe_steps, warm_steps = 20, 10
+    work = Path(tempfile.mkdtemp(prefix="gpu_train-"))  # logs of the trainers; only the results go to --out
+    probe = build_trainer(args, probe_steps + warm_steps, dataset, encoder, work / "probe")
+    for _ in range(warm_steps):
+        probe.train_step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    probe_started = time.perf_counter()
+    for _ in range(probe_steps):
+        probe.train_step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    step_seconds = (time.perf_counter() - probe_started) / probe_steps
+    del probe
+
+    budget = args.minutes * 60
+    steps = max(1, int(budget / step_seconds))
+    if args.max_steps:
+        steps = min(steps, args.max_steps)
+    trainer = build_trainer(args, steps, dataset, encoder, work / "run")
+    summary = trainer.train(max_seconds=budget)
+    save_model(trainer.ema.module, out / "model", torch.float16, max_shard_bytes=SHARD_BYTES)
+
+    flops = training_flops_per_image(trainer.ema.module, 64)
+    peak = peak_tflops(device)
+    achieved = summary["images_per_s"] * flops / 1e12
+    report = {
+        "what": "scripts/gpu_train.py: the default model trained from a pack on a lent GPU",
+        "settings": {**vars(args), "planned_steps": steps},
+        "model_config": trainer.model_config.to_dict(),
+        "train_config": trainer.config.to_dict(),
+        "pack": json.loads((Path(args.pack) / "manifest.json").read_text()),
+        "train_images": len(dataset),
+        "parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "probe_seconds_per_step": step_seconds,
+        "summary": summary,
+        "train_tflops_per_s": achieved,
+        "mfu": achieved / peak if peak else None,
+        "peak_bf16_tflops": peak,
+        "curve": trainer.history,
+        "load_seconds": loaded,
+        "total_seconds": time.perf_counter() - started,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+    }
+    (out / "gpu_train.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report[k] for k in ("summary", "train_tflops_per_s", "mfu", "total_seconds")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
