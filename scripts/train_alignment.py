@@ -35,7 +35,7 @@ from fractalflow.model.weights import save_model
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = AlignmentConfig(image_size=32, widths=(32, 64, 128, 256), embed_dim=256)
-TRAIN = SmallTrainConfig(steps=1500, batch_size=256, learning_rate=2e-3, warmup_steps=100, max_shift=2)
+TRAIN = SmallTrainConfig(steps=3000, batch_size=256, learning_rate=2e-3, warmup_steps=100, max_shift=2)
 
 
 def main() -> None:

@@ -281,10 +281,11 @@ def run_data(args: argparse.Namespace) -> None:
         raise UsageError(str(error)) from error
     for source, message in summary["missing"].items():
         print(f"skipped {source}: {message}")
-    print(f"{'source':<22} {'found':>6} {'train':>7} {'eval':>6} {'weight':>7}")
+    print(f"{'source':<22} {'found':>6} {'train':>7} {'eval':>6} {'weight':>7} {'concepts':>9}")
     for source, counts in summary["counts"].items():
         found, weight = summary["available"][source], summary["weights"].get(source, 0.0)
-        print(f"{source:<22} {found:>6} {counts['train']:>7} {counts['eval']:>6} {weight:>7.3f}")
+        row = f"{source:<22} {found:>6} {counts['train']:>7} {counts['eval']:>6} {weight:>7.3f}"
+        print(f"{row} {counts['concepts']:>9}")
     total = {split: sum(c[split] for c in summary["counts"].values()) for split in ("train", "eval")}
     print(f"{'total':<22} {sum(summary['available'].values()):>6} {total['train']:>7} {total['eval']:>6}")
     print(

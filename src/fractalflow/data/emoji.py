@@ -219,7 +219,14 @@ def prepare(
     held_out = {r.concept for r in records if r.split == "eval"}
     summary = {
         "sizes": list(sizes),
-        "counts": {s: {"train": counts[(s, "train")], "eval": counts[(s, "eval")]} for s in chosen},
+        "counts": {
+            s: {
+                "train": counts[(s, "train")],
+                "eval": counts[(s, "eval")],
+                "concepts": len({r.concept for r in chosen[s]}),
+            }
+            for s in chosen
+        },
         "available": available,
         "weights": source_weights({s: len(r) for s, r in chosen.items()}, kinds),
         "held_out_concepts": len(held_out),

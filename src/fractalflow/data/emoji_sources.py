@@ -74,6 +74,7 @@ class Source:
     finder: Callable[..., Iterator[EmojiRecord]]
     args: tuple = ()
     art_licence: str = ""
+    art_author: str = ""
 
     def find(self, root: Path, names: EmojiNames) -> Iterator[EmojiRecord]:
         """The source's records, given its package folder and the CLDR names."""
@@ -270,7 +271,8 @@ def find_material_symbols(source: Source, root: Path, names: EmojiNames) -> Iter
 
 
 SOURCES: tuple[Source, ...] = (
-    # art licence where the package's own "license" field covers only its code (emoji-datasource README)
+    # art licence and author where the package's own fields name its packager or cover only its code
+    # (the emoji-datasource README gives the art's licences; LobeHub repackages Microsoft's Fluent 3D)
     Source(
         "noto",
         "emoji-datasource-google",
@@ -279,6 +281,7 @@ SOURCES: tuple[Source, ...] = (
         find_emoji_datasource,
         ("google",),
         art_licence="Apache-2.0",
+        art_author="Google (packaged by Cal Henderson)",
     ),
     Source(
         "twemoji",
@@ -288,10 +291,18 @@ SOURCES: tuple[Source, ...] = (
         find_emoji_datasource,
         ("twitter",),
         art_licence="CC-BY-4.0",
+        art_author="Twitter and Twemoji contributors (packaged by Cal Henderson)",
     ),
     Source("openmoji", "openmoji", "emoji", "openmoji style", find_openmoji, ("color",)),
     Source("openmoji-outline", "openmoji", "emoji", "openmoji outline style", find_openmoji, ("black",)),
-    Source("fluent-3d", "@lobehub/fluent-emoji-3d", "emoji", "fluent 3d style", find_fluent_3d),
+    Source(
+        "fluent-3d",
+        "@lobehub/fluent-emoji-3d",
+        "emoji",
+        "fluent 3d style",
+        find_fluent_3d,
+        art_author="Microsoft Corporation (packaged by LobeHub)",
+    ),
     Source(
         "fluent-color",
         "@iconify-json/fluent-emoji",
