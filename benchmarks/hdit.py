@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from fractalflow.model.attention import CrossAttention, apply_rope, global_attention, rope_angles, window_attention
 from fractalflow.model.conditioning import Conditioning, timestep_features
-from fractalflow.model.transformer import GEGLU, FractalLevel, patchify, unpatchify
+from fractalflow.model.layers import GEGLU
+from fractalflow.model.transformer import FractalLevel, patchify, unpatchify
 
 
 @dataclass(frozen=True)

@@ -110,3 +110,79 @@ def test_invalid_config_names_the_problem():
         FractalConfig(widths=(48, 64), depths=(1, 1), head_dim=32)
     with pytest.raises(ValueError, match="unknown model preset"):
         model_preset("huge")
+
+
+def test_golden_slice_pins_the_forward_pass():
+    """A seeded tiny text model on fixed inputs gives these numbers: refactors of the model
+    files must change none of them (regenerate only for a deliberate change of the network)."""
+    model = text_model()
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 16, 16, generator=generator)
+    pooled, tokens = torch.randn(2, 24, generator=generator), torch.randn(2, 5, 24, generator=generator)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    with torch.no_grad():
+        out = model(x, torch.tensor([0.3, 0.8]), Conditioning(pooled=pooled, tokens=tokens, mask=mask))
+    golden = torch.tensor(
+        [[0.213140, 0.028970, 0.471778], [0.286233, -0.257960, 0.058588], [0.321246, 0.071226, 0.081162]]
+    )
+    torch.testing.assert_close(out[1, 2, 5:8, 5:8], golden, atol=1e-5, rtol=0)
+
+
+DESIGNS = [
+    {"modulation": "adarmsnorm"},
+    {"attention_norm": "cosine"},
+    {"feed_forward": "gelu"},
+    {"prediction": "x0"},
+    {"modulation": "adarmsnorm", "attention_norm": "cosine", "prediction": "x0"},
+]
+
+
+@pytest.mark.parametrize("design", DESIGNS, ids=lambda d: "+".join(d.values()))
+def test_every_block_design_runs_learns_and_round_trips_its_config(design, tmp_path):
+    from fractalflow.model.weights import load_model, save_model
+
+    config = model_preset("tiny", in_channels=1, class_names=("a", "b"), sample_size=16, **design)
+    torch.manual_seed(0)
+    model = FractalTransformer(config)
+    x0 = torch.randn(4, 1, 16, 16)
+    noise, t = torch.randn_like(x0), torch.full((4,), 0.5)
+    x_t = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * noise
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = torch.nn.functional.mse_loss(model(x_t, t, labels(0, 1, 0, 1)), noise - x0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    save_model(model, tmp_path / "m")
+    again = load_model(tmp_path / "m")
+    assert again.config == config
+    torch.testing.assert_close(again(x_t, t, labels(0, 1, 0, 1)), model.eval()(x_t, t, labels(0, 1, 0, 1)))
+
+
+def test_new_designs_start_where_the_old_one_did():
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([0.25, 0.5])
+    for design in ({"modulation": "adarmsnorm"}, {"prediction": "x0"}):
+        model = FractalTransformer(model_preset("tiny", in_channels=1, class_names=("a",), **design))
+        with torch.no_grad():
+            out = model(x, t, labels(0, 0))
+        expected = x / t[:, None, None, None] if design.get("prediction") == "x0" else torch.zeros_like(x)
+        torch.testing.assert_close(out, expected)  # v = (x_t - 0) / t when the x0 output starts at 0
+
+
+def test_a_gelu_mlp_has_the_parameters_of_the_geglu_it_replaces():
+    count = [
+        sum(p.numel() for p in FractalTransformer(model_preset("small", feed_forward=kind)).parameters())
+        for kind in ("geglu", "gelu")
+    ]
+    assert abs(count[0] - count[1]) / count[0] < 0.001
+
+
+def test_an_unknown_block_design_is_a_clear_error_and_old_configs_load_as_the_first_design():
+    with pytest.raises(ValueError, match=r"modulation='film' \(allowed: adaln-zero, adarmsnorm\)"):
+        FractalConfig(modulation="film")
+    old = {k: v for k, v in FractalConfig().to_dict().items() if k not in ("modulation", "prediction")}
+    loaded = FractalConfig.from_dict(old)
+    assert (loaded.modulation, loaded.prediction) == ("adaln-zero", "velocity")

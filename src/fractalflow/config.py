@@ -43,6 +43,15 @@ class JsonConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+# the block designs a FractalConfig can choose (benchmarks/ablate.py compares them)
+CHOICES = {
+    "modulation": ("adaln-zero", "adarmsnorm"),
+    "attention_norm": ("qk-rmsnorm", "cosine"),
+    "feed_forward": ("geglu", "gelu"),
+    "prediction": ("velocity", "x0"),
+}
+
+
 @dataclass(frozen=True)
 class FractalConfig(JsonConfig):
     """Shape of a FractalTransformer.
@@ -51,6 +60,12 @@ class FractalConfig(JsonConfig):
     ``depths[i]`` blocks before and ``depths[i]`` blocks after its inner level (tokens
     merged ``merge_factor``×``merge_factor``), the last runs ``depths[-1]`` blocks with
     global attention. Images must have sides divisible by ``downsampling``.
+
+    Block design: ``modulation`` adaLN-Zero (DiT: shift, scale and gate per sub-layer from the
+    time/condition vector) or AdaRMSNorm (HDiT: a scale only); ``attention_norm`` RMS-normalised
+    q and k or cosine similarity with a learned per-head scale; ``feed_forward`` GEGLU or a GELU
+    MLP of equal size; ``prediction`` the velocity, or the clean image from which the velocity
+    is computed (Li & He 2025), the loss staying on the velocity either way.
     """
 
     in_channels: int = 3
@@ -67,9 +82,17 @@ class FractalConfig(JsonConfig):
     class_names: tuple[str, ...] = ()
     sample_size: int = 32
     text_encoder: str = "sentence-transformers/all-MiniLM-L6-v2"
+    # block design (model folders without these fields are the first design: the defaults)
+    modulation: str = "adaln-zero"
+    attention_norm: str = "qk-rmsnorm"
+    feed_forward: str = "geglu"
+    prediction: str = "velocity"
 
     def __post_init__(self) -> None:
         problems = []
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name}={getattr(self, name)!r} (allowed: {', '.join(allowed)})")
         if len(self.widths) != len(self.depths) or not self.widths:
             problems.append(f"widths {self.widths} and depths {self.depths} need the same, non-zero length")
         if any(w % self.head_dim for w in self.widths):

@@ -69,23 +69,24 @@ def _window_region_mask(
     region = (rolled_rows[:, None] >= full_h).long() * 2 + (rolled_cols[None, :] >= full_w).long()
     padding = (rolled_rows[:, None] % full_h >= height) | (rolled_cols[None, :] % full_w >= width)
     region = torch.where(padding, -1, region)
-    windows = region.view(full_h // window, window, full_w // window, window).transpose(1, 2)
-    windows = windows.reshape(-1, window * window)
+    windows = region.view(full_h // window, window, full_w // window, window).transpose(1, 2)  # (rows, cols, w, w)
+    windows = windows.reshape(-1, window * window)  # (windows, n)
     return windows[:, :, None] == windows[:, None, :]
 
 
-def global_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Every token attends to every token. q, k, v: ``(B, H, W, heads, head_dim)``."""
+def global_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
+    """Every token attends to every token. q, k, v: ``(B, H, W, heads, head_dim)``; logits are
+    ``q·k * scale`` (default ``1/sqrt(head_dim)``)."""
     batch, height, width, heads, head_dim = q.shape
 
     def flat(t: Tensor) -> Tensor:
-        return t.reshape(batch, height * width, heads, head_dim).transpose(1, 2)
+        return t.reshape(batch, height * width, heads, head_dim).transpose(1, 2)  # (B, heads, H*W, head_dim)
 
-    out = F.scaled_dot_product_attention(flat(q), flat(k), flat(v))
-    return out.transpose(1, 2).reshape(batch, height, width, heads, head_dim)
+    out = F.scaled_dot_product_attention(flat(q), flat(k), flat(v), scale=scale)
+    return out.transpose(1, 2).reshape(batch, height, width, heads, head_dim)  # back to (B, H, W, heads, head_dim)
 
 
-def window_attention(q: Tensor, k: Tensor, v: Tensor, window: int, shift: int) -> Tensor:
+def window_attention(q: Tensor, k: Tensor, v: Tensor, window: int, shift: int, scale: float | None = None) -> Tensor:
     """Attention inside ``window``×``window`` tiles, the tiling moved by ``shift`` tokens.
 
     q, k, v: ``(B, H, W, heads, head_dim)`` with rotary positions already applied.
@@ -93,7 +94,7 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, window: int, shift: int) -
     """
     batch, height, width, heads, head_dim = q.shape
     if window >= height and window >= width:
-        return global_attention(q, k, v)
+        return global_attention(q, k, v, scale)
     pad_h, pad_w = -height % window, -width % window
     full_h, full_w = height + pad_h, width + pad_w
     rows, cols = full_h // window, full_w // window
@@ -104,13 +105,16 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, window: int, shift: int) -
         if shift:
             t = torch.roll(t, shifts=(-shift, -shift), dims=(1, 2))
         t = t.view(batch, rows, window, cols, window, heads, head_dim)
-        return t.permute(0, 1, 3, 5, 2, 4, 6).reshape(batch * rows * cols, heads, window * window, head_dim)
+        t = t.permute(0, 1, 3, 5, 2, 4, 6)  # (B, rows, cols, heads, window, window, head_dim)
+        return t.reshape(batch * rows * cols, heads, window * window, head_dim)  # one batch entry per window
 
     mask = window_region_mask(height, width, window, shift, q.device)
     if mask is not None:
-        mask = mask[None, :, None].expand(batch, -1, -1, -1, -1).reshape(batch * rows * cols, 1, *mask.shape[1:])
-    out = F.scaled_dot_product_attention(tile(q), tile(k), tile(v), attn_mask=mask)
-    out = out.view(batch, rows, cols, heads, window, window, head_dim).permute(0, 1, 4, 2, 5, 3, 6)
+        mask = mask[None, :, None].expand(batch, -1, -1, -1, -1)  # (windows, n, n) -> (B, windows, 1, n, n)
+        mask = mask.reshape(batch * rows * cols, 1, *mask.shape[-2:])  # one mask per window
+    out = F.scaled_dot_product_attention(tile(q), tile(k), tile(v), attn_mask=mask, scale=scale)
+    out = out.view(batch, rows, cols, heads, window, window, head_dim)
+    out = out.permute(0, 1, 4, 2, 5, 3, 6)  # (B, rows, window, cols, window, heads, head_dim)
     out = out.reshape(batch, full_h, full_w, heads, head_dim)
     if shift:
         out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
@@ -120,30 +124,48 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, window: int, shift: int) -
 class SelfAttention(nn.Module):
     """Multi-head self-attention over a token grid, windowed (``window`` set) or global.
 
-    q and k are RMS-normalised per head (stable at high learning rates) and carry 2-D
-    rotary positions. ``shifted`` moves the window tiling by half a window.
+    q and k carry 2-D rotary positions and are normalised per head, for stability at high
+    learning rates: RMS-normalised with learned gains (``cosine=False``, QK-norm), or to unit
+    length with logits ``scale * cos(q, k)``, a learned scale per head starting at 10
+    (``cosine=True``, as HDiT). ``shifted`` moves the window tiling by half a window.
     """
 
-    def __init__(self, width: int, head_dim: int, window: int | None = None, shifted: bool = False):
+    def __init__(
+        self, width: int, head_dim: int, window: int | None = None, shifted: bool = False, cosine: bool = False
+    ):
         super().__init__()
         self.heads, self.head_dim = width // head_dim, head_dim
         self.window = window
         self.shift = window // 2 if (window and shifted) else 0
         self.qkv = nn.Linear(width, 3 * width)
-        self.q_norm = nn.RMSNorm(head_dim)
-        self.k_norm = nn.RMSNorm(head_dim)
+        if cosine:
+            self.q_norm = self.k_norm = None
+            self.logit_scale = nn.Parameter(torch.full((self.heads, 1), 10.0))  # (heads, 1): per head
+        else:
+            self.q_norm = nn.RMSNorm(head_dim)
+            self.k_norm = nn.RMSNorm(head_dim)
+            self.logit_scale = None
         self.out = nn.Linear(width, width)
+
+    def normalise(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, float | None]:
+        """q, k ``(B, H, W, heads, head_dim)`` normalised, and the scale the logits then take."""
+        if self.logit_scale is None:
+            return self.q_norm(q), self.k_norm(k), None
+        q = F.normalize(q, dim=-1) * self.logit_scale.to(q.dtype)  # |q| = scale, |k| = 1
+        return q, F.normalize(k, dim=-1), 1.0
 
     def forward(self, x: Tensor) -> Tensor:
         batch, height, width, channels = x.shape
-        q, k, v = self.qkv(x).view(batch, height, width, 3, self.heads, self.head_dim).unbind(3)
+        qkv = self.qkv(x).view(batch, height, width, 3, self.heads, self.head_dim)
+        q, k, v = qkv.unbind(3)  # each (B, H, W, heads, head_dim)
         cos, sin = rope_angles(height, width, self.head_dim, x.device)
-        q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
+        q, k, scale = self.normalise(q, k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # rotations keep the norms
         if self.window is None:
-            out = global_attention(q, k, v)
+            out = global_attention(q, k, v, scale)
         else:
-            out = window_attention(q, k, v, self.window, self.shift)
-        return self.out(out.reshape(batch, height, width, channels))
+            out = window_attention(q, k, v, self.window, self.shift, scale)
+        return self.out(out.reshape(batch, height, width, channels))  # heads joined: (B, H, W, C)
 
 
 class CrossAttention(nn.Module):
@@ -160,9 +182,11 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: Tensor, tokens: Tensor, mask: Tensor | None) -> Tensor:
         batch, height, width, channels = x.shape
-        q = self.q_norm(self.q(x).view(batch, height * width, self.heads, self.head_dim)).transpose(1, 2)
-        k, v = self.kv(tokens).view(batch, tokens.shape[1], 2, self.heads, self.head_dim).unbind(2)
-        k, v = self.k_norm(k).transpose(1, 2), v.transpose(1, 2)
+        q = self.q(x).view(batch, height * width, self.heads, self.head_dim)  # (B, H*W, heads, head_dim)
+        q = self.q_norm(q).transpose(1, 2)  # (B, heads, H*W, head_dim)
+        kv = self.kv(tokens).view(batch, tokens.shape[1], 2, self.heads, self.head_dim)  # (B, L, 2, heads, d)
+        k, v = kv.unbind(2)
+        k, v = self.k_norm(k).transpose(1, 2), v.transpose(1, 2)  # (B, heads, L, head_dim)
         attn_mask = None if mask is None else mask[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.out(out.transpose(1, 2).reshape(batch, height, width, channels))
+        return self.out(out.transpose(1, 2).reshape(batch, height, width, channels))  # (B, H, W, C)

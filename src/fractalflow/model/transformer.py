@@ -9,70 +9,97 @@ forward pass grows linearly with the number of pixels.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fractalflow.config import FractalConfig
 from fractalflow.model.attention import CrossAttention, SelfAttention
 from fractalflow.model.conditioning import ConditionEmbedder, Conditioning
+from fractalflow.model.layers import AdaRMSNorm, feed_forward, modulate
 
 
-class GEGLU(nn.Module):
-    """Gated feed-forward: ``out(gelu(gate) * value)``."""
+def merge_tokens(x: Tensor, factor: int) -> Tensor:
+    """``(B, H, W, C)`` -> ``(B, H/f, W/f, f*f*C)``: each ``f``×``f`` block of tokens becomes one
+    token holding the block's rows, then columns, then channels (space to depth)."""
+    batch, height, width, channels = x.shape
+    h, w = height // factor, width // factor
+    x = x.reshape(batch, h, factor, w, factor, channels).permute(0, 1, 3, 2, 4, 5)  # (B, h, w, f, f, C)
+    return x.reshape(batch, h, w, factor * factor * channels)
 
-    def __init__(self, width: int, ratio: float):
-        super().__init__()
-        hidden = int(width * ratio)
-        self.proj = nn.Linear(width, 2 * hidden)
-        self.out = nn.Linear(hidden, width)
 
-    def forward(self, x: Tensor) -> Tensor:
-        value, gate = self.proj(x).chunk(2, dim=-1)
-        return self.out(value * F.gelu(gate))
+def split_tokens(x: Tensor, factor: int) -> Tensor:
+    """The inverse of :func:`merge_tokens`: ``(B, h, w, f*f*C)`` -> ``(B, h*f, w*f, C)``."""
+    batch, h, w, dim = x.shape
+    channels = dim // (factor * factor)
+    x = x.view(batch, h, w, factor, factor, channels).permute(0, 1, 3, 2, 4, 5)  # (B, h, f, w, f, C)
+    return x.reshape(batch, h * factor, w * factor, channels)
 
 
 def patchify(x: Tensor, patch: int) -> Tensor:
     """``(B, C, H, W)`` pixels -> ``(B, H/patch, W/patch, patch*patch*C)`` tokens."""
-    batch, channels, height, width = x.shape
-    h, w = height // patch, width // patch
-    return x.view(batch, channels, h, patch, w, patch).permute(0, 2, 4, 3, 5, 1).reshape(batch, h, w, -1)
+    return merge_tokens(x.permute(0, 2, 3, 1), patch)  # (B, C, H, W) -> (B, H, W, C) -> tokens
 
 
 def unpatchify(tokens: Tensor, channels: int) -> Tensor:
     """The inverse of :func:`patchify`."""
-    batch, h, w, dim = tokens.shape
-    patch = int(round((dim // channels) ** 0.5))
-    x = tokens.view(batch, h, w, patch, patch, channels).permute(0, 5, 1, 3, 2, 4)
-    return x.reshape(batch, channels, h * patch, w * patch)
-
-
-def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    return x * (1 + scale) + shift
+    patch = int(round((tokens.shape[-1] // channels) ** 0.5))
+    return split_tokens(tokens, patch).permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
 
 
 class FractalBlock(nn.Module):
-    """One transformer block: adaLN-modulated self-attention, optional cross-attention, MLP.
+    """One transformer block: self-attention, optional cross-attention to text, feed-forward,
+    each a residual branch on a normalised input conditioned on ``vector``.
 
-    x: ``(B, H, W, width)``; ``vector``: ``(B, mapping_width)`` from time and condition.
+    ``config.modulation``: adaLN-Zero (a shift, scale and gate per branch from ``vector``, the
+    gates starting at zero) or AdaRMSNorm (a scale only; the branches' output layers start at
+    zero instead). x: ``(B, H, W, width)``; ``vector``: ``(B, mapping_width)``.
     """
 
     def __init__(self, config: FractalConfig, width: int, window: int | None, shifted: bool, cross: bool):
         super().__init__()
-        self.norm_attn = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.attn = SelfAttention(width, config.head_dim, window, shifted)
+        self.adaptive_rms = config.modulation == "adarmsnorm"
+
+        def norm() -> nn.Module:
+            if self.adaptive_rms:
+                return AdaRMSNorm(width, config.mapping_width)
+            return nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+
+        # registration order fixes the order of random initialisation: keep it
+        self.norm_attn = norm()
+        self.attn = SelfAttention(width, config.head_dim, window, shifted, cosine=config.attention_norm == "cosine")
         self.norm_cross = nn.LayerNorm(width, eps=1e-6) if cross else None
         self.cross = CrossAttention(width, config.cond_dim, config.head_dim) if cross else None
-        self.norm_mlp = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.mlp = GEGLU(width, config.mlp_ratio)
-        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(config.mapping_width, 6 * width))
+        self.norm_mlp = norm()
+        self.mlp = feed_forward(config.feed_forward, width, config.mlp_ratio)
+        self.modulation = None
+        if not self.adaptive_rms:
+            self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(config.mapping_width, 6 * width))
+
+    def zero_init(self) -> None:
+        """Start as the identity: zero gates (adaLN-Zero) or zero branch outputs (AdaRMSNorm)."""
+        if self.adaptive_rms:
+            for layer in (self.norm_attn.linear, self.norm_mlp.linear, self.attn.out, self.mlp.out):
+                nn.init.zeros_(layer.weight)
+        else:
+            nn.init.zeros_(self.modulation[-1].weight)
+            nn.init.zeros_(self.modulation[-1].bias)
+        if self.cross is not None:
+            nn.init.zeros_(self.cross.out.weight)
 
     def forward(self, x: Tensor, vector: Tensor, tokens: Tensor | None, mask: Tensor | None) -> Tensor:
-        mods = self.modulation(vector)[:, None, None, :].chunk(6, dim=-1)
+        if self.adaptive_rms:
+            x = x + self.attn(self.norm_attn(x, vector))
+            x = self.cross_attend(x, tokens, mask)
+            return x + self.mlp(self.norm_mlp(x, vector))
+        mods = self.modulation(vector)[:, None, None, :].chunk(6, dim=-1)  # 6 x (B, 1, 1, width)
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mods
         x = x + gate_a * self.attn(modulate(self.norm_attn(x), shift_a, scale_a))
-        if self.cross is not None and tokens is not None:
-            x = x + self.cross(self.norm_cross(x), tokens, mask)
+        x = self.cross_attend(x, tokens, mask)
         return x + gate_m * self.mlp(modulate(self.norm_mlp(x), shift_m, scale_m))
+
+    def cross_attend(self, x: Tensor, tokens: Tensor | None, mask: Tensor | None) -> Tensor:
+        if self.cross is None or tokens is None:
+            return x
+        return x + self.cross(self.norm_cross(x), tokens, mask)
 
 
 class TokenMerge(nn.Module):
@@ -84,10 +111,7 @@ class TokenMerge(nn.Module):
         self.proj = nn.Linear(width * factor * factor, inner_width, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        batch, height, width, channels = x.shape
-        f = self.factor
-        x = x.view(batch, height // f, f, width // f, f, channels).permute(0, 1, 3, 2, 4, 5)
-        return self.proj(x.reshape(batch, height // f, width // f, f * f * channels))
+        return self.proj(merge_tokens(x, self.factor))  # (B, H, W, C) -> (B, H/f, W/f, inner)
 
 
 class TokenSplit(nn.Module):
@@ -100,10 +124,7 @@ class TokenSplit(nn.Module):
         self.skip_blend = nn.Parameter(torch.tensor(0.5))
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        batch, height, width, _ = x.shape
-        f, channels = self.factor, skip.shape[-1]
-        x = self.proj(x).view(batch, height, width, f, f, channels).permute(0, 1, 3, 2, 4, 5)
-        x = x.reshape(batch, height * f, width * f, channels)
+        x = split_tokens(self.proj(x), self.factor)  # (B, h, w, inner) -> (B, h*f, w*f, width)
         return torch.lerp(skip, x, self.skip_blend.to(x.dtype))
 
 
@@ -150,6 +171,14 @@ class FractalLevel(nn.Module):
         return x
 
 
+X0_MIN_TIME = 0.05  # x0 prediction: the velocity divides by t, kept at least this (as JiT clips it)
+
+
+def velocity_from_x0(x_t: Tensor, x0: Tensor, t: Tensor) -> Tensor:
+    """On the line ``x_t = (1 - t) x0 + t noise`` the velocity ``noise - x0`` is ``(x_t - x0) / t``."""
+    return (x_t - x0) / t.clamp_min(X0_MIN_TIME).to(x_t.dtype)[:, None, None, None]  # (B,) -> (B, 1, 1, 1)
+
+
 class FractalTransformer(nn.Module):
     """Velocity model ``v(x_t, t, condition)`` on pixels.
 
@@ -188,10 +217,7 @@ class FractalTransformer(nn.Module):
         nn.init.normal_(self.condition.time_mlp[2].weight, std=0.02)
         for module in self.modules():
             if isinstance(module, FractalBlock):
-                nn.init.zeros_(module.modulation[-1].weight)
-                nn.init.zeros_(module.modulation[-1].bias)
-                if module.cross is not None:
-                    nn.init.zeros_(module.cross.out.weight)
+                module.zero_init()
         nn.init.zeros_(self.out_modulation[-1].weight)
         nn.init.zeros_(self.out_modulation[-1].bias)
         nn.init.zeros_(self.out_proj.weight)
@@ -211,5 +237,8 @@ class FractalTransformer(nn.Module):
         self.check_size(height, width)
         vector, tokens, mask = self.condition(t, cond, drop)
         tokens_out = self.body(self.patch_embed(patchify(x, self.config.patch_size)), vector, tokens, mask)
-        shift, scale = self.out_modulation(vector)[:, None, None, :].chunk(2, dim=-1)
-        return unpatchify(self.out_proj(modulate(self.out_norm(tokens_out), shift, scale)), channels)
+        shift, scale = self.out_modulation(vector)[:, None, None, :].chunk(2, dim=-1)  # 2 x (B, 1, 1, width)
+        out = unpatchify(self.out_proj(modulate(self.out_norm(tokens_out), shift, scale)), channels)
+        if self.config.prediction == "x0":
+            return velocity_from_x0(x, out, t)
+        return out
