@@ -147,3 +147,15 @@ def test_peers_script_names_the_allowed_peers_on_a_typo():
     )
     assert result.returncode == 2
     assert "unknown peer(s) ['vit']" in result.stderr and "'unet'" in result.stderr
+
+
+def test_every_ablation_variant_builds_at_the_baseline_size_and_cost():
+    from ablate import VARIANTS, build
+
+    base_model = build("baseline")[0](build("baseline")[1])
+    base = sum(p.numel() for p in base_model.parameters()), forward_flops(base_model, 32)
+    for name in VARIANTS:
+        model_class, config = build(name)
+        model = model_class(config)
+        params, flops = sum(p.numel() for p in model.parameters()), forward_flops(model, 32)
+        assert abs(params / base[0] - 1) < 0.25 and abs(flops / base[1] - 1) < 0.25, name

@@ -110,6 +110,12 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def concept_gallery(images: EmojiDataset, features: EffNetFeatures, size: int) -> ConceptGallery:
+    """EfficientNet-Lite0 features of every image of ``images`` at ``size``, with concepts and styles."""
+    pixels = images.pixels(torch.arange(len(images)), size).add(1).div(2)  # [-1, 1] -> [0, 1]
+    return ConceptGallery.of(images, features.features(pixels.split(128)))
+
+
 def eval_rows(count: int, held_out: int) -> list[int]:
     """Which held-out image each of ``count`` generated images is drawn for: ``i mod N`` when
     ``count >= N``, else ``count`` rows spread evenly over the set (whose sources are stored
@@ -141,15 +147,16 @@ def evaluate(
     alignment: AlignmentEncoder | None = None,
     classifier: ImageClassifier | None = None,
     progress: bool = True,
-    gallery: EmojiDataset | None = None,
+    gallery: EmojiDataset | ConceptGallery | None = None,
     images: Tensor | None = None,
 ) -> dict:
     """Generate ``settings.num_images`` images for the held-out captions and measure
     FD-EffNetL0 and precision/recall against the held-out images, plus prompt alignment
     (text models, with ``alignment``) or classifier accuracy (class models, with ``classifier``).
-    With ``gallery`` (the real images of the held-out emoji concepts, every split and style),
-    concept retrieval too (:mod:`fractalflow.evaluation.concepts`). ``images``: the images these
-    settings generate, made before (to measure one set with several encoders); then nothing is drawn.
+    With ``gallery`` (the real images of the held-out emoji concepts, every split and style,
+    or their :class:`ConceptGallery` from :func:`concept_gallery`), concept retrieval too
+    (:mod:`fractalflow.evaluation.concepts`). ``images``: the images these settings generate,
+    made before (to measure one set with several encoders); then nothing is drawn.
     Metrics of the real held-out images under the same encoders are reported as ceilings."""
     started = time.perf_counter()
     count = settings.num_images
@@ -196,9 +203,7 @@ def evaluate(
     if gallery is not None:
         if not isinstance(held_out, EmojiDataset):
             raise ValueError("concept retrieval needs an emoji held-out set (with records)")
-        library = ConceptGallery.of(
-            gallery, features.features(gallery.pixels(torch.arange(len(gallery)), size).add(1).div(2).split(128))
-        )
+        library = gallery if isinstance(gallery, ConceptGallery) else concept_gallery(gallery, features, size)
         asked = [(i, held_out.records[k]) for i, k in enumerate(order) if is_emoji_concept(held_out.records[k])]
         shown = [(i, held_out.records[k]) for i, k in enumerate(real_rows) if is_emoji_concept(held_out.records[k])]
         generated = concept_retrieval(fake_features[[i for i, _ in asked]], [r for _, r in asked], library)
