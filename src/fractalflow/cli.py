@@ -40,6 +40,9 @@ def _add_train_config_options(parser: argparse.ArgumentParser) -> None:
         "log_every": "log scalars every N steps",
         "seed": "seed of the model initialisation and of all training randomness",
         "mixed_precision": "'auto' (bf16 on CUDA), 'no' or 'bf16'",
+        "curriculum": "train in stages SIZES[@T_MEAN][/KIND]:SHARE, comma-separated, e.g. 32:0.4,64:0.4,64+128:0.2 "
+        "(replaces --resolutions; see fractalflow.training.curriculum)",
+        "curriculum_pacing": "'fixed' (each stage its share) or 'plateau' (move on when the loss stops falling)",
     }
     for field in dataclasses.fields(TrainConfig):
         if field.name not in helps:

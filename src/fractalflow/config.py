@@ -165,8 +165,14 @@ class TrainConfig(JsonConfig):
     log_every: int = 10
     seed: int = 0
     mixed_precision: str = "auto"
+    # stages by resolution, timestep emphasis and data, e.g. "32:0.4,64:0.4,64+128:0.2"
+    # (training/curriculum.py); "" trains with ``resolutions`` throughout
+    curriculum: str = ""
+    curriculum_pacing: str = "fixed"
 
     def __post_init__(self) -> None:
+        if self.curriculum_pacing not in ("fixed", "plateau"):
+            raise ValueError(f"curriculum_pacing={self.curriculum_pacing!r}; allowed: 'fixed', 'plateau'")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps ({self.steps}) and batch_size ({self.batch_size}) must be >= 1")
         if self.mixed_precision not in ("auto", "no", "bf16"):

@@ -23,6 +23,7 @@ from fractalflow.model.text import TextEncoder
 from fractalflow.model.transformer import FractalTransformer
 from fractalflow.model.weights import save_model
 from fractalflow.training.checkpoint import TrainingState, list_checkpoints, load_checkpoint, save_checkpoint
+from fractalflow.training.curriculum import CurriculumScheduler, parse_curriculum
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, floor: float = 0.05):
@@ -50,6 +51,23 @@ def ema_with_warmup(decay: float):
             average.lerp_(value, weight)
 
     return update
+
+
+def kind_weights(dataset: CaptionedImages, kinds: set[str]) -> dict[str, torch.Tensor]:
+    """Draw weights restricted to each kind of image ("emoji", "icon") a curriculum stage asks for."""
+    if not kinds:
+        return {}
+    records = getattr(dataset, "records", None)
+    if not records:
+        raise ValueError(f"a curriculum stage drawing only {sorted(kinds)} images needs an emoji dataset (records)")
+    base = dataset.weights if dataset.weights is not None else torch.ones(len(dataset), dtype=torch.float64)
+    weights = {}
+    for kind in kinds:
+        mask = torch.tensor([r.kind == kind for r in records])
+        if not mask.any():
+            raise ValueError(f"a curriculum stage draws only {kind} images but the dataset has none")
+        weights[kind] = base * mask
+    return weights
 
 
 def training_flops_per_image(model: torch.nn.Module, image_size: int) -> float:
@@ -106,6 +124,11 @@ class Trainer:
             self.optimizer, warmup_cosine(train_config.warmup_steps, train_config.steps)
         )
         self.generator = torch.Generator().manual_seed(train_config.seed)
+        self.curriculum = self.kind_weights = None
+        if train_config.curriculum:
+            stages = parse_curriculum(train_config.curriculum)
+            self.curriculum = CurriculumScheduler(stages, train_config.steps, train_config.curriculum_pacing)
+            self.kind_weights = kind_weights(dataset, {s.kind for s in stages if s.kind})
         self.step = 0
         self.last_batch_size = train_config.batch_size
         self.history: list[dict[str, float]] = []  # one entry per log_every steps of train()
@@ -146,6 +169,8 @@ class Trainer:
         self.scheduler.load_state_dict(state.scheduler)
         self.generator.set_state(state.rng["generator"])
         torch.set_rng_state(state.rng["torch"])
+        if self.curriculum is not None:
+            self.curriculum.load_state_dict(state.info["curriculum"])
         self.step = state.step
         return True
 
@@ -158,18 +183,37 @@ class Trainer:
             optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(),
             rng=rng,
-            info={"model_config": self.model_config.to_dict(), "train_config": self.config.to_dict()},
+            info={
+                "model_config": self.model_config.to_dict(),
+                "train_config": self.config.to_dict(),
+                "curriculum": None if self.curriculum is None else self.curriculum.state_dict(),
+            },
         )
         return save_checkpoint(self.checkpoint_dir, state, self.config.keep_checkpoints)
 
     def batch_shape(self) -> tuple[int, int]:
-        """(image size, batch size) of the next step: one of ``resolutions`` at random, with
-        the batch scaled so every step sees about the same number of pixels."""
+        """(image size, batch size) of the next step: one of ``resolutions`` (or the curriculum
+        stage's sizes) at random, with the batch scaled so every step sees about the same
+        number of pixels."""
         config = self.config
-        if len(config.resolutions) <= 1:
-            return (config.resolutions or (config.image_size,))[0], config.batch_size
-        size = config.resolutions[int(torch.randint(len(config.resolutions), (1,), generator=self.generator))]
+        resolutions = self.curriculum.stage.sizes if self.curriculum is not None else config.resolutions
+        if len(resolutions) <= 1:
+            size = (resolutions or (config.image_size,))[0]
+        else:
+            size = resolutions[int(torch.randint(len(resolutions), (1,), generator=self.generator))]
         return size, max(1, round(config.batch_size * (config.image_size / size) ** 2))
+
+    def draw(self, batch: int) -> torch.Tensor:
+        """Image indices of the next batch (only the curriculum stage's kind of image, if it names one)."""
+        kind = self.curriculum.stage.kind if self.curriculum is not None else ""
+        if not kind:
+            return self.dataset.draw(batch, self.generator)
+        return torch.multinomial(self.kind_weights[kind], batch, replacement=True, generator=self.generator)
+
+    @property
+    def timestep_mean(self) -> float:
+        stage = self.curriculum.stage if self.curriculum is not None else None
+        return self.config.timestep_mean if stage is None or stage.timestep_mean is None else stage.timestep_mean
 
     def conditioning(self, indices: torch.Tensor, fixed_captions: bool = False) -> Conditioning:
         """Class labels, or text features of the images' captions (freshly phrased unless ``fixed_captions``)."""
@@ -186,7 +230,7 @@ class Trainer:
         """One optimizer step on a random batch; returns the loss."""
         config = self.config
         size, batch = self.batch_shape()
-        indices = self.dataset.draw(batch, self.generator)
+        indices = self.draw(batch)
         x0 = self.dataset.pixels(indices, size).to(self.device)
         cond = self.conditioning(indices).to(self.device)
         self.last_batch_size = batch
@@ -197,7 +241,7 @@ class Trainer:
                 x0,
                 self.generator,
                 config.cond_drop_prob,
-                config.timestep_mean,
+                self.timestep_mean,
                 config.timestep_std,
             )
         self.optimizer.zero_grad(set_to_none=True)
@@ -223,13 +267,22 @@ class Trainer:
             losses.append(self.train_step())
             images += self.last_batch_size
             bar.update(1)
+            if self.curriculum is not None and self.curriculum.observe(self.step, losses[-1]):
+                self.log_stage(bar)
             elapsed = time.perf_counter() - started
             if self.step % config.log_every == 0 or self.step == end:
                 rate = images / elapsed
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{rate:.1f}", tflops=f"{rate * flops / 1e12:.3f}")
                 recent = losses[-config.log_every :]
+                stage = None if self.curriculum is None else self.curriculum.index
                 self.history.append(
-                    {"step": self.step, "seconds": elapsed, "loss": sum(recent) / len(recent), "images_per_s": rate}
+                    {
+                        "step": self.step,
+                        "seconds": elapsed,
+                        "loss": sum(recent) / len(recent),
+                        "images_per_s": rate,
+                        "stage": stage,
+                    }
                 )
                 writer = self.writer()
                 writer.add_scalar("train/loss", losses[-1], self.step)
@@ -252,6 +305,13 @@ class Trainer:
             "train_flops_per_image": flops,
             "seconds": elapsed,
         }
+
+    def log_stage(self, bar) -> None:
+        """Say in TensorBoard and on the progress bar that the curriculum moved to its next stage."""
+        index, stage = self.curriculum.index, self.curriculum.stage
+        self.writer().add_scalar("curriculum/stage", index, self.step)
+        self.writer().add_text("curriculum", f"step {self.step}: stage {index + 1} ({stage.describe()})", self.step)
+        bar.set_description(f"train stage {index + 1}/{len(self.curriculum.stages)}: {stage.describe()}")
 
     def export(self, folder: Path, dtype: torch.dtype | None = None) -> None:
         """Write the EMA weights as a model folder (config.json + model.safetensors)."""
@@ -277,7 +337,7 @@ class Trainer:
 
 
 class ScalarLog:
-    """The part of TensorBoard's SummaryWriter the trainer uses, as JSON lines (scalars only)."""
+    """The part of TensorBoard's SummaryWriter the trainer uses, as JSON lines (scalars and text)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -286,6 +346,10 @@ class ScalarLog:
     def add_scalar(self, tag: str, value: float, step: int) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps({"tag": tag, "value": float(value), "step": int(step)}) + "\n")
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"tag": tag, "text": text, "step": int(step)}) + "\n")
 
     def add_image(self, tag: str, image: torch.Tensor, step: int) -> None:
         """Images are not kept without TensorBoard."""
