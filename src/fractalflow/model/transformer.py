@@ -4,6 +4,19 @@ A level runs some blocks, hands 2×2-merged tokens to its inner level (itself a 
 splits the result back and blends it with a learned skip, then runs more blocks.
 Fine levels attend in shifted local windows, the coarsest globally, so the cost of a
 forward pass grows linearly with the number of pixels.
+
+References:
+- the hourglass of token levels with a learned skip: Crowson et al. 2024, "Scalable
+  High-Resolution Pixel-Space Image Synthesis with Hourglass Diffusion Transformers" (HDiT);
+  Nawrot et al. 2022, "Hierarchical Transformers Are More Efficient Language Models";
+- shifted windows: Liu et al. 2021, "Swin Transformer";
+- patch tokens and adaLN-Zero conditioning: Peebles & Xie 2023, "Scalable Diffusion Models
+  with Transformers" (DiT); cross-attention to text: PixArt-α (Chen et al. 2023);
+- 2-D rotary positions: Su et al. 2021 (RoFormer), axial as in HDiT; QK-norm: Dehghani et al.
+  2023, "Scaling Vision Transformers to 22 Billion Parameters";
+- rectified flow / velocity target: Liu et al. 2022, "Flow Straight and Fast"; Esser et al. 2024
+  (SD3) for logit-normal times; x0 prediction with a velocity loss: Li & He 2025, "Back to
+  Basics: Let Denoising Generative Models Denoise".
 """
 
 from __future__ import annotations
