@@ -47,9 +47,14 @@ MANIFEST_NAME = "sources.json"
 CREDITS_NAME = "CREDITS.md"
 
 
+def image_hash(source: str, key: str) -> str:
+    """sha1 of "source:key": the held-out rule and the budgets' order of images both use it."""
+    return hashlib.sha1(f"{source}:{key}".encode()).hexdigest()
+
+
 def is_eval(source: str, key: str) -> bool:
     """The held-out rule shared by every tool: sha1("source:key") as an integer is 0 mod 20."""
-    return int(hashlib.sha1(f"{source}:{key}".encode()).hexdigest(), 16) % 20 == 0
+    return int(image_hash(source, key), 16) % 20 == 0
 
 
 def find_sources(node_modules: Path) -> tuple[dict[str, list[EmojiRecord]], dict[str, str]]:
@@ -78,9 +83,7 @@ def select(
     sources first (water-filling); a source keeps the images whose sha1 ranks first, so a
     smaller budget keeps a subset of a larger one's images."""
     ranked = {
-        name: sorted(records, key=lambda r: hashlib.sha1(f"{r.source}:{r.key}".encode()).hexdigest())[
-            : caps.get(name, len(records))
-        ]
+        name: sorted(records, key=lambda r: image_hash(r.source, r.key))[: caps.get(name, len(records))]
         for name, records in found.items()
     }
     sizes = {name: len(records) for name, records in ranked.items()}

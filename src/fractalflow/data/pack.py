@@ -16,7 +16,6 @@ The lent GPU machine takes the working tree plus carried folders up to 64 MiB, s
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import lzma
@@ -29,7 +28,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from fractalflow.data.emoji import CAPTION_VARIANTS, EmojiDataset, load_emoji, sampling_weights
+from fractalflow.data.emoji import CAPTION_VARIANTS, EmojiDataset, image_hash, load_emoji, sampling_weights
 from fractalflow.data.emoji_sources import EmojiRecord
 from fractalflow.files import atomic_directory
 from fractalflow.model.text import TextEncoder, packaged_minilm_folder
@@ -59,7 +58,7 @@ def keep_within(records: list[EmojiRecord], sizes: np.ndarray, budget: int) -> n
     for i, record in enumerate(records):
         by_source.setdefault(record.source, []).append(i)
     ranked = {
-        source: sorted(rows, key=lambda i: hashlib.sha1(f"{records[i].source}:{records[i].key}".encode()).hexdigest())
+        source: sorted(rows, key=lambda i: image_hash(records[i].source, records[i].key))
         for source, rows in by_source.items()
     }
 
