@@ -97,12 +97,13 @@ def test_class_conditional_models_have_no_cross_attention():
 
 
 def test_forward_flops_grow_linearly_with_pixels_up_to_the_trained_sizes():
-    """Up to 128 px; beyond, the global attention at the coarsest level (quadratic) starts to show."""
+    """Within 1.1x up to 128 px (the issue-12 target); beyond, the global attention at the
+    coarsest level (quadratic) starts to show: 1.13x at 256 px."""
     from fractalflow.model.flops import forward_flops
 
     model = FractalTransformer(model_preset("small", class_names=("a",)))
     per_pixel = [forward_flops(model, size) / size**2 for size in (32, 64, 128)]
-    assert max(per_pixel) / min(per_pixel) < 1.15, per_pixel
+    assert max(per_pixel) / min(per_pixel) < 1.1, per_pixel
 
 
 def test_invalid_config_names_the_problem():
@@ -186,3 +187,35 @@ def test_an_unknown_block_design_is_a_clear_error_and_old_configs_load_as_the_fi
     old = {k: v for k, v in FractalConfig().to_dict().items() if k not in ("modulation", "prediction")}
     loaded = FractalConfig.from_dict(old)
     assert (loaded.modulation, loaded.prediction) == ("adaln-zero", "velocity")
+
+
+def test_presets_use_the_ablation_winner_and_the_shipped_model_keeps_its_design():
+    from fractalflow.model.weights import load_model
+    from fractalflow.pipeline import default_model_folder
+
+    assert {model_preset(name).modulation for name in ("tiny", "small", "base")} == {"adarmsnorm"}
+    assert model_preset("small", modulation="adaln-zero").modulation == "adaln-zero"
+    shipped = load_model(default_model_folder())  # its config.json predates the design fields
+    assert shipped.config.modulation == "adaln-zero"
+
+
+def test_weights_written_before_the_final_layer_load_with_the_same_output(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from fractalflow.model.weights import load_model, save_model
+
+    model = text_model()
+    save_model(model, tmp_path / "m")
+    state = load_file(tmp_path / "m" / "model.safetensors")
+    old_names = {k.replace("final.modulation.", "out_modulation.").replace("final.proj.", "out_proj."): v
+                 for k, v in state.items()}  # fmt: skip
+    assert "out_proj.weight" in old_names and "final.proj.weight" not in old_names
+    save_file(old_names, tmp_path / "m" / "model.safetensors")
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([0.3, 0.8])
+    cond = Conditioning(pooled=torch.randn(2, 24), tokens=torch.randn(2, 5, 24))
+    with torch.no_grad():
+        expected = model.eval()(x, t, cond)
+        torch.testing.assert_close(load_model(tmp_path / "m")(x, t, cond), expected)
+        resumed = FractalTransformer(model.config)  # a checkpoint's state dict, as Trainer.resume loads it
+        resumed.load_state_dict(old_names)
+        torch.testing.assert_close(resumed.eval()(x, t, cond), expected)

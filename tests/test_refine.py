@@ -120,7 +120,9 @@ def test_progressive_pipeline_images_do_not_depend_on_the_batch(tiny_model_folde
     alone = pipeline.generate("five", steps=4, seed=8, resolution="high")
     assert both.images[1].size == (32, 32)
     assert [s["size"] for s in both.metadata["stages"]] == [8, 16, 32]
-    assert np.array_equal(np.asarray(both.images[1]), np.asarray(alone.images[0]))
+    difference = np.abs(np.asarray(both.images[1], dtype=int) - np.asarray(alone.images[0], dtype=int))
+    # equal but for float rounding at a uint8 boundary (batch size changes the kernels' sums)
+    assert difference.max() <= 1 and (difference > 0).mean() < 0.01, (difference.max(), (difference > 0).sum())
 
 
 def test_pipeline_takes_size_or_resolution_not_both(tiny_model_folder):

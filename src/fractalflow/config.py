@@ -129,6 +129,9 @@ class FractalConfig(JsonConfig):
         return level >= self.num_levels - self.cross_attention_levels
 
 
+# the block design the presets use: AdaRMSNorm won the ablation (benchmarks/ablate.py,
+# docs/benchmarks.md); the FractalConfig defaults stay the first design so older folders load
+PRESET_DESIGN: dict[str, Any] = dict(modulation="adarmsnorm")
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(patch_size=2, widths=(32, 64), depths=(1, 2), head_dim=16, window=4, mapping_width=64),
     "small": dict(patch_size=2, widths=(64, 128, 256), depths=(1, 1, 4), head_dim=32, window=8),
@@ -137,10 +140,11 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def model_preset(name: str, **overrides: Any) -> FractalConfig:
-    """A named size preset (``tiny``, ``small``, ``base``) with fields overridden."""
+    """A named size preset (``tiny``, ``small``, ``base``) in the preset block design, with
+    fields overridden."""
     if name not in MODEL_PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
-    return FractalConfig(**{**MODEL_PRESETS[name], **overrides})
+    return FractalConfig(**{**PRESET_DESIGN, **MODEL_PRESETS[name], **overrides})
 
 
 @dataclass

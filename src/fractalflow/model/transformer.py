@@ -187,6 +187,39 @@ class FractalLevel(nn.Module):
 X0_MIN_TIME = 0.05  # x0 prediction: the velocity divides by t, kept at least this (as JiT clips it)
 
 
+class FinalLayer(nn.Module):
+    """Level-0 tokens back to patch pixels: a norm modulated by the condition vector (shift and
+    scale, as DiT's final layer), then a linear map, zero at initialisation."""
+
+    def __init__(self, width: int, mapping_width: int, patch_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(mapping_width, 2 * width))
+        self.proj = nn.Linear(width, patch_dim)
+
+    def zero_init(self) -> None:
+        for linear in (self.modulation[-1], self.proj):
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
+
+    def forward(self, x: Tensor, vector: Tensor) -> Tensor:
+        shift, scale = self.modulation(vector)[:, None, None, :].chunk(2, dim=-1)  # 2 x (B, 1, 1, width)
+        return self.proj(modulate(self.norm(x), shift, scale))
+
+
+# state-dict key prefixes of model folders written before FinalLayer, and what they are now
+RENAMED_KEYS = {"out_modulation.": "final.modulation.", "out_proj.": "final.proj."}
+
+
+def upgrade_state_dict(state: dict[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
+    """``state`` with keys of older FractalTransformer folders renamed to today's (in place)."""
+    for key in [k for k in state if k.startswith(prefix)]:
+        for old, new in RENAMED_KEYS.items():
+            if key.startswith(prefix + old):
+                state[prefix + new + key[len(prefix + old) :]] = state.pop(key)
+    return state
+
+
 def velocity_from_x0(x_t: Tensor, x0: Tensor, t: Tensor) -> Tensor:
     """On the line ``x_t = (1 - t) x0 + t noise`` the velocity ``noise - x0`` is ``(x_t - x0) / t``."""
     return (x_t - x0) / t.clamp_min(X0_MIN_TIME).to(x_t.dtype)[:, None, None, None]  # (B,) -> (B, 1, 1, 1)
@@ -202,6 +235,7 @@ class FractalTransformer(nn.Module):
     """
 
     config_class = FractalConfig
+    upgrade_state_dict = staticmethod(upgrade_state_dict)  # load_model renames old keys with it
 
     def __init__(self, config: FractalConfig):
         super().__init__()
@@ -210,9 +244,7 @@ class FractalTransformer(nn.Module):
         self.patch_embed = nn.Linear(patch_dim, config.widths[0])
         self.condition = ConditionEmbedder(config.mapping_width, config.cond_dim, config.num_classes)
         self.body = FractalLevel(config, 0)
-        self.out_norm = nn.LayerNorm(config.widths[0], elementwise_affine=False, eps=1e-6)
-        self.out_modulation = nn.Sequential(nn.SiLU(), nn.Linear(config.mapping_width, 2 * config.widths[0]))
-        self.out_proj = nn.Linear(config.widths[0], patch_dim)
+        self.final = FinalLayer(config.widths[0], config.mapping_width, patch_dim)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -229,12 +261,12 @@ class FractalTransformer(nn.Module):
         nn.init.normal_(self.condition.time_mlp[0].weight, std=0.02)
         nn.init.normal_(self.condition.time_mlp[2].weight, std=0.02)
         for module in self.modules():
-            if isinstance(module, FractalBlock):
+            if isinstance(module, (FractalBlock, FinalLayer)):
                 module.zero_init()
-        nn.init.zeros_(self.out_modulation[-1].weight)
-        nn.init.zeros_(self.out_modulation[-1].bias)
-        nn.init.zeros_(self.out_proj.weight)
-        nn.init.zeros_(self.out_proj.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        upgrade_state_dict(state_dict, prefix)  # folders and checkpoints written before FinalLayer
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def check_size(self, height: int, width: int) -> None:
         step = self.config.downsampling
@@ -248,10 +280,10 @@ class FractalTransformer(nn.Module):
     def forward(self, x: Tensor, t: Tensor, cond: Conditioning, drop: Tensor | None = None) -> Tensor:
         channels, height, width = x.shape[1:]
         self.check_size(height, width)
-        vector, tokens, mask = self.condition(t, cond, drop)
-        tokens_out = self.body(self.patch_embed(patchify(x, self.config.patch_size)), vector, tokens, mask)
-        shift, scale = self.out_modulation(vector)[:, None, None, :].chunk(2, dim=-1)  # 2 x (B, 1, 1, width)
-        out = unpatchify(self.out_proj(modulate(self.out_norm(tokens_out), shift, scale)), channels)
+        vector, text_tokens, mask = self.condition(t, cond, drop)  # (B, mapping), (B, L, cond_dim), (B, L)
+        tokens = self.patch_embed(patchify(x, self.config.patch_size))  # (B, H/patch, W/patch, widths[0])
+        tokens = self.body(tokens, vector, text_tokens, mask)
+        out = unpatchify(self.final(tokens, vector), channels)  # (B, H/patch, W/patch, patch_dim) -> (B, C, H, W)
         if self.config.prediction == "x0":
             return velocity_from_x0(x, out, t)
         return out

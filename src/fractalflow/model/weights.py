@@ -87,6 +87,9 @@ def load_model(
     with torch.device("meta"):
         model = model_class(config)
     state = load_state(folder)
+    upgrade = getattr(model_class, "upgrade_state_dict", None)
+    if upgrade is not None:
+        state = upgrade(state)
     missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
     if missing or unexpected:
         raise ValueError(
