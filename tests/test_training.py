@@ -115,3 +115,25 @@ def test_ema_warms_up_then_holds_its_decay():
     average = [torch.zeros(1)]
     update(average, [torch.ones(1)], torch.tensor(10**6))
     assert average[0].item() == pytest.approx(1e-3)  # late on: the configured decay
+
+
+def test_snapshots_export_the_ema_model_once_training_has_run_so_many_minutes_over_resumes(tmp_path):
+    trainer = make_trainer(tmp_path, digits(32), steps=30, snapshot_minutes=(1, 2))
+    trainer.train_seconds = 59.999  # as if earlier runs had trained for just under a minute
+    trainer.train(stop_at=10)
+    first = tmp_path / "snapshots" / "1min"
+    assert json.loads((first / "snapshot.json").read_text())["step"] == 1
+    assert load_model(first).config == trainer.model_config
+    assert not (tmp_path / "snapshots" / "2min").exists()
+
+    resumed = make_trainer(tmp_path, digits(32), steps=30, snapshot_minutes=(1, 2))
+    assert resumed.resume() and 60 <= resumed.train_seconds < 120  # the minutes live in the checkpoint
+    resumed.train_seconds += 60
+    resumed.train(stop_at=12)
+    assert json.loads((tmp_path / "snapshots" / "2min" / "snapshot.json").read_text())["step"] == 11
+    assert json.loads((first / "snapshot.json").read_text())["step"] == 1  # exported once
+
+
+def test_snapshot_minutes_must_be_positive():
+    with pytest.raises(ValueError, match="snapshot_minutes"):
+        TrainConfig(snapshot_minutes=(0,))

@@ -43,6 +43,8 @@ def _add_train_config_options(parser: argparse.ArgumentParser) -> None:
         "curriculum": "train in stages SIZES[@T_MEAN][/KIND]:SHARE, comma-separated, e.g. 32:0.4,64:0.4,64+128:0.2 "
         "(replaces --resolutions; see fractalflow.training.curriculum)",
         "curriculum_pacing": "'fixed' (each stage its share) or 'plateau' (move on when the loss stops falling)",
+        "snapshot_minutes": "comma-separated training minutes (summed over resumes) at which to export the EMA "
+        "model to OUT/snapshots/<M>min, e.g. 30,60,120",
     }
     for field in dataclasses.fields(TrainConfig):
         if field.name not in helps:
@@ -64,7 +66,9 @@ def _size_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of sizes, e.g. 32,64,128") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of whole numbers, e.g. 32,64,128"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

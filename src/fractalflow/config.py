@@ -173,6 +173,9 @@ class TrainConfig(JsonConfig):
     # (training/curriculum.py); "" trains with ``resolutions`` throughout
     curriculum: str = ""
     curriculum_pacing: str = "fixed"
+    # export the EMA model to out_dir/snapshots/<M>min once training has run M minutes (summed
+    # over resumed runs), to measure quality against wall-clock
+    snapshot_minutes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.curriculum_pacing not in ("fixed", "plateau"):
@@ -181,6 +184,8 @@ class TrainConfig(JsonConfig):
             raise ValueError(f"steps ({self.steps}) and batch_size ({self.batch_size}) must be >= 1")
         if self.mixed_precision not in ("auto", "no", "bf16"):
             raise ValueError(f"mixed_precision={self.mixed_precision!r}; allowed: 'auto', 'no', 'bf16'")
+        if any(minutes < 1 for minutes in self.snapshot_minutes):
+            raise ValueError(f"snapshot_minutes={self.snapshot_minutes} must be positive whole minutes")
         if any(size < 1 for size in self.resolutions):
             raise ValueError(f"resolutions={self.resolutions} must be positive sizes in pixels")
         if not 0.0 <= self.cond_drop_prob < 1.0:

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from fractalflow.config import FractalConfig, TrainConfig
 from fractalflow.data.dataset import CaptionedImages
+from fractalflow.files import atomic_write_text
 from fractalflow.flow.objective import rectified_flow_loss
 from fractalflow.flow.samplers import guided_velocity, sample_euler, time_grid
 from fractalflow.model.conditioning import Conditioning
@@ -130,6 +131,7 @@ class Trainer:
             self.curriculum = CurriculumScheduler(stages, train_config.steps, train_config.curriculum_pacing)
             self.kind_weights = kind_weights(dataset, {s.kind for s in stages if s.kind})
         self.step = 0
+        self.train_seconds = 0.0  # wall-clock of train() so far, summed over resumed runs
         self.last_batch_size = train_config.batch_size
         self.history: list[dict[str, float]] = []  # one entry per log_every steps of train()
         self._writer = None
@@ -171,6 +173,7 @@ class Trainer:
         torch.set_rng_state(state.rng["torch"])
         if self.curriculum is not None:
             self.curriculum.load_state_dict(state.info["curriculum"])
+        self.train_seconds = state.info.get("train_seconds", 0.0)
         self.step = state.step
         return True
 
@@ -187,6 +190,7 @@ class Trainer:
                 "model_config": self.model_config.to_dict(),
                 "train_config": self.config.to_dict(),
                 "curriculum": None if self.curriculum is None else self.curriculum.state_dict(),
+                "train_seconds": self.train_seconds,
             },
         )
         return save_checkpoint(self.checkpoint_dir, state, self.config.keep_checkpoints)
@@ -262,7 +266,7 @@ class Trainer:
         flops = training_flops_per_image(self.model, config.image_size)
         bar = tqdm(total=end, initial=self.step, desc="train", unit="step", disable=not self.progress)
         losses: list[float] = []
-        images, started = 0, time.perf_counter()
+        images, started, seconds_before = 0, time.perf_counter(), self.train_seconds
         while self.step < end and (max_seconds is None or time.perf_counter() - started < max_seconds):
             losses.append(self.train_step())
             images += self.last_batch_size
@@ -270,6 +274,8 @@ class Trainer:
             if self.curriculum is not None and self.curriculum.observe(self.step, losses[-1]):
                 self.log_stage(bar)
             elapsed = time.perf_counter() - started
+            self.train_seconds = seconds_before + elapsed
+            self.export_snapshots()
             if self.step % config.log_every == 0 or self.step == end:
                 rate = images / elapsed
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{rate:.1f}", tflops=f"{rate * flops / 1e12:.3f}")
@@ -305,6 +311,15 @@ class Trainer:
             "train_flops_per_image": flops,
             "seconds": elapsed,
         }
+
+    def export_snapshots(self) -> None:
+        """Export the EMA model for every ``snapshot_minutes`` mark passed and not yet exported."""
+        for minutes in self.config.snapshot_minutes:
+            folder = self.out_dir / "snapshots" / f"{minutes}min"
+            if self.train_seconds >= minutes * 60 and not folder.exists():
+                self.export(folder)
+                info = {"minutes": minutes, "step": self.step, "train_seconds": self.train_seconds}
+                atomic_write_text(folder / "snapshot.json", json.dumps(info, indent=2) + "\n")
 
     def log_stage(self, bar) -> None:
         """Say in TensorBoard and on the progress bar that the curriculum moved to its next stage."""
