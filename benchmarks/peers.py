@@ -1,24 +1,29 @@
 """Peers side by side: our FractalTransformer against the networks users would pick instead,
 trained and measured in one run under the same budget, so only the network differs.
 
-Every peer gets the same data (the emoji/icon training split), resolution, MiniLM text
-features with 10 % condition dropout, rectified-flow objective (logit-normal times),
+Every peer gets the same data (the emoji/icon training split, every caption encoded before
+the first run so no run pays for text encoding), resolution, MiniLM text features with 10 %
+condition dropout, rectified-flow objective (logit-normal times),
 optimizer (AdamW, warm-up + cosine, clipping, EMA), batch size and **wall-clock
 budget**: a short timed probe measures each network's training speed, which sets its
 step count so the cosine schedule ends when the budget does. Each is then evaluated with
-``fractalflow eval``'s metrics on the held-out captions (Euler, 20 steps, guidance 3).
+``fractalflow eval``'s metrics on the held-out captions (Euler, 20 steps, guidance 3),
+concept retrieval included.
 
     python benchmarks/peers.py --config cpu   # ~1 h on 2 CPU cores, 32 px
+    python benchmarks/peers.py --config cpu --peers fractal,hdit --seeds 0,1   # with the spread
     python benchmarks/peers.py --config gpu   # 64 px, longer budget, one GPU
 
-Prints a table and writes ``benchmarks/results/peers-<config>.json`` after every peer;
-re-running skips peers already measured with the same settings (``--fresh`` to redo).
+Prints a table and writes ``benchmarks/results/peers-<config>.json`` after every run;
+re-running skips (peer, seed) runs already measured with the same settings (``--fresh`` to redo).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +36,9 @@ from PIL import Image, ImageDraw
 from fractalflow import FractalFlowPipeline, TrainConfig, model_preset
 from fractalflow.data.emoji import load_emoji
 from fractalflow.evaluation.alignment import load_alignment_encoder
-from fractalflow.evaluation.evaluate import EvalSettings, evaluate
+from fractalflow.evaluation.concepts import asked_concept_images
+from fractalflow.evaluation.evaluate import EvalSettings, concept_gallery, eval_rows, evaluate
+from fractalflow.evaluation.features import EffNetFeatures
 from fractalflow.files import atomic_path, atomic_write_text
 from fractalflow.hardware import describe_device
 from fractalflow.model.flops import forward_flops
@@ -39,6 +46,7 @@ from fractalflow.model.text import TextEncoder
 from fractalflow.model.transformer import FractalTransformer
 from fractalflow.model.weights import load_state
 from fractalflow.training import Trainer
+from fractalflow.training.curriculum import Stage, parse_curriculum
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -63,9 +71,19 @@ CONFIGS = {
 # (label, model class, config): sized to ~8 M parameters; FLOPs follow from each design
 PEERS = {
     "fractal": (
-        "FractalTransformer (ours, preset small)",
+        "FractalTransformer (ours, preset small: AdaRMSNorm)",
         FractalTransformer,
         model_preset("small", cond_dim=384, cross_attention_levels=1),
+    ),
+    "fractal-p4": (
+        "FractalTransformer (ours, preset small at patch 4)",
+        FractalTransformer,
+        model_preset("small", cond_dim=384, cross_attention_levels=1, patch_size=4),
+    ),
+    "fractal-x0p4": (
+        "FractalTransformer (ours, preset small at patch 4, x0 prediction)",
+        FractalTransformer,
+        model_preset("small", cond_dim=384, cross_attention_levels=1, patch_size=4, prediction="x0"),
     ),
     "hdit": ("HDiT (from the paper, shifted windows)", HDiT, HDiTConfig(depths=(1, 1, 4))),
     "dit": ("DiT (diffusers PixArtTransformer2DModel)", DiTPeer, DiTConfig(patch_size=4, depth=6, heads=4)),
@@ -90,63 +108,120 @@ def train_config(bench: BenchConfig, steps: int) -> TrainConfig:
     )
 
 
-def probe_images_per_s(model_class, model_config, bench: BenchConfig, dataset, encoder, out: Path, device) -> float:
-    """Training speed from 3 warm-up + 6 timed steps (a throw-away trainer)."""
+def probe_seconds_per_step(
+    model_class, model_config, bench: BenchConfig, size: int, dataset, encoder, out: Path, device
+) -> float:
+    """Seconds per training step at ``size`` px, the batch scaled to keep the pixels per step
+    (as a curriculum stage does), from 3 warm-up + 6 timed steps of a throw-away trainer."""
+    batch = max(1, round(bench.batch_size * (bench.size / size) ** 2))
+    config = dataclasses.replace(train_config(bench, 10), image_size=size, batch_size=batch)
     trainer = Trainer(
-        model_config,
-        train_config(bench, 10),
-        dataset,
-        out,
-        device=device,
-        progress=False,
-        text_encoder=encoder,
+        model_config, config, dataset, out, device=device, progress=False, text_encoder=encoder,
         model_class=model_class,
-    )
+    )  # fmt: skip
     for _ in range(3):
         trainer.train_step()
     started = time.perf_counter()
     for _ in range(6):
         trainer.train_step()
-    return 6 * bench.batch_size / (time.perf_counter() - started)
+    return (time.perf_counter() - started) / 6
 
 
-def run_peer(name: str, bench: BenchConfig, dataset, held_out, encoder, alignment, out: Path, device) -> dict:
-    label, model_class, model_config = PEERS[name]
-    model_config = type(model_config).from_dict({**model_config.to_dict(), "sample_size": bench.size})
-    probe = probe_images_per_s(model_class, model_config, bench, dataset, encoder, out / name / "probe", device)
-    steps = max(20, int(bench.minutes * 60 * probe / bench.batch_size))
-    trainer = Trainer(
-        model_config,
-        train_config(bench, steps),
-        dataset,
-        out / name,
-        device=device,
-        text_encoder=encoder,
-        model_class=model_class,
-    )
-    summary = trainer.train(max_seconds=bench.minutes * 60 * 1.15)
-    trainer.export(out / name / "model")
-    model = trainer.ema.module.eval()
-    pipeline = FractalFlowPipeline(model, device=device, source=f"peer:{name}", text_encoder=encoder)
-    settings = EvalSettings(num_images=bench.eval_images, size=bench.size, batch_size=bench.eval_batch)
-    report = evaluate(pipeline, held_out, settings, alignment=alignment)
+def plan_steps(model_class, model_config, bench: BenchConfig, curriculum: str, dataset, encoder, out, device) -> dict:
+    """The step count that fills the wall-clock budget: probed at the benchmark size, and at
+    each curriculum stage's sizes (a stage's steps cost what its sizes cost, in proportion)."""
+    stages = parse_curriculum(curriculum) if curriculum else (Stage((bench.size,), None, "", 1.0),)
+    sizes = sorted({size for stage in stages for size in stage.sizes} | {bench.size})
+    seconds = {
+        size: probe_seconds_per_step(model_class, model_config, bench, size, dataset, encoder, out, device)
+        for size in sizes
+    }
+    per_step = sum(stage.share * statistics.fmean(seconds[s] for s in stage.sizes) for stage in stages)
     return {
-        "peer": name,
-        "label": label,
+        "steps": max(20, int(bench.minutes * 60 / per_step)),
+        "probe_images_per_s": bench.batch_size / seconds[bench.size],
+        "probe_seconds_per_step": {str(size): value for size, value in seconds.items()},
+    }
+
+
+def load_data(data: str, eval_images: int, size: int, device) -> dict:
+    """Training split, held-out split, text encoder with every caption encoded, alignment
+    encoder, and the concept-retrieval gallery of the held-out emoji concepts evaluated."""
+    train = load_emoji(data, image_size=64, split="train")
+    held_out = load_emoji(data, image_size=64, split="eval")
+    encoder = TextEncoder.from_pretrained(device=device, cache_size=10**7)
+    started = time.perf_counter()
+    encoder.encode([c for variants in train.caption_variants for c in variants] + held_out.captions)
+    print(f"encoded every caption in {time.perf_counter() - started:.0f} s", flush=True)
+    images = asked_concept_images(data, held_out, eval_rows(eval_images, len(held_out)), 64)
+    gallery = concept_gallery(images, EffNetFeatures(size=EvalSettings().feature_size), size)
+    return {"train": train, "held_out": held_out, "encoder": encoder, "alignment": load_alignment_encoder(),
+            "gallery": gallery}  # fmt: skip
+
+
+def data_settings(data: dict) -> dict:
+    """What identifies the data a result was measured on (its sizes)."""
+    return {"train_images": len(data["train"]), "held_out_images": len(data["held_out"])}
+
+
+def train_and_evaluate(
+    name: str, model_class, model_config, train_overrides: dict, bench: BenchConfig, data: dict, out: Path, device
+) -> dict:
+    """Probe, train for the wall-clock budget, evaluate the EMA model: the row of one run."""
+    model_config = type(model_config).from_dict({**model_config.to_dict(), "sample_size": bench.size})
+    encoder = data["encoder"]
+    curriculum = train_overrides.get("curriculum", "")
+    plan = plan_steps(model_class, model_config, bench, curriculum, data["train"], encoder, out / "probe", device)
+    config = dataclasses.replace(train_config(bench, plan["steps"]), **train_overrides)
+    trainer = Trainer(model_config, config, data["train"], out, device, text_encoder=encoder, model_class=model_class)
+    summary = trainer.train(max_seconds=bench.minutes * 60 * 1.15)
+    trainer.export(out / "model")
+    model = trainer.ema.module.eval()
+    pipeline = FractalFlowPipeline(model, device=device, source=name, text_encoder=encoder)
+    settings = EvalSettings(num_images=bench.eval_images, size=bench.size, batch_size=bench.eval_batch)
+    report = evaluate(pipeline, data["held_out"], settings, data["alignment"], gallery=data["gallery"])
+    return {
         "model_config": model_config.to_dict(),
+        "train_config": config.to_dict(),
         "parameters": report["parameters"],
         "gflops_per_forward": forward_flops(model, bench.size) / 1e9,
-        "probe_images_per_s": probe,
-        "planned_steps": steps,
+        "probe_images_per_s": plan["probe_images_per_s"],
+        "probe_seconds_per_step": plan["probe_seconds_per_step"],
+        "planned_steps": plan["steps"],
         "train": summary,
+        "history": trainer.history,
         "eval": report,
     }
 
 
+def run_peer(name: str, seed: int, bench: BenchConfig, data: dict, out: Path, device) -> dict:
+    label, model_class, model_config = PEERS[name]
+    row = train_and_evaluate(
+        f"peer:{name}", model_class, model_config, {"seed": seed}, bench, data, out / f"{name}-{seed}", device
+    )
+    return {"peer": name, "seed": seed, "label": label, **row}
+
+
+METRICS = ("fd_effnet_l0", "precision", "recall", "alignment_top5", "concept_retrieval")
+
+
+def seed_summary(rows: list[dict], key: str) -> dict[str, dict]:
+    """Per peer (or variant) over its seeds: mean and spread (max - min) of each metric and of train images/s."""
+    summary = {}
+    for name in dict.fromkeys(r[key] for r in rows):
+        runs = [r for r in rows if r[key] == name]
+        values = {m: [r["eval"]["metrics"][m] for r in runs] for m in METRICS}
+        values["images_per_s"] = [r["train"]["images_per_s"] for r in runs]
+        summary[name] = {
+            m: {"mean": statistics.fmean(v), "spread": max(v) - min(v), "seeds": len(v)} for m, v in values.items()
+        }
+    return summary
+
+
 def print_table(rows: list[dict], bench: BenchConfig) -> None:
     header = (
-        f"{'network':44s} {'params':>7s} {'GFLOPs':>7s} {'train img/s':>11s} {'steps':>6s} {'loss':>6s} "
-        f"{'FD':>7s} {'prec':>5s} {'rec':>5s} {'top1':>5s} {'top5':>5s} {'halluc':>6s} {'s/img':>6s}"
+        f"{'network':52s} {'seed':>4s} {'params':>7s} {'GFLOPs':>7s} {'img/s':>6s} {'steps':>5s} {'loss':>6s} "
+        f"{'FD':>7s} {'prec':>5s} {'rec':>5s} {'top5':>5s} {'concept':>7s} {'s/img':>6s}"
     )
     print(f"\n{bench.size} px, {bench.minutes:g} min of training each, eval on {bench.eval_images} held-out captions")
     print(header)
@@ -154,14 +229,20 @@ def print_table(rows: list[dict], bench: BenchConfig) -> None:
     for row in rows:
         m, train = row["eval"]["metrics"], row["train"]
         print(
-            f"{row['label']:44s} {row['parameters'] / 1e6:6.2f}M {row['gflops_per_forward']:7.3f} "
-            f"{train['images_per_s']:11.1f} {train['step']:6d} {train['final_loss']:6.4f} "
-            f"{m['fd_effnet_l0']:7.1f} {m['precision']:5.3f} {m['recall']:5.3f} {m['alignment_top1']:5.3f} "
-            f"{m['alignment_top5']:5.3f} {m['hallucination_rate']:6.3f} {row['eval']['seconds_per_image']:6.3f}"
+            f"{row['label']:52s} {row['seed']:>4d} {row['parameters'] / 1e6:6.2f}M {row['gflops_per_forward']:7.3f} "
+            f"{train['images_per_s']:6.1f} {train['step']:5d} {train['final_loss']:6.4f} "
+            f"{m['fd_effnet_l0']:7.1f} {m['precision']:5.3f} {m['recall']:5.3f} {m['alignment_top5']:5.3f} "
+            f"{m['concept_retrieval']:7.3f} {row['eval']['seconds_per_image']:6.3f}"
         )
     if rows:
-        ceiling = rows[0]["eval"]["real_held_out"]
-        print(f"real held-out images: top1 {ceiling['alignment_top1']:.3f}, top5 {ceiling['alignment_top5']:.3f}")
+        real, m = rows[0]["eval"]["real_held_out"], rows[0]["eval"]["metrics"]
+        print(
+            f"real held-out: top5 {real['alignment_top5']:.3f}, concept retrieval {real['concept_retrieval']:.3f} "
+            f"(chance {m['concept_chance']:.3f})"
+        )
+    for name, summary in seed_summary(rows, "peer").items():
+        if summary["fd_effnet_l0"]["seeds"] > 1:
+            print(f"{name}: " + ", ".join(f"{m} {v['mean']:.3f} ± {v['spread'] / 2:.3f}" for m, v in summary.items()))
 
 
 GRID_PROMPTS = [
@@ -177,10 +258,11 @@ GRID_PROMPTS = [
 
 
 def write_grid(names: list[str], out: Path, size: int, encoder, path: Path) -> None:
-    """One row per trained peer (the same prompts and seeds), labelled, nearest-neighbour 2x."""
+    """One row per trained peer (its seed-0 run; the same prompts and sampling seeds), labelled,
+    nearest-neighbour 2x."""
     rows = []
     for name in names:
-        folder = out / name / "model"
+        folder = out / f"{name}-0" / "model"
         if not (folder / "config.json").is_file():
             continue
         model_class = PEERS[name][1]
@@ -208,6 +290,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=sorted(CONFIGS), default="cpu", help="comparison size (default: cpu)")
     parser.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated subset of {','.join(PEERS)}")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds (default: 0)")
     parser.add_argument("--minutes", type=float, default=None, help="training budget per peer (default: the config's)")
     parser.add_argument("--n", type=int, default=None, help="images to evaluate per peer (default: the config's)")
     parser.add_argument("--data", default=str(REPO / "data" / "emoji"), help="prepared emoji data folder")
@@ -235,25 +318,30 @@ def main() -> None:
     if args.grid_only:
         write_grid(names, Path(args.out), bench.size, TextEncoder.from_pretrained(device=device), grid_path)
         return
-    dataset = load_emoji(args.data, image_size=64, split="train")
-    held_out = load_emoji(args.data, image_size=64, split="eval")
-    encoder = TextEncoder.from_pretrained(device=device, cache_size=len(dataset) * 4 + len(held_out) + 1024)
-    alignment = load_alignment_encoder()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    data = load_data(args.data, bench.eval_images, bench.size, device)
     path = RESULTS / f"peers-{args.config}.json"
-    settings = {**bench.__dict__, "hardware": describe_device(device), "torch": torch.__version__}
+    settings = {
+        **bench.__dict__,
+        **data_settings(data),
+        "hardware": describe_device(device),
+        "torch": torch.__version__,
+    }
     previous = json.loads(path.read_text()) if path.is_file() and not args.fresh else {}
-    rows = [r for r in previous.get("peers", []) if previous.get("settings") == settings and r["peer"] in names]
-    done = {r["peer"] for r in rows}
-    for name in names:
-        if name in done:
-            continue
-        print(f"== {name}: {PEERS[name][0]}", flush=True)
-        rows.append(run_peer(name, bench, dataset, held_out, encoder, alignment, Path(args.out), device))
-        rows.sort(key=lambda r: names.index(r["peer"]))
-        atomic_write_text(path, json.dumps({"settings": settings, "peers": rows}, indent=2) + "\n")
+    rows = previous.get("peers", []) if previous.get("settings") == settings else []
+    for seed in seeds:
+        for name in names:
+            if any(r["peer"] == name and r["seed"] == seed for r in rows):
+                continue
+            print(f"== {name} (seed {seed}): {PEERS[name][0]}", flush=True)
+            rows.append(run_peer(name, seed, bench, data, Path(args.out), device))
+            rows.sort(key=lambda r: (list(PEERS).index(r["peer"]), r["seed"]))
+            summary = seed_summary(rows, "peer")
+            payload = {"settings": settings, "peers": rows, "summary": summary}
+            atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
     print_table(rows, bench)
     print(f"wrote {path}")
-    write_grid(names, Path(args.out), bench.size, encoder, grid_path)
+    write_grid(names, Path(args.out), bench.size, data["encoder"], grid_path)
 
 
 if __name__ == "__main__":

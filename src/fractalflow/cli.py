@@ -380,7 +380,8 @@ def run_eval(args: argparse.Namespace) -> None:
     from fractalflow.data.sources import FASHION_MNIST_CLASSES, load_fashion_mnist
     from fractalflow.evaluation.alignment import load_alignment_encoder
     from fractalflow.evaluation.classifier import cached_classifier
-    from fractalflow.evaluation.evaluate import EvalSettings, evaluate
+    from fractalflow.evaluation.concepts import asked_concept_images
+    from fractalflow.evaluation.evaluate import EvalSettings, eval_rows, evaluate
     from fractalflow.files import atomic_write_text
 
     settings = EvalSettings(
@@ -413,7 +414,7 @@ def run_eval(args: argparse.Namespace) -> None:
             raise UsageError(f"{data} holds no prepared emoji set; run 'make data' or 'fractalflow data prepare'")
         held_out = load_dataset(data, size, split="eval")
         alignment = load_alignment_encoder(args.alignment_model)
-        gallery = concept_gallery(data, held_out, settings.num_images, size)
+        gallery = asked_concept_images(data, held_out, eval_rows(settings.num_images, len(held_out)), size)
     report = evaluate(pipeline, held_out, settings, alignment=alignment, classifier=classifier, gallery=gallery)
     report["data"] = data
     print(f"{'metric':<22} {'generated':>10} {'real held-out':>14}")
@@ -447,19 +448,6 @@ def run_pack(args: argparse.Namespace) -> None:
         f"{summary['text']['tokens_kept']} tokens, {summary['bytes'] / 2**20:.1f} MiB in all, "
         f"{summary['seconds']:.0f} s"
     )
-
-
-def concept_gallery(data: str, held_out, num_images: int, size: int):
-    """Every real image (all splits and styles) of the emoji concepts the eval will ask for."""
-    from fractalflow.data.emoji import load_emoji
-    from fractalflow.evaluation.concepts import is_emoji_concept
-    from fractalflow.evaluation.evaluate import eval_rows
-
-    asked = [held_out.records[i] for i in set(eval_rows(num_images, len(held_out)))]
-    concepts = {r.concept for r in asked if is_emoji_concept(r)}
-    if not concepts:
-        return None
-    return load_emoji(data, size, split="all", keep=lambda record: record.concept in concepts)
 
 
 def run_bench(args: argparse.Namespace) -> None:

@@ -13,13 +13,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fractalflow.data.emoji import EmojiDataset
+from fractalflow.data.emoji import EmojiDataset, load_emoji
 from fractalflow.data.emoji_sources import EmojiRecord
 
 
 def is_emoji_concept(record: EmojiRecord) -> bool:
     """An emoji named by code points (not an icon, not one of OpenMoji's own extra images)."""
     return record.kind == "emoji" and not record.concept.startswith(("icon:", "openmoji:"))
+
+
+def asked_concept_images(data, held_out: EmojiDataset, rows: list[int], size: int) -> EmojiDataset | None:
+    """Every real image (all splits and styles) in the prepared folder ``data`` of the emoji
+    concepts of the held-out ``rows`` an eval asks for; None when it asks for no emoji."""
+    concepts = {held_out.records[i].concept for i in rows if is_emoji_concept(held_out.records[i])}
+    if not concepts:
+        return None
+    return load_emoji(data, size, split="all", keep=lambda record: record.concept in concepts)
 
 
 @dataclass
