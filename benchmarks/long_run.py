@@ -1,0 +1,90 @@
+"""Quality against training wall-clock: every snapshot of a long run, evaluated alike.
+
+A run trained with ``--snapshot-minutes`` (``fractalflow train`` or
+``scripts/train_default.py``) holds ``snapshots/<M>min`` model folders, the EMA model once
+training had run M minutes (summed over resumed runs). Each is measured with
+``fractalflow eval``'s metrics on the same held-out captions (Euler, 20 steps, guidance 3),
+so the table shows where more compute stops paying.
+
+    python benchmarks/long_run.py --run runs/default --n 661
+
+Prints a table and writes ``benchmarks/results/long-run-<run name>.json`` after every
+snapshot; snapshots already measured with the same settings are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from fractalflow import FractalFlowPipeline
+from fractalflow.data.emoji import load_emoji
+from fractalflow.evaluation.alignment import load_alignment_encoder
+from fractalflow.evaluation.concepts import asked_concept_images
+from fractalflow.evaluation.evaluate import EvalSettings, eval_rows, evaluate
+from fractalflow.files import atomic_write_text
+from fractalflow.hardware import describe_device
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results"
+
+
+def snapshots(run: Path) -> list[Path]:
+    """The run's snapshot folders, in training order."""
+    found = [p for p in (run / "snapshots").glob("*min") if (p / "snapshot.json").is_file()]
+    return sorted(found, key=lambda p: json.loads((p / "snapshot.json").read_text())["minutes"])
+
+
+def print_table(rows: list[dict]) -> None:
+    header = f"{'minutes':>7s} {'step':>6s} {'FD':>7s} {'prec':>5s} {'rec':>5s} {'top5':>5s} {'concept':>7s}"
+    print(header + "\n" + "-" * len(header))
+    for row in rows:
+        m = row["eval"]["metrics"]
+        print(
+            f"{row['minutes']:7d} {row['step']:6d} {m['fd_effnet_l0']:7.1f} {m['precision']:5.3f} "
+            f"{m['recall']:5.3f} {m['alignment_top5']:5.3f} {m['concept_retrieval']:7.3f}"
+        )
+    if rows:
+        real = rows[0]["eval"]["real_held_out"]
+        print(f"real held-out: top5 {real['alignment_top5']:.3f}, concept retrieval {real['concept_retrieval']:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", default="runs/default", help="run folder with snapshots/ (default: runs/default)")
+    parser.add_argument("--n", type=int, default=661, help="held-out captions to evaluate (default: 661)")
+    parser.add_argument("--size", type=int, default=64, help="side in pixels (default: 64)")
+    parser.add_argument("--data", default=str(REPO / "data" / "emoji"), help="prepared emoji data folder")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    args = parser.parse_args()
+    run = Path(args.run)
+    found = snapshots(run)
+    if not found:
+        parser.error(f"{run} has no snapshots/<M>min folders; train with --snapshot-minutes")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    settings = EvalSettings(num_images=args.n, size=args.size, batch_size=64)
+    held_out = load_emoji(args.data, image_size=args.size, split="eval")
+    gallery = asked_concept_images(args.data, held_out, eval_rows(args.n, len(held_out)), args.size)
+    alignment = load_alignment_encoder()
+    path = RESULTS / f"long-run-{run.name}.json"
+    header = {"n": args.n, "size": args.size, "held_out_images": len(held_out), "hardware": describe_device(device)}
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    rows = previous.get("snapshots", []) if previous.get("settings") == header else []
+    for folder in found:
+        info = json.loads((folder / "snapshot.json").read_text())
+        if any(r["minutes"] == info["minutes"] for r in rows):
+            continue
+        print(f"== {folder.name}: step {info['step']}", flush=True)
+        pipeline = FractalFlowPipeline.from_pretrained(folder, device=device)
+        rows.append({**info, "eval": evaluate(pipeline, held_out, settings, alignment, gallery=gallery)})
+        rows.sort(key=lambda r: r["minutes"])
+        atomic_write_text(path, json.dumps({"settings": header, "snapshots": rows}, indent=2) + "\n")
+    print_table(rows)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
