@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 from hdit import HDiT, HDiTConfig
-from peers import BenchConfig, data_settings, load_data, seed_summary, train_and_evaluate
+from peers import BenchConfig, data_settings, load_data, pending_runs, seed_summary, train_and_evaluate
 
 from fractalflow import model_preset
 from fractalflow.files import atomic_write_text
@@ -138,15 +138,12 @@ def main() -> None:
     if args.fresh:
         group["runs"] = [r for r in group["runs"] if not (r["variant"] in names and r["seed"] in seeds)]
     rows = group["runs"]
-    for seed in seeds:
-        for name in names:
-            if any(r["variant"] == name and r["seed"] == seed for r in rows):
-                continue
-            print(f"== {name} (seed {seed}): {VARIANTS[name][0]}", flush=True)
-            rows.append(run_variant(name, seed, bench, data, Path(args.out), device))
-            rows.sort(key=lambda r: (r["seed"], list(VARIANTS).index(r["variant"])))
-            group["summary"] = seed_summary(rows, "variant")
-            atomic_write_text(path, json.dumps({"groups": groups}, indent=2) + "\n")
+    for name, seed in pending_runs(rows, "variant", names, seeds):
+        print(f"== {name} (seed {seed}): {VARIANTS[name][0]}", flush=True)
+        rows.append(run_variant(name, seed, bench, data, Path(args.out), device))
+        rows.sort(key=lambda r: (r["seed"], list(VARIANTS).index(r["variant"])))
+        group["summary"] = seed_summary(rows, "variant")
+        atomic_write_text(path, json.dumps({"groups": groups}, indent=2) + "\n")
     print_table(rows)
     print(f"wrote {path}")
 

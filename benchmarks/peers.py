@@ -202,6 +202,11 @@ def run_peer(name: str, seed: int, bench: BenchConfig, data: dict, out: Path, de
     return {"peer": name, "seed": seed, "label": label, **row}
 
 
+def pending_runs(rows: list[dict], key: str, names: list[str], seeds: list[int]) -> list[tuple[str, int]]:
+    """The (name, seed) runs not in ``rows`` yet (``key`` names the run: peer or variant), seed by seed."""
+    return [(n, s) for s in seeds for n in names if not any(r[key] == n and r["seed"] == s for r in rows)]
+
+
 METRICS = ("fd_effnet_l0", "precision", "recall", "alignment_top5", "concept_retrieval")
 
 
@@ -329,16 +334,12 @@ def main() -> None:
     }
     previous = json.loads(path.read_text()) if path.is_file() and not args.fresh else {}
     rows = previous.get("peers", []) if previous.get("settings") == settings else []
-    for seed in seeds:
-        for name in names:
-            if any(r["peer"] == name and r["seed"] == seed for r in rows):
-                continue
-            print(f"== {name} (seed {seed}): {PEERS[name][0]}", flush=True)
-            rows.append(run_peer(name, seed, bench, data, Path(args.out), device))
-            rows.sort(key=lambda r: (list(PEERS).index(r["peer"]), r["seed"]))
-            summary = seed_summary(rows, "peer")
-            payload = {"settings": settings, "peers": rows, "summary": summary}
-            atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+    for name, seed in pending_runs(rows, "peer", names, seeds):
+        print(f"== {name} (seed {seed}): {PEERS[name][0]}", flush=True)
+        rows.append(run_peer(name, seed, bench, data, Path(args.out), device))
+        rows.sort(key=lambda r: (list(PEERS).index(r["peer"]), r["seed"]))
+        payload = {"settings": settings, "peers": rows, "summary": seed_summary(rows, "peer")}
+        atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
     print_table(rows, bench)
     print(f"wrote {path}")
     write_grid(names, Path(args.out), bench.size, data["encoder"], grid_path)
