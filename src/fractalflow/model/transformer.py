@@ -211,13 +211,12 @@ class FinalLayer(nn.Module):
 RENAMED_KEYS = {"out_modulation.": "final.modulation.", "out_proj.": "final.proj."}
 
 
-def upgrade_state_dict(state: dict[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
-    """``state`` with keys of older FractalTransformer folders renamed to today's (in place)."""
+def upgrade_state_dict(state: dict[str, Tensor], prefix: str = "") -> None:
+    """Rename, in place, the keys below ``prefix`` that older FractalTransformer folders used."""
     for key in [k for k in state if k.startswith(prefix)]:
         for old, new in RENAMED_KEYS.items():
             if key.startswith(prefix + old):
                 state[prefix + new + key[len(prefix + old) :]] = state.pop(key)
-    return state
 
 
 def velocity_from_x0(x_t: Tensor, x0: Tensor, t: Tensor) -> Tensor:
@@ -235,7 +234,6 @@ class FractalTransformer(nn.Module):
     """
 
     config_class = FractalConfig
-    upgrade_state_dict = staticmethod(upgrade_state_dict)  # load_model renames old keys with it
 
     def __init__(self, config: FractalConfig):
         super().__init__()

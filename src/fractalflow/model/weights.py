@@ -86,15 +86,12 @@ def load_model(
     config = model_class.config_class.load_json(config_path)
     with torch.device("meta"):
         model = model_class(config)
-    state = load_state(folder)
-    upgrade = getattr(model_class, "upgrade_state_dict", None)
-    if upgrade is not None:
-        state = upgrade(state)
-    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
-    if missing or unexpected:
+    state = {k: v.to(dtype) for k, v in load_state(folder).items()}
+    # not strict, to name the mismatch in one line; the model's own loading renames old keys first
+    found = model.load_state_dict(state, strict=False, assign=True)
+    if found.missing_keys or found.unexpected_keys:
         raise ValueError(
             f"{folder}: weights do not match config.json "
-            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
+            f"(missing {sorted(found.missing_keys)[:5]}, unexpected {sorted(found.unexpected_keys)[:5]})"
         )
-    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
     return model.to(device).eval()
