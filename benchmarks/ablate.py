@@ -25,7 +25,15 @@ from pathlib import Path
 
 import torch
 from hdit import HDiT, HDiTConfig
-from peers import BenchConfig, data_settings, load_data, pending_runs, seed_summary, train_and_evaluate
+from peers import (
+    BenchConfig,
+    add_run_inputs,
+    data_settings,
+    load_splits,
+    pending_runs,
+    seed_summary,
+    train_and_evaluate,
+)
 
 from fractalflow import model_preset
 from fractalflow.files import atomic_write_text
@@ -123,7 +131,7 @@ def main() -> None:
     bench = BenchConfig(size=32, batch_size=64, minutes=args.minutes, eval_images=args.n, eval_batch=100)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     path = RESULTS / f"ablate-{device.type}.json"
-    data = load_data(args.data, bench.eval_images, bench.size, device)
+    data = load_splits(args.data)
     settings = {
         **bench.__dict__,
         **data_settings(data),
@@ -138,7 +146,10 @@ def main() -> None:
     if args.fresh:
         group["runs"] = [r for r in group["runs"] if not (r["variant"] in names and r["seed"] in seeds)]
     rows = group["runs"]
-    for name, seed in pending_runs(rows, "variant", names, seeds):
+    pending = pending_runs(rows, "variant", names, seeds)
+    if pending:
+        add_run_inputs(data, bench.eval_images, bench.size, device)
+    for name, seed in pending:
         print(f"== {name} (seed {seed}): {VARIANTS[name][0]}", flush=True)
         rows.append(run_variant(name, seed, bench, data, Path(args.out), device))
         rows.sort(key=lambda r: (r["seed"], list(VARIANTS).index(r["variant"])))

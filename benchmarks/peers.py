@@ -144,19 +144,26 @@ def plan_steps(model_class, model_config, bench: BenchConfig, curriculum: str, d
     }
 
 
-def load_data(data: str, eval_images: int, size: int, device) -> dict:
-    """Training split, held-out split, text encoder with every caption encoded, alignment
-    encoder, and the concept-retrieval gallery of the held-out emoji concepts evaluated."""
-    train = load_emoji(data, image_size=64, split="train")
-    held_out = load_emoji(data, image_size=64, split="eval")
+def load_splits(folder: str) -> dict:
+    """The training and held-out splits of the prepared emoji folder."""
+    return {"folder": folder, "train": load_emoji(folder, 64, "train"), "held_out": load_emoji(folder, 64, "eval")}
+
+
+def add_run_inputs(data: dict, eval_images: int, size: int, device) -> None:
+    """What training and evaluating runs need besides the splits, added to ``data``: the text
+    encoder with every caption encoded (minutes on a CPU, so only when a run is pending), the
+    alignment encoder, and the concept-retrieval gallery of the held-out emoji concepts evaluated."""
+    train, held_out = data["train"], data["held_out"]
     encoder = TextEncoder.from_pretrained(device=device, cache_size=10**7)
     started = time.perf_counter()
     encoder.encode([c for variants in train.caption_variants for c in variants] + held_out.captions)
     print(f"encoded every caption in {time.perf_counter() - started:.0f} s", flush=True)
-    images = asked_concept_images(data, held_out, eval_rows(eval_images, len(held_out)), 64)
-    gallery = concept_gallery(images, EffNetFeatures(size=EvalSettings().feature_size), size)
-    return {"train": train, "held_out": held_out, "encoder": encoder, "alignment": load_alignment_encoder(),
-            "gallery": gallery}  # fmt: skip
+    images = asked_concept_images(data["folder"], held_out, eval_rows(eval_images, len(held_out)), 64)
+    data.update(
+        encoder=encoder,
+        alignment=load_alignment_encoder(),
+        gallery=concept_gallery(images, EffNetFeatures(size=EvalSettings().feature_size), size),
+    )
 
 
 def data_settings(data: dict) -> dict:
@@ -324,7 +331,7 @@ def main() -> None:
         write_grid(names, Path(args.out), bench.size, TextEncoder.from_pretrained(device=device), grid_path)
         return
     seeds = [int(s) for s in args.seeds.split(",")]
-    data = load_data(args.data, bench.eval_images, bench.size, device)
+    data = load_splits(args.data)
     path = RESULTS / f"peers-{args.config}.json"
     settings = {
         **bench.__dict__,
@@ -334,7 +341,10 @@ def main() -> None:
     }
     previous = json.loads(path.read_text()) if path.is_file() and not args.fresh else {}
     rows = previous.get("peers", []) if previous.get("settings") == settings else []
-    for name, seed in pending_runs(rows, "peer", names, seeds):
+    pending = pending_runs(rows, "peer", names, seeds)
+    if pending:
+        add_run_inputs(data, bench.eval_images, bench.size, device)
+    for name, seed in pending:
         print(f"== {name} (seed {seed}): {PEERS[name][0]}", flush=True)
         rows.append(run_peer(name, seed, bench, data, Path(args.out), device))
         rows.sort(key=lambda r: (list(PEERS).index(r["peer"]), r["seed"]))
@@ -342,7 +352,8 @@ def main() -> None:
         atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
     print_table(rows, bench)
     print(f"wrote {path}")
-    write_grid(names, Path(args.out), bench.size, data["encoder"], grid_path)
+    encoder = data.get("encoder") or TextEncoder.from_pretrained(device=device)
+    write_grid(names, Path(args.out), bench.size, encoder, grid_path)
 
 
 if __name__ == "__main__":
