@@ -68,6 +68,14 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_a_run_stopped_by_the_clock_checkpoints_where_it_stopped(tmp_path):
+    trainer = make_trainer(tmp_path, digits(32), steps=10_000, checkpoint_every=5_000)
+    stopped = trainer.train(max_seconds=1.0)["step"]
+    assert 0 < stopped < 5_000  # no periodic checkpoint was due
+    resumed = make_trainer(tmp_path, digits(32), steps=10_000, checkpoint_every=5_000)
+    assert resumed.resume() and resumed.step == stopped
+
+
 def test_checkpoints_are_complete_folders_and_old_ones_are_pruned(tmp_path):
     trainer = make_trainer(tmp_path, digits(32), steps=30)
     trainer.train()

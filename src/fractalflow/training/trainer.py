@@ -301,6 +301,8 @@ class Trainer:
         bar.close()
         if self.step == config.steps:
             self.export(self.out_dir / "model")
+        elif config.checkpoint_every and self.step % config.checkpoint_every:
+            self.save_checkpoint()  # stopped early (stop_at or the clock): resume here, not at the last periodic one
         if self._writer is not None:
             self._writer.flush()
         elapsed = time.perf_counter() - started
