@@ -1,7 +1,8 @@
 """Train the default text-to-image model (emoji and icons) and install it in the package.
 
-Prepares the data from the packaged sources if needed, trains with multi-resolution
-batches (32/64/128 px) and MiniLM text conditioning, then (with --install) writes the
+Prepares the data from the packaged sources if needed, trains at 64 px (patch 4) with
+MiniLM text conditioning, exporting the EMA model at fixed wall-clock minutes to
+``OUT/snapshots`` (``benchmarks/long_run.py`` evaluates them), then (with --install) writes the
 EMA weights as fp16 into ``src/fractalflow/weights/default`` and a sample grid into
 ``docs/images/default-grid.png``. Re-running resumes from the newest checkpoint in --out.
 Runs unchanged on a CPU or a CUDA machine with no network: it needs torch, safetensors,
@@ -29,17 +30,19 @@ from fractalflow.training import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = TrainConfig(
-    steps=2600,
-    batch_size=32,
+    steps=12000,
+    batch_size=64,
     image_size=64,
-    resolutions=(32, 64, 128),
     learning_rate=1e-3,
-    warmup_steps=200,
-    checkpoint_every=200,
-    sample_every=500,
-    log_every=25,
+    warmup_steps=500,
+    checkpoint_every=300,
+    sample_every=0,
+    log_every=50,
+    snapshot_minutes=(30, 60, 90, 120, 150, 180, 240, 300, 360),
 )
-MODEL = dict(in_channels=3, cond_dim=384, cross_attention_levels=1, sample_size=64)
+# patch 4: at equal CPU minutes it recognised concepts better than patch 2 on the peers
+# benchmark (top-5 2.1x, recall 1.4x at 32 px) and samples 2.6x faster
+MODEL = dict(in_channels=3, cond_dim=384, cross_attention_levels=1, sample_size=64, patch_size=4)
 GRID_PROMPTS = [
     "red heart",
     "cat face, twemoji style",
@@ -50,6 +53,18 @@ GRID_PROMPTS = [
     "pizza, noto style",
     "rocket",
 ]
+# rows that differ only in a colour or an object, drawn from the same four noises
+CONTRAST_PROMPTS = ["red heart", "blue heart", "green heart", "cat face", "dog face", "monkey face"]
+SEEDS = [0, 1, 2, 3]
+
+
+def write_grids(pipeline: FractalFlowPipeline, docs: Path) -> None:
+    """The model card's sample grids (4 seeds per prompt, 20 Euler steps, shown 2x enlarged)."""
+    docs.mkdir(parents=True, exist_ok=True)
+    for name, prompts in [("default-grid.png", GRID_PROMPTS), ("default-contrast.png", CONTRAST_PROMPTS)]:
+        rows = [prompt for prompt in prompts for _ in SEEDS]
+        grid = pipeline.generate(rows, steps=20, seeds=SEEDS * len(prompts)).grid(columns=len(SEEDS))
+        grid.resize((grid.width * 2, grid.height * 2), resample=0).save(docs / name)
 
 
 def main() -> None:
@@ -61,6 +76,9 @@ def main() -> None:
     parser.add_argument("--preset", default="small", help="model size preset (default: small)")
     parser.add_argument("--steps", type=int, default=TRAIN.steps, help=f"training steps (default: {TRAIN.steps})")
     parser.add_argument("--batch-size", type=int, default=TRAIN.batch_size, help="images per step at 64 px")
+    parser.add_argument(
+        "--max-minutes", type=float, default=None, help="stop this session after so many minutes (resume later)"
+    )
     parser.add_argument("--install", action="store_true", help="copy the result into the package as the default model")
     args = parser.parse_args()
 
@@ -75,7 +93,7 @@ def main() -> None:
     trainer = Trainer(model_config, train_config, dataset, args.out, device=device, text_encoder=encoder)
     resumed = trainer.resume()
     started = time.perf_counter()
-    summary = trainer.train()
+    summary = trainer.train(max_seconds=None if args.max_minutes is None else args.max_minutes * 60)
     summary.update(
         seconds_this_session=time.perf_counter() - started,
         resumed_from=trainer.step if resumed else 0,
@@ -93,11 +111,7 @@ def main() -> None:
     trainer.export(target, dtype=torch.float16)
     if card_text is not None:  # the card is written by hand: keep it, and update its numbers
         card.write_text(card_text)
-    pipeline = FractalFlowPipeline.from_pretrained(target, device=device)
-    grid = pipeline.generate(GRID_PROMPTS, num_images_per_prompt=4, steps=20, seed=0).grid(columns=4)
-    docs = REPO / "docs" / "images"
-    docs.mkdir(parents=True, exist_ok=True)
-    grid.resize((grid.width * 2, grid.height * 2), resample=0).save(docs / "default-grid.png")
+    write_grids(FractalFlowPipeline.from_pretrained(target, device=device), REPO / "docs" / "images")
     print(f"installed the default model in {target}")
 
 
