@@ -4,13 +4,15 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from fractalflow import Conditioning, TrainConfig, model_preset
 from fractalflow.data import load_digits
 from fractalflow.flow import guided_velocity, sample_euler, time_grid
 from fractalflow.model.weights import load_model
 from fractalflow.training import Trainer
-from fractalflow.training.checkpoint import list_checkpoints
+from fractalflow.training.checkpoint import MANIFEST, CheckpointError, file_digest, list_checkpoints
+from fractalflow.training.trainer import TrainingDiverged
 
 
 def digits(count):
@@ -86,12 +88,71 @@ def test_checkpoints_are_complete_folders_and_old_ones_are_pruned(tmp_path):
         names = sorted(p.name for p in folder.iterdir())
         assert names == [
             "ema.safetensors",
+            "manifest.json",
             "model.safetensors",
             "optimizer.safetensors",
             "rng.safetensors",
             "trainer_state.json",
         ]
     assert json.loads((found[-1] / "trainer_state.json").read_text())["step"] == 30
+
+
+def two_checkpoints(tmp_path):
+    """A run folder with checkpoints at steps 10 and 20; returns the newest."""
+    make_trainer(tmp_path, digits(32), steps=20).train()
+    return list_checkpoints(tmp_path / "checkpoints")[-1]
+
+
+def test_a_damaged_newest_checkpoint_resumes_from_the_intact_older_one(tmp_path, capsys):
+    newest = two_checkpoints(tmp_path)
+    data = bytearray((newest / "model.safetensors").read_bytes())
+    data[-5] ^= 0xFF  # one flipped byte inside the weights
+    (newest / "model.safetensors").write_bytes(bytes(data))
+    resumed = make_trainer(tmp_path, digits(32), steps=20)
+    assert resumed.resume() and resumed.step == 10
+    assert "model.safetensors does not match its SHA-256" in capsys.readouterr().err
+
+
+def test_non_finite_weights_are_refused_even_with_a_matching_manifest(tmp_path):
+    newest = two_checkpoints(tmp_path)
+    for folder in list_checkpoints(tmp_path / "checkpoints"):
+        weights = load_file(folder / "ema.safetensors")
+        name = next(k for k, v in weights.items() if v.is_floating_point())
+        weights[name].view(-1)[0] = float("nan")
+        save_file(weights, folder / "ema.safetensors")
+        manifest = json.loads((folder / MANIFEST).read_text())
+        manifest["ema.safetensors"] = file_digest(folder / "ema.safetensors")
+        (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="no intact checkpoint"):
+        make_trainer(tmp_path, digits(32), steps=20).resume()
+    assert newest.is_dir()  # refused, not deleted
+
+
+def test_resuming_with_another_image_size_or_network_is_refused(tmp_path):
+    two_checkpoints(tmp_path)
+    with pytest.raises(CheckpointError, match=r"other settings \(image_size\)"):
+        make_trainer(tmp_path, digits(32), steps=20, image_size=32).resume()
+    other = make_trainer(tmp_path, digits(32), steps=40)  # more steps: a longer run, allowed
+    assert other.resume() and other.step == 20
+
+
+def test_half_written_checkpoints_left_by_a_kill_are_removed_by_the_next_save(tmp_path):
+    two_checkpoints(tmp_path)
+    folder = tmp_path / "checkpoints"
+    (folder / ".step_0000030.abc123.tmp").mkdir()
+    (folder / ".step_0000020.old").mkdir()
+    trainer = make_trainer(tmp_path, digits(32), steps=30)
+    assert trainer.resume()
+    trainer.train()
+    assert sorted(p.name for p in folder.iterdir()) == ["step_0000020", "step_0000030"]
+
+
+def test_a_non_finite_loss_stops_training_before_anything_is_saved(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, digits(32), steps=20)
+    monkeypatch.setattr(trainer, "train_step", lambda: float("nan"))
+    with pytest.raises(TrainingDiverged, match="loss became nan at step 0"):
+        trainer.train()
+    assert not list_checkpoints(tmp_path / "checkpoints")
 
 
 def test_finished_run_exports_the_ema_weights_as_a_model_folder(tmp_path):

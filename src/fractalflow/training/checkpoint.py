@@ -1,11 +1,15 @@
 """Training checkpoints: everything needed to resume a run exactly, in safetensors and JSON.
 
 A checkpoint is a folder ``step_XXXXXXX`` written atomically (built beside, then renamed)
-holding the raw and EMA weights, the optimizer moments, the schedule and RNG states.
+holding the raw and EMA weights, the optimizer moments, the schedule and RNG states, and a
+``manifest.json`` of their SHA-256 digests. Loading verifies the digests and that every
+weight is finite; :func:`load_newest_intact` falls back to an older checkpoint when the
+newest is damaged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -14,11 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fractalflow.files import atomic_directory
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
+MANIFEST = "manifest.json"
+# what a kill can leave beside the checkpoints: atomic_directory's build and swap folders
+TEMPORARY_PATTERN = re.compile(r"^\.step_\d+\.(.+\.tmp|old)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from: missing, altered or non-finite contents."""
 
 
 @dataclass
@@ -65,7 +77,10 @@ def save_checkpoint(folder: Path, state: TrainingState, keep: int) -> Path:
         save_file(state.rng, tmp / "rng.safetensors")
         meta = {"step": state.step, "optimizer": optimizer_meta, "scheduler": state.scheduler, "info": state.info}
         (tmp / "trainer_state.json").write_text(json.dumps(meta, indent=2))
+        digests = {p.name: file_digest(p) for p in sorted(tmp.iterdir())}
+        (tmp / MANIFEST).write_text(json.dumps(digests, indent=2))
 
+    remove_temporaries(folder)
     atomic_directory(target, fill)
     for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
@@ -80,14 +95,66 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
 
 
+def remove_temporaries(folder: Path) -> None:
+    """Delete half-written checkpoint folders that a killed run left in ``folder``."""
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.is_dir() and TEMPORARY_PATTERN.match(path.name):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_manifest(path: Path) -> None:
+    """Raise :class:`CheckpointError` if a file the manifest lists is missing or altered.
+    Checkpoints written before manifests existed have none and are checked on loading only."""
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        return
+    for name, expected in json.loads(manifest.read_text()).items():
+        if not (path / name).is_file():
+            raise CheckpointError(f"checkpoint {path}: {name} is missing")
+        if file_digest(path / name) != expected:
+            raise CheckpointError(f"checkpoint {path}: {name} does not match its SHA-256 in {MANIFEST}")
+
+
 def load_checkpoint(path: Path) -> TrainingState:
-    meta = json.loads((path / "trainer_state.json").read_text())
-    return TrainingState(
-        step=meta["step"],
-        model=load_file(path / "model.safetensors"),
-        ema=load_file(path / "ema.safetensors"),
-        optimizer=_join_optimizer(load_file(path / "optimizer.safetensors"), meta["optimizer"]),
-        scheduler=meta["scheduler"],
-        rng=load_file(path / "rng.safetensors"),
-        info=meta["info"],
-    )
+    """Load and verify one checkpoint; :class:`CheckpointError` names what is wrong with it."""
+    verify_manifest(path)
+    try:
+        meta = json.loads((path / "trainer_state.json").read_text())
+        state = TrainingState(
+            step=meta["step"],
+            model=load_file(path / "model.safetensors"),
+            ema=load_file(path / "ema.safetensors"),
+            optimizer=_join_optimizer(load_file(path / "optimizer.safetensors"), meta["optimizer"]),
+            scheduler=meta["scheduler"],
+            rng=load_file(path / "rng.safetensors"),
+            info=meta["info"],
+        )
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as error:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {type(error).__name__}: {error}") from None
+    for kind, weights in (("model", state.model), ("EMA", state.ema)):
+        bad = [name for name, tensor in weights.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+        if bad:
+            raise CheckpointError(
+                f"checkpoint {path}: {kind} weights are not finite ({bad[0]} and {len(bad) - 1} more)"
+            )
+    return state
+
+
+def load_newest_intact(folder: Path) -> tuple[TrainingState | None, list[str]]:
+    """The newest checkpoint in ``folder`` that loads and verifies, and why each newer one did not."""
+    skipped = []
+    for path in reversed(list_checkpoints(folder)):
+        try:
+            return load_checkpoint(path), skipped
+        except CheckpointError as error:
+            skipped.append(str(error))
+    return None, skipped

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -23,7 +24,13 @@ from fractalflow.model.flops import forward_flops
 from fractalflow.model.text import TextEncoder
 from fractalflow.model.transformer import FractalTransformer
 from fractalflow.model.weights import save_model
-from fractalflow.training.checkpoint import TrainingState, list_checkpoints, load_checkpoint, save_checkpoint
+from fractalflow.training.checkpoint import (
+    CheckpointError,
+    TrainingState,
+    list_checkpoints,
+    load_newest_intact,
+    save_checkpoint,
+)
 from fractalflow.training.curriculum import CurriculumScheduler, parse_curriculum
 
 
@@ -74,6 +81,15 @@ def kind_weights(dataset: CaptionedImages, kinds: set[str]) -> dict[str, torch.T
 def training_flops_per_image(model: torch.nn.Module, image_size: int) -> float:
     """Forward + backward FLOPs for one image (3x the forward)."""
     return 3.0 * forward_flops(model, image_size)
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite: nothing after that step is worth saving."""
+
+
+# TrainConfig fields a resumed run must share with its checkpoints (others, such as steps,
+# may change between sessions)
+RUN_SHAPE_FIELDS = ("image_size", "resolutions", "curriculum")
 
 
 class Trainer:
@@ -160,11 +176,20 @@ class Trainer:
         return self._writer
 
     def resume(self) -> bool:
-        """Load the newest checkpoint under ``out_dir`` if there is one; True if resumed."""
-        found = list_checkpoints(self.checkpoint_dir)
-        if not found:
+        """Load the newest intact checkpoint under ``out_dir`` if there is one; True if resumed.
+
+        Damaged checkpoints (altered files, non-finite weights) are skipped with a line on
+        stderr; if every one is damaged, or the run was started with another network or
+        image size, this raises :class:`CheckpointError` rather than start afresh.
+        """
+        if not list_checkpoints(self.checkpoint_dir):
             return False
-        state = load_checkpoint(found[-1])
+        state, skipped = load_newest_intact(self.checkpoint_dir)
+        for reason in skipped:
+            print(f"skipping a damaged checkpoint: {reason}", file=sys.stderr)
+        if state is None:
+            raise CheckpointError(f"no intact checkpoint in {self.checkpoint_dir} (use another --out to start afresh)")
+        self.check_same_run(state.info)
         self.model.load_state_dict(state.model)
         self.ema.load_state_dict(state.ema)
         self.optimizer.load_state_dict(state.optimizer)
@@ -176,6 +201,18 @@ class Trainer:
         self.train_seconds = state.info.get("train_seconds", 0.0)
         self.step = state.step
         return True
+
+    def check_same_run(self, info: dict) -> None:
+        """Refuse to resume a checkpoint written with another network or image sizes."""
+        saved_model = type(self.model_config).from_dict(info["model_config"]).to_dict()
+        saved_train = TrainConfig.from_dict(info["train_config"]).to_dict()
+        differ = [f"model {k}" for k, v in self.model_config.to_dict().items() if saved_model.get(k) != v]
+        differ += [k for k in RUN_SHAPE_FIELDS if saved_train[k] != self.config.to_dict()[k]]
+        if differ:
+            raise CheckpointError(
+                f"the checkpoints in {self.checkpoint_dir} were written with other settings ({', '.join(differ)}); "
+                "use the run's settings or another --out"
+            )
 
     def save_checkpoint(self) -> Path:
         rng = {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}
@@ -269,6 +306,11 @@ class Trainer:
         images, started, seconds_before = 0, time.perf_counter(), self.train_seconds
         while self.step < end and (max_seconds is None or time.perf_counter() - started < max_seconds):
             losses.append(self.train_step())
+            if not math.isfinite(losses[-1]):
+                raise TrainingDiverged(
+                    f"the loss became {losses[-1]} at step {self.step}; resume from the last checkpoint "
+                    "with a lower learning rate"
+                )
             images += self.last_batch_size
             bar.update(1)
             if self.curriculum is not None and self.curriculum.observe(self.step, losses[-1]):
