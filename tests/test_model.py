@@ -219,3 +219,48 @@ def test_weights_written_before_the_final_layer_load_with_the_same_output(tmp_pa
         resumed = FractalTransformer(model.config)  # a checkpoint's state dict, as Trainer.resume loads it
         resumed.load_state_dict(old_names)
         torch.testing.assert_close(resumed.eval()(x, t, cond), expected)
+
+
+def flip_last_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def nan_weights_without_digest(path):  # as a foreign tool would write them
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(path)
+    name = next(k for k, v in weights.items() if v.is_floating_point() and v.numel() > 1)
+    weights[name].view(-1)[0] = float("inf")
+    save_file(weights, path)
+
+
+def rewrite_config(path, **changes):
+    import json
+
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+DAMAGE = {
+    "truncated weights": (lambda f: f.joinpath("model.safetensors").write_bytes(b"\x00" * 9), "not a safetensors file"),
+    "one flipped weight byte": (lambda f: flip_last_byte(f / "model.safetensors"), "do not match the SHA-256"),
+    "infinite weights": (lambda f: nan_weights_without_digest(f / "model.safetensors"), "weights are not finite"),
+    "config not JSON": (lambda f: f.joinpath("config.json").write_text("{widths"), "does not describe"),
+    "a width of the wrong type": (lambda f: rewrite_config(f / "config.json", widths=["a", "b"]), "does not describe"),
+    "other widths": (lambda f: rewrite_config(f / "config.json", widths=[16, 64]), "do not match config.json"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_model_folder_is_refused_in_one_line(tmp_path, damage):
+    from fractalflow.model.weights import load_model, save_model
+
+    model = FractalTransformer(FractalConfig(in_channels=1, widths=(16, 32), depths=(1, 1), head_dim=8, window=4))
+    save_model(randomize(model), tmp_path)
+    assert load_model(tmp_path).config == model.config  # intact, with its digest
+    apply, message = DAMAGE[damage]
+    apply(tmp_path)
+    with pytest.raises(ValueError, match=message) as error:
+        load_model(tmp_path)
+    assert "\n" not in str(error.value)
