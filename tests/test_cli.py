@@ -53,6 +53,14 @@ def test_generate_writes_a_png_with_its_settings(tmp_path, tiny_model_folder, ca
         (["-o", "x.jpg"], "must end in .png"),
         (["--num-images", "0"], "--num-images=0"),
         (["--model", "/no/such/folder"], "does not exist"),
+        (["--guidance", "nan"], "guidance=nan must be a number from 0 to 100"),
+        (["--guidance", "1e999"], "guidance=inf must be"),
+        (["--guidance", "-1"], "guidance=-1.0 must be"),
+        (["--size", "0"], "image size 0x0 is not allowed"),
+        (["--upscale", "17"], "upscale=17 must be from 1 to 16"),
+        (["-o", "/no/such/folder/out.png"], "folder '/no/such/folder' does not exist"),
+        (["--resolution", "standard", "--early-stop", "inf"], "early_stop=inf must be a finite number"),
+        (["--resolution", "standard", "--scales", "0.5,inf"], "must be positive, finite"),
     ],
 )
 def test_generate_bad_input_is_one_clear_error_and_no_file(tmp_path, tiny_model_folder, capsys, extra, message):

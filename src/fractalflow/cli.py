@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--upscale",
         type=int,
         default=1,
-        help="enlarge the saved PNG by this integer factor with nearest-neighbour pixels (default: 1)",
+        help="enlarge the saved PNG by this integer factor, 1 to 16, with nearest-neighbour pixels (default: 1)",
     )
 
     train = commands.add_parser(
@@ -311,12 +311,11 @@ def _load_pipeline(model: str | None):
 
 
 def run_generate(args: argparse.Namespace) -> None:
-    from fractalflow.pipeline import save_png
+    from fractalflow.pipeline import check_png_target, save_png
 
     if args.num_images < 1:
         raise UsageError(f"--num-images={args.num_images}: must be >= 1")
-    if args.upscale < 1:
-        raise UsageError(f"--upscale={args.upscale}: must be >= 1")
+    check_png_target(Path(args.output), args.upscale)
     pipeline = _load_pipeline(args.model)
     result = pipeline.generate(
         args.prompt,

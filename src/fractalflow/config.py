@@ -43,6 +43,8 @@ class JsonConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+MAX_GUIDANCE = 100.0  # the largest classifier-free guidance scale accepted (as ComfyUI's cfg)
+
 # the block designs a FractalConfig can choose (benchmarks/ablate.py compares them)
 CHOICES = {
     "modulation": ("adaln-zero", "adarmsnorm"),

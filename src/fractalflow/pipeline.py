@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import warnings
@@ -16,6 +17,7 @@ import torch
 from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
+from fractalflow.config import MAX_GUIDANCE
 from fractalflow.events import ProgressEvent, tensor_to_images
 from fractalflow.files import atomic_path
 from fractalflow.flow.refine import DEFAULT_SCALES, ProgressiveRefiner, RefineSettings, seeded_noise
@@ -51,10 +53,26 @@ class GenerationResult:
         return sheet
 
 
-def save_png(image: Image.Image, path: Path, metadata: dict[str, Any], upscale: int = 1) -> Path:
-    """Write ``image`` as a PNG with ``metadata`` in its text chunk, atomically."""
+MAX_UPSCALE = 16  # nearest-neighbour enlargement of a saved PNG: 64 px -> 1024 px at most
+
+
+def check_png_target(path: Path, upscale: int = 1) -> None:
+    """Raise ValueError unless ``path`` can take a PNG (checked before minutes of sampling)."""
     if path.suffix.lower() != ".png":
         raise ValueError(f"output {str(path)!r} must end in .png")
+    if path.is_dir():
+        raise ValueError(f"output {str(path)!r} is a folder; give a file name ending in .png")
+    if not path.parent.is_dir():
+        raise ValueError(f"output {str(path)!r}: folder {str(path.parent)!r} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise ValueError(f"output {str(path)!r}: folder {str(path.parent)!r} is not writable")
+    if not 1 <= upscale <= MAX_UPSCALE:
+        raise ValueError(f"upscale={upscale} must be from 1 to {MAX_UPSCALE}")
+
+
+def save_png(image: Image.Image, path: Path, metadata: dict[str, Any], upscale: int = 1) -> Path:
+    """Write ``image`` as a PNG with ``metadata`` in its text chunk, atomically."""
+    check_png_target(path, upscale)
     if upscale > 1:
         image = image.resize((image.width * upscale, image.height * upscale), Image.Resampling.NEAREST)
     info = PngImagePlugin.PngInfo()
@@ -163,9 +181,11 @@ class FractalFlowPipeline:
             raise ValueError(f"num_images_per_prompt={num_images_per_prompt} must be >= 1")
         if size is not None and resolution is not None:
             raise ValueError("give size (one scale) or resolution (coarse to fine), not both")
+        if not 0 <= guidance <= MAX_GUIDANCE:  # also refuses NaN
+            raise ValueError(f"guidance={guidance} must be a number from 0 to {MAX_GUIDANCE}")
         native = self.config.sample_size
         if resolution is None:
-            resolution = size or native
+            resolution = native if size is None else size
             self.model.check_size(resolution, resolution)
             scales = scales or (resolution / native,)
         settings = RefineSettings(

@@ -14,6 +14,7 @@ stop early once that estimate has stopped changing.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,8 +85,12 @@ class RefineSettings(JsonConfig):
             )
         if isinstance(self.resolution, int) and self.resolution < 1:
             problems.append(f"resolution={self.resolution} px must be positive")
-        if not self.scales or any(s <= 0 for s in self.scales) or list(self.scales) != sorted(set(self.scales)):
-            problems.append(f"scales={self.scales} must be positive and strictly increasing")
+        if (
+            not self.scales
+            or any(not (0 < s < math.inf) for s in self.scales)
+            or list(self.scales) != sorted(set(self.scales))
+        ):
+            problems.append(f"scales={self.scales} must be positive, finite and strictly increasing")
         if self.steps < 1:
             problems.append(f"steps={self.steps}: at least 1 sampling step is required")
         if self.min_stage_steps < 1:
@@ -94,8 +99,8 @@ class RefineSettings(JsonConfig):
             value = getattr(self, name)
             if value is not None and not 0.0 < value <= 1.0:
                 problems.append(f"{name}={value} must be in (0, 1]")
-        if self.early_stop < 0:
-            problems.append(f"early_stop={self.early_stop} must be >= 0")
+        if not 0 <= self.early_stop < math.inf:
+            problems.append(f"early_stop={self.early_stop} must be a finite number >= 0")
         if problems:
             raise ValueError("invalid RefineSettings: " + "; ".join(problems))
         get_sampler(self.sampler)

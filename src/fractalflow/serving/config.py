@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fractalflow.config import JsonConfig
+from fractalflow.config import MAX_GUIDANCE, JsonConfig
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class ServerConfig(JsonConfig):
                 problems.append(f"{name}={getattr(self, name)} must be >= 1")
         if not 0 < self.port < 65536:
             problems.append(f"port={self.port} must be in 1..65535")
-        if self.max_guidance < 1:
-            problems.append(f"max_guidance={self.max_guidance} must be >= 1")
+        if not 1 <= self.max_guidance <= MAX_GUIDANCE:
+            problems.append(f"max_guidance={self.max_guidance} must be from 1 to {MAX_GUIDANCE}")
         if problems:
             raise ValueError("invalid ServerConfig: " + "; ".join(problems))
