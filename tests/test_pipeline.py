@@ -111,6 +111,13 @@ def test_missing_model_folder_is_a_clear_error(tmp_path):
         FractalFlowPipeline.from_pretrained(tmp_path / "empty")
 
 
+def test_a_path_typo_beside_an_existing_folder_is_not_read_as_a_hub_id(tmp_path, monkeypatch):
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="read as a local path because 'runs' is a folder here"):
+        FractalFlowPipeline.from_pretrained("runs/modle")
+
+
 def test_default_model_ships_in_the_package_and_follows_the_prompt():
     folder = default_model_folder()
     size = sum(f.stat().st_size for f in folder.iterdir())

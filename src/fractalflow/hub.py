@@ -23,6 +23,10 @@ def resolve_model_folder(name_or_path: str | Path, revision: str | None = None) 
         raise NotADirectoryError(f"{text} is a file; a model is a folder with config.json and model.safetensors")
     if not HUB_ID.match(text):
         raise FileNotFoundError(f"model folder {text!r} does not exist (and is not a hub id like 'org/name')")
+    if path.parent.is_dir():  # 'runs/modle' beside an existing runs/: a typo, not an organisation
+        raise FileNotFoundError(
+            f"model folder {text!r} does not exist (read as a local path because {str(path.parent)!r} is a folder here)"
+        )
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
