@@ -124,6 +124,24 @@ def test_requests_over_the_limits_get_422_saying_what_is_allowed(pipeline, body,
     assert 'fractalflow_refused_requests_total{status="422"} 1.0' in metrics
 
 
+@pytest.mark.parametrize(
+    "raw,field,message",
+    [
+        ('{"prompt": "one", "guidance": NaN}', "guidance", "finite number"),
+        ('{"prompt": "one", "guidance": 1e999}', "guidance", "finite number"),
+        ('{"prompt": "one", "early_stop": Infinity}', "early_stop", "finite number"),
+        ('{"prompt": "one", "colour": -Infinity}', "colour", "Extra inputs are not permitted"),
+        ('{"prompt": "a \\ud800 b"}', "prompt", "valid string"),  # echoed back escaped
+    ],
+)
+def test_inputs_json_cannot_carry_get_a_422_not_a_500(pipeline, raw, field, message):
+    with TestClient(create_app(ServerConfig(), engine_for(pipeline))) as client:
+        response = client.post("/v1/generate", content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    (problem,) = response.json()["detail"]
+    assert problem["loc"][-1] == field and message in problem["msg"], problem
+
+
 def test_a_full_queue_answers_429_with_retry_after(pipeline):
     opened = gate(pipeline)
     with TestClient(create_app(ServerConfig(max_queue=2), engine_for(pipeline))) as client:

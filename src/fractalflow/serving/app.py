@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
@@ -67,6 +68,20 @@ class Limits:
                 raise unprocessable(field, f"{shown} is over this server's limit of {most}", value)
         if not request.prompt.strip():
             raise unprocessable("prompt", "prompt must contain more than white space", request.prompt)
+
+
+def json_safe(value: object) -> object:
+    """``value`` with what JSON cannot carry (NaN, infinities, lone surrogates) spelled out, so
+    that a 422 can echo any input a client sent."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {json_safe(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def sse(event: dict) -> str:
@@ -207,6 +222,6 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
     @app.exception_handler(RequestValidationError)
     async def count_invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         metrics.refused.labels("422").inc()
-        return await request_validation_exception_handler(request, error)
+        return JSONResponse({"detail": json_safe(jsonable_encoder(error.errors()))}, status_code=422)
 
     return app

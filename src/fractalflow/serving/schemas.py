@@ -17,10 +17,12 @@ class GenerateRequest(BaseModel):
         "standard", description="preview, standard, high, ultra, or a size in pixels (a multiple of the model's)"
     )
     steps: int = Field(20, ge=1, description="steps of a full noise-to-image trajectory")
-    guidance: float = Field(3.0, ge=1.0, description="classifier-free guidance scale (1 = none)")
+    guidance: float = Field(3.0, ge=1.0, allow_inf_nan=False, description="classifier-free guidance scale (1 = none)")
     seed: int | None = Field(None, ge=0, lt=2**31, description="random when left out; returned in metadata")
     num_images: int = Field(1, ge=1)
-    early_stop: float = Field(0.0, ge=0.0, description="end a scale once the image changes by less than this")
+    early_stop: float = Field(
+        0.0, ge=0.0, allow_inf_nan=False, description="end a scale once the image changes by less than this"
+    )
     sampler: Literal["euler", "heun"] = "euler"
 
     model_config = {"extra": "forbid"}
