@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -24,6 +25,8 @@ from PIL import Image
 from fractalflow import FractalFlowPipeline
 from fractalflow.inference import PROFILES, InferenceEngine
 from fractalflow.serving import ServerConfig, create_app
+from fractalflow.serving.jobs import Job
+from fractalflow.serving.schemas import GenerateRequest
 
 
 @pytest.fixture
@@ -77,7 +80,8 @@ def test_a_job_streams_queued_stage_steps_and_done_then_serves_its_image(pipelin
     steps = [e for e in events if e["type"] == "step"]
     assert [e["step"] for e in steps] == list(range(1, steps[0]["total"] + 1))
     assert [e["stage"] for e in events if e["type"] == "stage"] == ["8px", "16px", "32px"]
-    assert all(png_from_data_url(e["preview"]).size[0] <= 64 for e in steps)
+    # steps sent live carry a preview; those replayed to a late subscriber, null (one kept per job)
+    assert all(png_from_data_url(e["preview"]).size[0] <= 64 for e in steps if e["preview"] is not None)
     assert [e["id"] for e in events] == list(range(len(events)))
     assert info["state"] == "done" and info["request"]["seed"] == 5 and info["metadata"]["seeds"] == [5]
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
@@ -94,7 +98,22 @@ def test_reconnecting_with_last_event_id_resumes_after_it(pipeline):
         everything = events_of(client, job["id"])
         with client.stream("GET", job["events_url"], headers={"Last-Event-ID": "2"}) as response:
             rest = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
-    assert rest == everything[3:]
+    without_previews = [{**e, "preview": None} if "preview" in e else e for e in everything]
+    assert [{**e, "preview": None} if "preview" in e else e for e in rest] == without_previews[3:]
+
+
+def test_a_job_keeps_one_preview_at_most_and_none_once_finished():
+    loop = asyncio.new_event_loop()
+    job = Job(GenerateRequest(prompt="one"), seed=0, loop=loop)
+    sent = []
+    for step in range(5):
+        job.publish("step", stage="64px", step=step, total=5, elapsed=0.0, preview=f"data:{step}")
+        sent.append(job.events[-1])
+        assert [e["preview"] for e in job.events if e["type"] == "step"] == [None] * step + [f"data:{step}"]
+    job.publish("done", images=[], metadata={})
+    loop.close()
+    assert all(e.get("preview") is None for e in job.events)
+    assert [e["preview"] for e in sent] == [f"data:{step}" for step in range(5)]  # what was sent stays intact
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ interface EventBase {
 export type JobEvent =
   | (EventBase & { type: "queued"; position: number })
   | (EventBase & { type: "stage"; stage: string; step: number; total: number })
-  | (EventBase & { type: "step"; stage: string; step: number; total: number; elapsed: number; preview: string })
+  | (EventBase & { type: "step"; stage: string; step: number; total: number; elapsed: number; preview: string | null })
   | (EventBase & { type: "done"; images: string[]; metadata: Record<string, unknown> })
   | (EventBase & { type: "error"; message: string })
   | (EventBase & { type: "cancelled" });
@@ -98,7 +98,7 @@ export function uiReducer(state: UiState, action: UiAction): UiState {
               step: event.step,
               total: event.total,
               elapsed: event.elapsed,
-              preview: event.preview,
+              preview: event.preview ?? job.preview, // replayed older steps carry no preview
             },
           };
         case "done": {

@@ -17,6 +17,11 @@ class ServerConfig(JsonConfig):
     names the allowed range. ``api_key``: when set, every ``/v1`` call needs it in the
     ``X-API-Key`` header. ``cors_origins``: origins a browser app may call from.
     ``stored_images``: finished images kept in memory for ``/v1/images`` (oldest dropped).
+
+    Memory the jobs hold is bounded by these: at most ``max_queue`` unfinished jobs and
+    ``stored_images`` finished ones are kept; each keeps its events (about 200 bytes each, at
+    most ``max_steps`` step events per scale) and one preview PNG (at most 64 px a side, the
+    newest step's; none once finished); ``stored_images`` PNGs of at most ``max_size`` px.
     """
 
     host: str = "127.0.0.1"

@@ -69,6 +69,7 @@ class Job:
         self.future: Future | None = None
         self.events: list[dict[str, Any]] = []
         self.stage: str | None = None
+        self._preview_index: int | None = None
         self._lock = threading.Lock()
         self._loop = loop
         self._waiter = asyncio.Event()
@@ -86,9 +87,19 @@ class Job:
             return True
 
     def publish(self, kind: str, **data: Any) -> None:
-        """Record an event (from any thread) and wake the subscribers."""
+        """Record an event (from any thread) and wake the subscribers.
+
+        Only the newest ``step`` event keeps its preview (a PNG data URL): an older one, and the
+        last once the job has finished, is kept with ``preview: null``, so a job holds one
+        preview at most however many steps it runs."""
         with self._lock:
+            if self._preview_index is not None and (kind == "step" or kind in TERMINAL):
+                # a copy: a subscriber may still be sending the event it was given
+                self.events[self._preview_index] = {**self.events[self._preview_index], "preview": None}
+                self._preview_index = None
             self.events.append({"id": len(self.events), "type": kind, "job": self.id, **data})
+            if kind == "step":
+                self._preview_index = len(self.events) - 1
         try:
             self._loop.call_soon_threadsafe(self._wake)
         except RuntimeError:  # the event loop has closed: nobody is listening any more
