@@ -298,3 +298,15 @@ def test_fractalflow_serve_answers_over_http_and_stops_cleanly_on_sigterm(tiny_m
     assert "event: done" in stream and "event: step" in stream
     # uvicorn re-raises the signal once its graceful shutdown is complete
     assert server.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in output, output
+
+
+def test_a_cancelled_job_stays_cancelled_when_a_step_races_the_cancel():
+    loop = asyncio.new_event_loop()
+    job = Job(GenerateRequest(prompt="one"), seed=0, loop=loop)
+    assert job.finish("cancelled")
+    job.publish("cancelled")
+    job.mark_running()  # the worker's first step arrives after the cancel
+    job.publish("step", stage="64px", step=1, total=5, elapsed=0.0, preview="data:")
+    loop.close()
+    assert job.state == "cancelled" and [e["type"] for e in job.events] == ["cancelled"]
+    assert not job.finish("cancelled")  # finishing again is refused, so it is counted once

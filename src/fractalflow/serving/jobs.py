@@ -78,6 +78,12 @@ class Job:
     def is_finished(self) -> bool:
         return self.state in TERMINAL
 
+    def mark_running(self) -> None:
+        """Queued -> running (a job already finished, e.g. cancelled, stays as it is)."""
+        with self._lock:
+            if self.state == "queued":
+                self.state = "running"
+
     def finish(self, state: str) -> bool:
         """Move to a final ``state``; False if another thread finished the job first."""
         with self._lock:
@@ -93,6 +99,8 @@ class Job:
         last once the job has finished, is kept with ``preview: null``, so a job holds one
         preview at most however many steps it runs."""
         with self._lock:
+            if self.events and self.events[-1]["type"] in TERMINAL:
+                return  # a step that raced a cancel: nothing follows a final event
             if self._preview_index is not None and (kind == "step" or kind in TERMINAL):
                 # a copy: a subscriber may still be sending the event it was given
                 self.events[self._preview_index] = {**self.events[self._preview_index], "preview": None}
@@ -183,8 +191,7 @@ class JobManager:
         return job
 
     def _on_progress(self, job: Job, event: ProgressEvent) -> None:
-        if job.state == "queued":
-            job.state = "running"
+        job.mark_running()
         if job.first_preview is None:
             job.first_preview = time.time()
             self.metrics.first_preview_seconds.observe(job.first_preview - job.created)
