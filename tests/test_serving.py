@@ -50,10 +50,10 @@ def gate(pipeline) -> threading.Event:
     return opened
 
 
-def events_of(client, job_id, **params):
+def events_of(client, job_id, headers=None, **params):
     """Every server-sent event of a job, parsed, in order, until its final one."""
     events = []
-    with client.stream("GET", f"/v1/jobs/{job_id}/events", params=params) as response:
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", params=params, headers=headers) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
@@ -205,17 +205,41 @@ def test_unknown_jobs_and_images_are_404(pipeline):
         assert "no image 'nope'" in client.get("/v1/images/nope.png").json()["detail"]
 
 
-def test_an_api_key_guards_v1_but_not_health(pipeline):
+def test_an_api_key_in_a_header_guards_v1_docs_and_metrics_but_never_rides_in_a_url(pipeline):
+    key = {"X-API-Key": "s3cret"}
     with TestClient(create_app(ServerConfig(api_key="s3cret"), engine_for(pipeline))) as client:
-        refused = client.post("/v1/generate", json={"prompt": "one", "steps": 2})
-        wrong = client.get("/v1/models", headers={"X-API-Key": "guess"})
-        job = client.post("/v1/generate", json={"prompt": "one", "steps": 2}, headers={"X-API-Key": "s3cret"})
-        events = events_of(client, job.json()["id"], api_key="s3cret")  # EventSource cannot send headers
+        refused = {path: client.get(path).status_code for path in ("/v1/models", "/metrics", "/docs", "/openapi.json")}
+        in_query = client.get("/v1/models", params={"api_key": "s3cret"})
+        wrong = client.get("/v1/models", headers={"X-API-Key": "s3creT"})
+        bearer = client.get("/v1/models", headers={"Authorization": "Bearer s3cret"})
+        allowed = {path: client.get(path, headers=key).status_code for path in ("/metrics", "/docs", "/openapi.json")}
+        job = client.post("/v1/generate", json={"prompt": "one", "steps": 2}, headers=key)
+        events = events_of(client, job.json()["id"], headers=key)
+        (url,) = events[-1]["images"]
+        signed = client.get(url)  # as an <img> would: no header
+        tampered = client.get(url.replace("signature=", "signature=0"))
+        unsigned = client.get(url.split("?")[0])
         health = client.get("/healthz")
-    assert refused.status_code == 401 and "X-API-Key" in refused.json()["detail"]
-    assert wrong.status_code == 401
+    assert set(refused.values()) == {401} and in_query.status_code == 401 and wrong.status_code == 401
+    assert "X-API-Key or Authorization: Bearer" in in_query.json()["detail"]
+    assert bearer.status_code == 200 and set(allowed.values()) == {200}
     assert job.status_code == 202 and events[-1]["type"] == "done"
+    assert "s3cret" not in url and "expires=" in url and signed.status_code == 200
+    assert signed.headers["content-type"] == "image/png"
+    assert tampered.status_code == 401 and unsigned.status_code == 401
     assert health.status_code == 200 and health.json()["status"] == "ok"
+
+
+def test_signed_image_urls_expire_and_docs_and_metrics_can_be_opened(pipeline):
+    config = ServerConfig(api_key="s3cret", image_url_seconds=1, open_docs_and_metrics=True)
+    with TestClient(create_app(config, engine_for(pipeline))) as client:
+        opened = [client.get(path).status_code for path in ("/metrics", "/docs", "/openapi.json")]
+        job = client.post("/v1/generate", json={"prompt": "one", "steps": 2}, headers={"X-API-Key": "s3cret"})
+        (url,) = events_of(client, job.json()["id"], headers={"X-API-Key": "s3cret"})[-1]["images"]
+        time.sleep(2.1)
+        expired = client.get(url)
+        models = client.get("/v1/models")
+    assert opened == [200, 200, 200] and expired.status_code == 401 and models.status_code == 401
 
 
 def test_cors_allows_only_the_configured_origins(pipeline):

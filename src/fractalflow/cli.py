@@ -208,7 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
         "OpenAPI at /docs, Prometheus at /metrics, the web UI at /. Settings come from --config (a ServerConfig "
         "JSON file); the flags below override it.",
     )
-    serve.add_argument("--config", default=None, help="ServerConfig JSON file (default: built-in defaults)")
+    serve.add_argument(
+        "--config",
+        default=None,
+        help="ServerConfig JSON file (default: built-in defaults); $FRACTALFLOW_API_KEY, if set, is its api_key",
+    )
     serve.add_argument("--host", default=None, help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default: 8000)")
     serve.add_argument("--model", default=None, help="model folder or hub id (default: the shipped model)")
@@ -481,6 +485,8 @@ def run_serve(args: argparse.Namespace) -> None:
     config = ServerConfig.load_json(args.config) if args.config else ServerConfig()
     overrides = {name: getattr(args, name) for name in ("host", "port", "model", "profile")}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if os.environ.get("FRACTALFLOW_API_KEY"):  # a key in argv would show in ps
+        config = dataclasses.replace(config, api_key=os.environ["FRACTALFLOW_API_KEY"])
     print(f"fractalflow serve: http://{config.host}:{config.port}/ (API docs at /docs)", file=sys.stderr)
     uvicorn.run(create_app(config), host=config.host, port=config.port, timeout_graceful_shutdown=30)
 

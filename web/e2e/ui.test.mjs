@@ -1,6 +1,7 @@
-// End to end: `fractalflow serve` with the shipped model, the demo page in headless Chromium.
-// Types a prompt, sees previews and the finished image, cancels a second job and sees it
-// cancelled (on the page and on the server); saves docs/images/ui.png.
+// End to end: `fractalflow serve` with the shipped model and an API key, the demo page in
+// headless Chromium. Types a prompt, sees previews and the finished image, cancels a second
+// job and sees it cancelled (on the page and on the server); the key never shows in the
+// server's log; saves docs/images/ui.png.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createServer } from "node:net";
@@ -30,6 +31,8 @@ let server;
 let serverLog = "";
 let browser;
 let base;
+const apiKey = "e2e-key-4f9c21";
+const keyHeader = { "X-API-Key": apiKey };
 
 function freePort() {
   return new Promise((resolve, reject) => {
@@ -59,7 +62,10 @@ before(async () => {
   if (skip) return;
   const port = await freePort();
   base = `http://127.0.0.1:${port}`;
-  server = spawn(fractalflow, ["serve", "--port", String(port), "--profile", "cpu"], { cwd: repo });
+  server = spawn(fractalflow, ["serve", "--port", String(port), "--profile", "cpu"], {
+    cwd: repo,
+    env: { ...process.env, FRACTALFLOW_API_KEY: apiKey, PYTHONUNBUFFERED: "1" },
+  });
   server.stdout.on("data", (chunk) => (serverLog += chunk));
   server.stderr.on("data", (chunk) => (serverLog += chunk));
   await waitForHealth(base, 90);
@@ -79,7 +85,7 @@ test("generate with live previews, then cancel a running job", { timeout: 180_00
   const page = await browser.newPage({ viewport: { width: 900, height: 720 } });
   const pageErrors = [];
   page.on("pageerror", (error) => pageErrors.push(error.message));
-  await page.goto(`${base}/`);
+  await page.goto(`${base}/#key=${apiKey}`);
 
   await page.getByLabel("prompt").fill("red heart");
   await page.getByLabel("seed").fill("1");
@@ -106,12 +112,15 @@ test("generate with live previews, then cancel a running job", { timeout: 180_00
   await page.getByTestId("status").filter({ hasText: /^cancelled/ }).waitFor({ timeout: 10_000 });
   assert.equal((await deleted).status(), 200);
 
-  const info = await (await fetch(`${base}/v1/jobs/${job.id}`)).json();
+  const info = await (await fetch(`${base}/v1/jobs/${job.id}`, { headers: keyHeader })).json();
   assert.equal(info.state, "cancelled");
   await new Promise((r) => setTimeout(r, 1000)); // late events, if any, must not change the page
   assert.match(await page.getByTestId("status").innerText(), /^cancelled/);
   assert.equal(await gallery.count(), 1, "the cancelled job added nothing to the gallery");
   assert.deepEqual(pageErrors, []);
+  assert.equal((await fetch(`${base}/v1/models`)).status, 401, "the server does need the key");
+  assert.ok(serverLog.includes("GET /v1/jobs/"), "the access log was read");
+  assert.ok(!serverLog.includes(apiKey), "the key is in no log line");
 
   await page.screenshot({ path: path.join(repo, "docs/images/ui.png"), fullPage: true });
 });

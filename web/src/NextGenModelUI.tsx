@@ -1,5 +1,5 @@
 import { type CSSProperties, type FormEvent, useCallback, useEffect, useReducer, useRef, useState } from "react";
-import { cancelJob, createJob, eventsUrl, type GenerateSettings } from "./api";
+import { cancelJob, createJob, followEvents, type GenerateSettings } from "./api";
 import { type JobEvent, initialState, isFinal, uiReducer } from "./events";
 
 export type StyleSlot = "root" | "form" | "progress" | "preview" | "gallery" | "item";
@@ -16,7 +16,6 @@ export interface NextGenModelUIProps {
 }
 
 const RESOLUTIONS = ["preview", "standard", "high", "ultra"];
-const EVENT_TYPES = ["queued", "stage", "step", "done", "error", "cancelled"] as const;
 
 const base: Record<StyleSlot, CSSProperties> = {
   root: { fontFamily: "system-ui, sans-serif", maxWidth: 720, display: "grid", gap: 12 },
@@ -38,13 +37,13 @@ export function NextGenModelUI({ serverUrl, onImageGenerated, styles = {}, apiKe
     seed: null,
     early_stop: 0.02,
   });
-  const source = useRef<EventSource | null>(null);
+  const listening = useRef<AbortController | null>(null);
   const notified = useRef(new Set<string>());
   const style = (slot: StyleSlot) => ({ ...base[slot], ...styles[slot] });
 
   const stopListening = useCallback(() => {
-    source.current?.close();
-    source.current = null;
+    listening.current?.abort();
+    listening.current = null;
   }, []);
   useEffect(() => stopListening, [stopListening]);
 
@@ -66,16 +65,12 @@ export function NextGenModelUI({ serverUrl, onImageGenerated, styles = {}, apiKe
     try {
       const job = await createJob(serverUrl, settings, apiKey);
       dispatch({ type: "submitted", id: job.id });
-      const events = new EventSource(eventsUrl(serverUrl, job, apiKey));
-      source.current = events;
-      for (const type of EVENT_TYPES) {
-        events.addEventListener(type, (message) => {
-          const parsed = JSON.parse((message as MessageEvent).data) as JobEvent;
-          dispatch({ type: "event", event: parsed, serverUrl });
-          if (type === "done" || type === "error" || type === "cancelled") events.close();
-        });
-      }
+      const controller = new AbortController();
+      listening.current = controller;
+      const onEvent = (event: JobEvent) => dispatch({ type: "event", event, serverUrl });
+      await followEvents(serverUrl, job, onEvent, controller.signal, apiKey);
     } catch (error) {
+      if ((error as Error).name === "AbortError") return; // cancelled, or another job started
       dispatch({ type: "failed", message: (error as Error).message });
     }
   }

@@ -1,5 +1,7 @@
 // Calls to the fractalflow server (see /docs on a running server).
 
+import type { JobEvent } from "./events";
+
 export interface GenerateSettings {
   prompt: string;
   resolution: string;
@@ -51,8 +53,43 @@ export async function cancelJob(serverUrl: string, id: string, apiKey?: string):
   if (!response.ok && response.status !== 409) throw new Error(await errorMessage(response));
 }
 
-export function eventsUrl(serverUrl: string, job: JobCreated, apiKey?: string): string {
-  const url = new URL(job.events_url, serverUrl);
-  if (apiKey) url.searchParams.set("api_key", apiKey);
-  return url.toString();
+/** Complete `data:` payloads in a server-sent event stream's text, and the unfinished rest. */
+export function parseEventStream(text: string): { data: string[]; rest: string } {
+  const blocks = text.replaceAll("\r\n", "\n").split("\n\n");
+  const rest = blocks.pop() ?? "";
+  const data = blocks
+    .map((block) =>
+      block
+        .split("\n")
+        .filter((line) => line.startsWith("data:"))
+        .map((line) => line.slice(5).trimStart())
+        .join("\n"),
+    )
+    .filter((payload) => payload !== "");
+  return { data, rest };
+}
+
+/**
+ * Follows a job's server-sent events with fetch, so that the API key travels in a header
+ * (EventSource cannot send one, and a key in a URL ends up in logs). Resolves when the
+ * stream ends (after the job's final event) or `signal` aborts it.
+ */
+export async function followEvents(
+  serverUrl: string,
+  job: JobCreated,
+  onEvent: (event: JobEvent) => void,
+  signal: AbortSignal,
+  apiKey?: string,
+): Promise<void> {
+  const response = await fetch(new URL(job.events_url, serverUrl), { headers: headers(apiKey), signal });
+  if (!response.ok || !response.body) throw new Error(await errorMessage(response));
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    const parsed = parseEventStream(buffer + value);
+    buffer = parsed.rest;
+    for (const payload of parsed.data) onEvent(JSON.parse(payload) as JobEvent);
+  }
 }

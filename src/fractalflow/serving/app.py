@@ -9,12 +9,15 @@ import json
 import math
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response, Security
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
@@ -24,9 +27,12 @@ from fractalflow.inference import InferenceEngine
 from fractalflow.serving.config import ServerConfig
 from fractalflow.serving.jobs import Job, JobManager, QueueFull
 from fractalflow.serving.metrics import ServerMetrics
-from fractalflow.serving.schemas import GenerateRequest, JobCreated, JobInfo, ModelInfo
+from fractalflow.serving.schemas import ERROR_RESPONSES, GenerateRequest, JobCreated, JobInfo, ModelInfo
 
 PACKAGED_UI = Path(__file__).parent / "ui"
+# the two ways a request may carry the API key (both documented in the OpenAPI schema)
+KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)
+BEARER = HTTPBearer(auto_error=False)
 
 
 def unprocessable(field: str, message: str, value: object) -> HTTPException:
@@ -105,6 +111,9 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
         await run_in_threadpool(manager.shutdown)
 
     app = FastAPI(
+        docs_url=None,  # served below, behind the key unless config.open_docs_and_metrics
+        redoc_url=None,
+        openapi_url=None,
         title="fractalflow",
         summary="Text to image with a fractal transformer: jobs, live previews over server-sent events.",
         lifespan=lifespan,
@@ -115,15 +124,18 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
             CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"], allow_headers=["*"]
         )
 
-    async def require_key(
-        x_api_key: str | None = Header(None, description="the server's API key, when it has one"),
-        api_key: str | None = Query(None, description="the same, for EventSource, which cannot send headers"),
-    ) -> None:
-        if config.api_key and config.api_key not in (x_api_key, api_key):
-            metrics.refused.labels("401").inc()
-            raise HTTPException(401, detail="missing or wrong API key: send it in the X-API-Key header")
+    keys = manager.keys
 
-    api = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+    async def require_key(
+        x_api_key: Annotated[str | None, Security(KEY_HEADER)],
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
+    ) -> None:
+        if not keys.accepts(x_api_key, bearer.credentials if bearer else None):
+            metrics.refused.labels("401").inc()
+            raise HTTPException(401, detail="missing or wrong API key: send it as X-API-Key or Authorization: Bearer")
+
+    guarded = [Depends(require_key)]
+    api = APIRouter(prefix="/v1", dependencies=guarded, responses=ERROR_RESPONSES)
 
     def find(job_id: str) -> Job:
         job = manager.get(job_id)
@@ -173,8 +185,20 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
             raise HTTPException(409, detail=f"job {job_id} has already finished ({job.state})")
         return job.info()
 
-    @api.get("/images/{image_id}.png", response_class=Response)
-    async def image(image_id: str) -> Response:
+    images = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
+
+    @images.get("/images/{image_id}.png", response_class=Response)
+    async def image(
+        image_id: str,
+        x_api_key: Annotated[str | None, Security(KEY_HEADER)],
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
+        expires: int | None = Query(None, description="with signature: when the signed URL stops working"),
+        signature: str | None = Query(None, description="from the job's image URL, when the server has a key"),
+    ) -> Response:
+        """A finished image. With an API key set, the URLs in a job's results carry a signature
+        (not the key) that lets an ``<img>`` fetch them until they expire; else send the key."""
+        if not keys.signed(image_id, expires, signature):
+            await require_key(x_api_key, bearer)
         data = manager.images.get(image_id)
         if data is None:
             raise HTTPException(
@@ -201,12 +225,23 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
         ]
 
     app.include_router(api)
+    app.include_router(images)
 
     @app.get("/healthz")
     async def healthz() -> dict:
         return {"status": "ok", "unfinished_jobs": manager.unfinished(), "max_queue": config.max_queue}
 
-    @app.get("/metrics", response_class=Response)
+    private = [] if config.open_docs_and_metrics else guarded
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=private)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=private)
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="fractalflow API")
+
+    @app.get("/metrics", response_class=Response, dependencies=private)
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -15,7 +15,10 @@ class ServerConfig(JsonConfig):
     profile name (``auto``, ``gpu``, ``cpu``, ``edge``). ``max_queue``: jobs waiting or running
     before new ones get 429. The ``max_*`` limits are enforced per request with a 422 that
     names the allowed range. ``api_key``: when set, every ``/v1`` call needs it in the
-    ``X-API-Key`` header. ``cors_origins``: origins a browser app may call from.
+    ``X-API-Key`` or ``Authorization: Bearer`` header (never in a URL), and so do ``/docs``,
+    ``/openapi.json`` and ``/metrics`` unless ``open_docs_and_metrics``; image URLs in job
+    results are signed for ``image_url_seconds`` instead, so an ``<img>`` can show them.
+    ``cors_origins``: origins a browser app may call from.
     ``stored_images``: finished images kept in memory for ``/v1/images`` (oldest dropped).
 
     Memory the jobs hold is bounded by these: at most ``max_queue`` unfinished jobs and
@@ -37,11 +40,21 @@ class ServerConfig(JsonConfig):
     api_key: str = ""
     cors_origins: tuple[str, ...] = ()
     stored_images: int = 512
+    image_url_seconds: int = 3600
+    open_docs_and_metrics: bool = False
     ui_folder: str = ""
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("max_queue", "max_size", "max_steps", "max_images", "max_prompt_length", "stored_images"):
+        for name in (
+            "max_queue",
+            "max_size",
+            "max_steps",
+            "max_images",
+            "max_prompt_length",
+            "stored_images",
+            "image_url_seconds",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} must be >= 1")
         if not 0 < self.port < 65536:

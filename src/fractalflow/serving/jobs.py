@@ -22,6 +22,7 @@ from PIL import Image, PngImagePlugin
 from fractalflow.events import ProgressEvent
 from fractalflow.inference import GenerationCancelled, GenerationRequest, InferenceEngine
 from fractalflow.pipeline import GenerationResult
+from fractalflow.serving.auth import ApiKeys
 from fractalflow.serving.config import ServerConfig
 from fractalflow.serving.metrics import ServerMetrics
 from fractalflow.serving.schemas import GenerateRequest, JobInfo
@@ -157,6 +158,7 @@ class JobManager:
         self.metrics = metrics
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.images: OrderedDict[str, bytes] = OrderedDict()
+        self.keys = ApiKeys(config.api_key, config.image_url_seconds)
         self._lock = threading.Lock()
         self._mean_job_seconds = 1.0
 
@@ -247,7 +249,7 @@ class JobManager:
             self.images[image_id] = png_bytes(image, metadata)
             while len(self.images) > self.config.stored_images:
                 self.images.popitem(last=False)
-        return f"/v1/images/{image_id}.png"
+        return self.keys.image_url(image_id)
 
     def _forget_old_jobs(self) -> None:
         with self._lock:

@@ -57,3 +57,16 @@ class ModelInfo(BaseModel):
     text_conditioned: bool
     resolutions: dict[str, int]
     profile: dict[str, Any]
+
+
+class Problem(BaseModel):
+    """Why a request was refused."""
+
+    detail: str
+
+
+# what any /v1 route can answer besides its success (422 is FastAPI's own)
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "missing or wrong API key (when the server has one)"},
+    404: {"model": Problem, "description": "no such job or image (unknown, or dropped)"},
+}
