@@ -258,6 +258,23 @@ def test_models_lists_the_served_model_with_its_resolutions(pipeline):
     assert model["resolutions"] == {"preview": 4, "standard": 16, "high": 32, "ultra": 64}
     assert model["sample_size"] == 16 and model["parameters"] == sum(p.numel() for p in pipeline.model.parameters())
     assert {"/v1/generate", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events", "/v1/models"} <= set(schema["paths"])
+    paths = schema["paths"]
+    assert {"401", "404", "422", "429"} <= set(paths["/v1/generate"]["post"]["responses"])
+    assert "409" in paths["/v1/jobs/{job_id}"]["delete"]["responses"]
+    assert list(paths["/v1/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]) == ["text/event-stream"]
+
+
+def test_the_server_shows_no_path_of_its_files(tiny_model_folder):
+    config = ServerConfig(model=str(tiny_model_folder))
+    with TestClient(create_app(config, InferenceEngine(str(tiny_model_folder), profile="cpu"))) as client:
+        (model,) = client.get("/v1/models").json()
+        job = client.post("/v1/generate", json={"prompt": "one", "steps": 2}).json()
+        (url,) = events_of(client, job["id"])[-1]["images"]
+        png = Image.open(io.BytesIO(client.get(url).content))
+        bogus = client.get(job["events_url"], headers={"Last-Event-ID": "-5"})
+    shown = json.dumps(model) + png.text["fractalflow"]
+    assert model["id"] == model["source"] == "tiny-model" and str(tiny_model_folder.parent) not in shown
+    assert bogus.status_code == 422
 
 
 def test_metrics_count_jobs_and_time_them(pipeline):

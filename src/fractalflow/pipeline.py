@@ -53,6 +53,16 @@ class GenerationResult:
         return sheet
 
 
+def public_name(name_or_path: str | Path) -> str:
+    """How a model is named in metadata, PNGs and the API: ``default`` for the shipped model, a
+    hub id as given, a local folder by its own name (its full path says where the server's
+    files are)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return DEFAULT_MODEL if path.resolve() == default_model_folder().resolve() else path.resolve().name
+    return str(name_or_path)
+
+
 MAX_UPSCALE = 16  # nearest-neighbour enlargement of a saved PNG: 64 px -> 1024 px at most
 
 
@@ -120,7 +130,7 @@ class FractalFlowPipeline:
     ) -> FractalFlowPipeline:
         folder = resolve_model_folder(name_or_path)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(load_model(folder, dtype=dtype, device=device), device=device, source=str(name_or_path))
+        return cls(load_model(folder, dtype=dtype, device=device), device=device, source=public_name(name_or_path))
 
     @classmethod
     def default(cls, device: str | torch.device | None = None) -> FractalFlowPipeline:

@@ -24,12 +24,14 @@ from starlette.concurrency import run_in_threadpool
 
 from fractalflow.flow.refine import NAMED_RESOLUTIONS, resolution_size
 from fractalflow.inference import InferenceEngine
+from fractalflow.pipeline import public_name
 from fractalflow.serving.config import ServerConfig
 from fractalflow.serving.jobs import Job, JobManager, QueueFull
 from fractalflow.serving.metrics import ServerMetrics
-from fractalflow.serving.schemas import ERROR_RESPONSES, GenerateRequest, JobCreated, JobInfo, ModelInfo
+from fractalflow.serving.schemas import ERROR_RESPONSES, GenerateRequest, JobCreated, JobInfo, ModelInfo, Problem
 
 PACKAGED_UI = Path(__file__).parent / "ui"
+EVENT_STREAM = "text/event-stream"
 # the two ways a request may carry the API key (both documented in the OpenAPI schema)
 KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)
 BEARER = HTTPBearer(auto_error=False)
@@ -143,7 +145,12 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
             raise HTTPException(404, detail=f"no job {job_id!r} (unknown, or finished long enough ago to be dropped)")
         return job
 
-    @api.post("/generate", status_code=202, response_model=JobCreated)
+    @api.post(
+        "/generate",
+        status_code=202,
+        response_model=JobCreated,
+        responses={429: {"model": Problem, "description": "the queue is full: retry after Retry-After seconds"}},
+    )
     async def generate(request: GenerateRequest) -> JobCreated:
         """Queue a generation; follow it at ``events_url`` (server-sent events) or ``job_url``."""
         try:
@@ -163,8 +170,14 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
     async def job_info(job_id: str) -> JobInfo:
         return find(job_id).info()
 
-    @api.get("/jobs/{job_id}/events")
-    async def job_events(job_id: str, last_event_id: int | None = Header(None)) -> StreamingResponse:
+    @api.get(
+        "/jobs/{job_id}/events",
+        response_class=StreamingResponse,
+        responses={200: {"description": "the job's events (docs/events.md)", "content": {EVENT_STREAM: {}}}},
+    )
+    async def job_events(
+        job_id: str, last_event_id: int | None = Header(None, ge=0, description="resume after this event")
+    ) -> StreamingResponse:
         """Server-sent events of the job from the start (or after ``Last-Event-ID``) to its end."""
         job = find(job_id)
         start = 0 if last_event_id is None else last_event_id + 1
@@ -174,10 +187,14 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
                 yield sse(event)
 
         return StreamingResponse(
-            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            stream(), media_type=EVENT_STREAM, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
 
-    @api.delete("/jobs/{job_id}", response_model=JobInfo)
+    @api.delete(
+        "/jobs/{job_id}",
+        response_model=JobInfo,
+        responses={409: {"model": Problem, "description": "the job had already finished"}},
+    )
     async def cancel_job(job_id: str) -> JobInfo:
         """Cancel a queued or running job (a finished one is returned unchanged, with 409)."""
         job = find(job_id)
@@ -213,7 +230,7 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
         model = pipeline.config
         return [
             ModelInfo(
-                id="default" if not config.model else config.model,
+                id=public_name(config.model) if config.model else "default",
                 source=pipeline.source,
                 parameters=sum(p.numel() for p in pipeline.model.parameters()),
                 sample_size=model.sample_size,
