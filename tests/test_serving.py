@@ -119,15 +119,17 @@ def test_a_job_keeps_one_preview_at_most_and_none_once_finished():
 @pytest.mark.parametrize(
     "body,field,message",
     [
-        ({"prompt": "one", "steps": 101}, "steps", "steps=101 is over this server's limit of 100"),
-        ({"prompt": "one", "resolution": "huge"}, "resolution", "unknown resolution 'huge'; allowed: \\['preview'"),
-        ({"prompt": "one", "resolution": 18}, "resolution", "18 px is not allowed: use a positive multiple of 4"),
-        ({"prompt": "one", "resolution": "ultra"}, "resolution", "'ultra' is 64 px, over this server's max_size=32"),
-        ({"prompt": "one " * 20}, "prompt", "the prompt \\(80 characters\\) is over this server's limit of 50"),
-        ({"prompt": "one", "num_images": 3}, "num_images", "num_images=3 is over this server's limit of 2"),
-        ({"prompt": "one", "guidance": 30}, "guidance", "guidance=30.0 is over this server's limit of 20"),
-        ({"prompt": "   "}, "prompt", "more than white space"),
+        ({"prompt": "one", "steps": 101}, "steps", "less than or equal to 100"),
+        ({"prompt": "one", "resolution": "huge"}, "resolution", "should be 'preview', 'standard' or 'high'"),
+        ({"prompt": "one", "resolution": 18}, "resolution", "multiple of 4"),
+        ({"prompt": "one", "resolution": 36}, "resolution", "less than or equal to 32"),
+        ({"prompt": "one", "resolution": "ultra"}, "resolution", "should be 'preview', 'standard' or 'high'"),
+        ({"prompt": "one " * 20}, "prompt", "at most 50 characters"),
+        ({"prompt": "one", "num_images": 3}, "num_images", "less than or equal to 2"),
+        ({"prompt": "one", "guidance": 30}, "guidance", "less than or equal to 20"),
+        ({"prompt": "   "}, "prompt", "should match pattern"),
         ({"prompt": "one", "steps": 0}, "steps", "greater than or equal to 1"),
+        ({"prompt": "one", "steps": True}, "body", "steps=true: a number or a string is expected"),
         ({"prompt": "one", "colour": "red"}, "colour", "Extra inputs are not permitted"),
     ],
 )
@@ -136,11 +138,15 @@ def test_requests_over_the_limits_get_422_saying_what_is_allowed(pipeline, body,
     with TestClient(create_app(config, engine_for(pipeline))) as client:
         response = client.post("/v1/generate", json=body)
         metrics = client.get("/metrics").text
+        schema = client.get("/openapi.json").json()["components"]["schemas"]["GenerateRequestWithinLimits"]
     assert response.status_code == 422
-    (problem,) = response.json()["detail"]
-    assert problem["loc"][-1] == field
-    assert re.search(message, problem["msg"]), problem["msg"]
+    problems = response.json()["detail"]
+    assert all(problem["loc"][min(1, len(problem["loc"]) - 1)] == field for problem in problems), problems
+    assert any(re.search(message, problem["msg"]) for problem in problems), problems
     assert 'fractalflow_refused_requests_total{status="422"} 1.0' in metrics
+    # the schema states the same limits
+    assert schema["properties"]["steps"]["maximum"] == 100 and schema["properties"]["num_images"]["maximum"] == 2
+    assert schema["properties"]["prompt"]["maxLength"] == 50
 
 
 @pytest.mark.parametrize(

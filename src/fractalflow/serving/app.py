@@ -2,8 +2,6 @@
 for the event stream), ``/healthz``, ``/metrics`` (Prometheus), OpenAPI at ``/docs``, and the
 web UI at ``/`` when its built folder is present."""
 
-from __future__ import annotations
-
 import asyncio
 import json
 import math
@@ -28,54 +26,13 @@ from fractalflow.pipeline import public_name
 from fractalflow.serving.config import ServerConfig
 from fractalflow.serving.jobs import Job, JobManager, QueueFull
 from fractalflow.serving.metrics import ServerMetrics
-from fractalflow.serving.schemas import ERROR_RESPONSES, GenerateRequest, JobCreated, JobInfo, ModelInfo, Problem
+from fractalflow.serving.schemas import ERROR_RESPONSES, JobCreated, JobInfo, ModelInfo, Problem, request_model
 
 PACKAGED_UI = Path(__file__).parent / "ui"
 EVENT_STREAM = "text/event-stream"
 # the two ways a request may carry the API key (both documented in the OpenAPI schema)
 KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)
 BEARER = HTTPBearer(auto_error=False)
-
-
-def unprocessable(field: str, message: str, value: object) -> HTTPException:
-    """A 422 shaped like FastAPI's own validation errors."""
-    return HTTPException(422, detail=[{"loc": ["body", field], "msg": message, "type": "value_error", "input": value}])
-
-
-class Limits:
-    """The server's per-request limits, checked against the served model."""
-
-    def __init__(self, config: ServerConfig, engine: InferenceEngine):
-        self.config = config
-        self.engine = engine
-
-    def resolution_size(self, resolution: str | int) -> int:
-        model = self.engine.pipeline.config
-        try:
-            return resolution_size(resolution, model.sample_size, model.downsampling)
-        except ValueError as error:
-            raise unprocessable("resolution", str(error), resolution) from None
-
-    def check(self, request: GenerateRequest) -> None:
-        config = self.config
-        size = self.resolution_size(request.resolution)
-        if size > config.max_size:
-            raise unprocessable(
-                "resolution",
-                f"{request.resolution!r} is {size} px, over this server's max_size={config.max_size}",
-                request.resolution,
-            )
-        most_images = min(config.max_images, self.engine.profile.max_batch)
-        for field, value, shown, most in [
-            ("steps", request.steps, f"steps={request.steps}", config.max_steps),
-            ("num_images", request.num_images, f"num_images={request.num_images}", most_images),
-            ("prompt", len(request.prompt), f"the prompt ({len(request.prompt)} characters)", config.max_prompt_length),
-            ("guidance", request.guidance, f"guidance={request.guidance}", config.max_guidance),
-        ]:
-            if value > most:
-                raise unprocessable(field, f"{shown} is over this server's limit of {most}", value)
-        if not request.prompt.strip():
-            raise unprocessable("prompt", "prompt must contain more than white space", request.prompt)
 
 
 def json_safe(value: object) -> object:
@@ -104,7 +61,9 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
     metrics = ServerMetrics()
     manager = JobManager(engine, config, metrics)
     metrics.queue_length.set_function(manager.unfinished)  # read at each scrape
-    limits = Limits(config, engine)
+    model = engine.pipeline.config  # loads the model: the request's limits depend on it
+    sizes = {name: resolution_size(name, model.sample_size, model.downsampling) for name in NAMED_RESOLUTIONS}
+    WithinLimits = request_model(config, sizes, model.downsampling, min(config.max_images, engine.profile.max_batch))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -128,15 +87,19 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
 
     keys = manager.keys
 
-    async def require_key(
-        x_api_key: Annotated[str | None, Security(KEY_HEADER)],
-        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
-    ) -> None:
+    def check_key(x_api_key: str | None, bearer: HTTPAuthorizationCredentials | None) -> None:
         if not keys.accepts(x_api_key, bearer.credentials if bearer else None):
             metrics.refused.labels("401").inc()
             raise HTTPException(401, detail="missing or wrong API key: send it as X-API-Key or Authorization: Bearer")
 
-    guarded = [Depends(require_key)]
+    async def require_key(
+        x_api_key: Annotated[str | None, Security(KEY_HEADER)],
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
+    ) -> None:
+        check_key(x_api_key, bearer)
+
+    # the schema declares the key only where the server has one
+    guarded = [Depends(require_key)] if config.api_key else []
     api = APIRouter(prefix="/v1", dependencies=guarded, responses=ERROR_RESPONSES)
 
     def find(job_id: str) -> Job:
@@ -149,16 +112,15 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
         "/generate",
         status_code=202,
         response_model=JobCreated,
-        responses={429: {"model": Problem, "description": "the queue is full: retry after Retry-After seconds"}},
+        responses={
+            400: {"model": Problem, "description": "the body is not JSON text"},
+            429: {"model": Problem, "description": "the queue is full: retry after Retry-After seconds"},
+        },
     )
-    async def generate(request: GenerateRequest) -> JobCreated:
+    async def generate(request: WithinLimits) -> JobCreated:
         """Queue a generation; follow it at ``events_url`` (server-sent events) or ``job_url``."""
         try:
-            limits.check(request)
             job = manager.submit(request, asyncio.get_running_loop())
-        except HTTPException:
-            metrics.refused.labels("422").inc()
-            raise
         except QueueFull as full:
             metrics.refused.labels("429").inc()
             raise HTTPException(429, detail=str(full), headers={"Retry-After": str(full.retry_after)}) from None
@@ -176,11 +138,11 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
         responses={200: {"description": "the job's events (docs/events.md)", "content": {EVENT_STREAM: {}}}},
     )
     async def job_events(
-        job_id: str, last_event_id: int | None = Header(None, ge=0, description="resume after this event")
+        job_id: str, last_event_id: int = Header(-1, ge=-1, description="resume after this event (-1: from the start)")
     ) -> StreamingResponse:
         """Server-sent events of the job from the start (or after ``Last-Event-ID``) to its end."""
         job = find(job_id)
-        start = 0 if last_event_id is None else last_event_id + 1
+        start = last_event_id + 1
 
         async def stream():
             async for event in job.stream(start):
@@ -207,15 +169,14 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
     @images.get("/images/{image_id}.png", response_class=Response)
     async def image(
         image_id: str,
-        x_api_key: Annotated[str | None, Security(KEY_HEADER)],
-        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
+        request: Request,
         expires: int | None = Query(None, description="with signature: when the signed URL stops working"),
         signature: str | None = Query(None, description="from the job's image URL, when the server has a key"),
     ) -> Response:
         """A finished image. With an API key set, the URLs in a job's results carry a signature
         (not the key) that lets an ``<img>`` fetch them until they expire; else send the key."""
-        if not keys.signed(image_id, expires, signature):
-            await require_key(x_api_key, bearer)
+        if keys.key and not keys.signed(image_id, expires, signature):
+            check_key(await KEY_HEADER(request), await BEARER(request))
         data = manager.images.get(image_id)
         if data is None:
             raise HTTPException(
@@ -236,7 +197,7 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
                 sample_size=model.sample_size,
                 size_multiple=model.downsampling,
                 text_conditioned=not model.class_names,
-                resolutions={name: limits.resolution_size(name) for name in NAMED_RESOLUTIONS},
+                resolutions=sizes,
                 profile=engine.profile.to_dict(),
             )
         ]
