@@ -357,3 +357,44 @@ def test_a_cancelled_job_stays_cancelled_when_a_step_races_the_cancel():
     loop.close()
     assert job.state == "cancelled" and [e["type"] for e in job.events] == ["cancelled"]
     assert not job.finish("cancelled")  # finishing again is refused, so it is counted once
+
+
+def test_sigterm_ends_every_followed_stream_with_a_final_event(tiny_model_folder, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "server.json"
+    ServerConfig(port=port, model=str(tiny_model_folder), profile="cpu", shutdown_seconds=3).save_json(config)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fractalflow.cli", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(f"{base}/healthz", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    body = json.dumps({"prompt": "four", "steps": 100, "resolution": "ultra"}).encode()
+    post = urllib.request.Request(f"{base}/v1/generate", body, {"Content-Type": "application/json"})
+    jobs = [json.load(urllib.request.urlopen(post, timeout=10)) for _ in range(12)]
+    streams: dict[str, str] = {}
+
+    def follow(job):
+        streams[job["id"]] = urllib.request.urlopen(f"{base}{job['events_url']}", timeout=30).read().decode()
+
+    followers = [threading.Thread(target=follow, args=(job,)) for job in jobs]
+    for thread in followers:
+        thread.start()
+    time.sleep(1.0)
+    stopped = time.monotonic()
+    server.send_signal(signal.SIGTERM)
+    for thread in followers:
+        thread.join(timeout=30)
+    server.communicate(timeout=30)
+    finals = [re.findall(r"^event: (\w+)", streams[job["id"]], re.M)[-1] for job in jobs]
+    assert set(finals) <= {"done", "cancelled"} and "cancelled" in finals, finals
+    assert time.monotonic() - stopped < 3 + 5  # within shutdown_seconds, plus start-up slack

@@ -478,9 +478,7 @@ def run_bench(args: argparse.Namespace) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
-    from fractalflow.serving import ServerConfig, create_app
+    from fractalflow.serving import ServerConfig, create_app, serve
 
     config = ServerConfig.load_json(args.config) if args.config else ServerConfig()
     overrides = {name: getattr(args, name) for name in ("host", "port", "model", "profile")}
@@ -488,7 +486,7 @@ def run_serve(args: argparse.Namespace) -> None:
     if os.environ.get("FRACTALFLOW_API_KEY"):  # a key in argv would show in ps
         config = dataclasses.replace(config, api_key=os.environ["FRACTALFLOW_API_KEY"])
     print(f"fractalflow serve: http://{config.host}:{config.port}/ (API docs at /docs)", file=sys.stderr)
-    uvicorn.run(create_app(config), host=config.host, port=config.port, timeout_graceful_shutdown=30)
+    serve(create_app(config), config)
 
 
 def main(argv: list[str] | None = None) -> int:

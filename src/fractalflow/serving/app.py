@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
+import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response, Security
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -238,3 +239,21 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
         return JSONResponse({"detail": json_safe(jsonable_encoder(error.errors()))}, status_code=422)
 
     return app
+
+
+def serve(app: FastAPI, config: ServerConfig) -> None:
+    """Run ``app`` with uvicorn until SIGINT or SIGTERM. Stopping starts the jobs' shutdown
+    (``JobManager.begin_shutdown``) before uvicorn waits for connections to close, so the
+    streams that follow jobs end with a final event rather than being cut."""
+    manager: JobManager = app.state.manager
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame) -> None:
+            if not self.should_exit:
+                manager.begin_shutdown(grace_seconds=config.shutdown_seconds * 2 / 3)
+            super().handle_exit(sig, frame)
+
+    settings = uvicorn.Config(
+        app, host=config.host, port=config.port, timeout_graceful_shutdown=int(config.shutdown_seconds)
+    )
+    Server(settings).run()

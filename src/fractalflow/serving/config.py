@@ -18,7 +18,9 @@ class ServerConfig(JsonConfig):
     ``X-API-Key`` or ``Authorization: Bearer`` header (never in a URL), and so do ``/docs``,
     ``/openapi.json`` and ``/metrics`` unless ``open_docs_and_metrics``; image URLs in job
     results are signed for ``image_url_seconds`` instead, so an ``<img>`` can show them.
-    ``cors_origins``: origins a browser app may call from.
+    ``cors_origins``: origins a browser app may call from. ``shutdown_seconds``: on SIGTERM,
+    queued jobs are cancelled at once, running ones after two thirds of this, and the server
+    stops waiting for connections after all of it, so every followed stream gets a final event.
     ``stored_images``: finished images kept in memory for ``/v1/images`` (oldest dropped).
 
     Memory the jobs hold is bounded by these: at most ``max_queue`` unfinished jobs and
@@ -42,6 +44,7 @@ class ServerConfig(JsonConfig):
     stored_images: int = 512
     image_url_seconds: int = 3600
     open_docs_and_metrics: bool = False
+    shutdown_seconds: float = 30.0
     ui_folder: str = ""
 
     def __post_init__(self) -> None:
@@ -61,5 +64,7 @@ class ServerConfig(JsonConfig):
             problems.append(f"port={self.port} must be in 1..65535")
         if not 1 <= self.max_guidance <= MAX_GUIDANCE:
             problems.append(f"max_guidance={self.max_guidance} must be from 1 to {MAX_GUIDANCE}")
+        if not 1 <= self.shutdown_seconds <= 600:  # also refuses NaN
+            problems.append(f"shutdown_seconds={self.shutdown_seconds} must be from 1 to 600")
         if problems:
             raise ValueError("invalid ServerConfig: " + "; ".join(problems))

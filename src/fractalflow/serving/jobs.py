@@ -269,6 +269,23 @@ class JobManager:
         self._mark_cancelled(job)
         return True
 
+    def begin_shutdown(self, grace_seconds: float) -> threading.Timer:
+        """The server is stopping: cancel the queued jobs now and the running ones once
+        ``grace_seconds`` have passed, so that every followed stream gets its final event
+        before the server stops waiting for connections to close."""
+        self.cancel_unfinished(queued_only=True)
+        timer = threading.Timer(grace_seconds, self.cancel_unfinished)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def cancel_unfinished(self, queued_only: bool = False) -> None:
+        with self._lock:
+            jobs = [job for job in self.jobs.values() if not job.is_finished]
+        for job in jobs:
+            if job.state == "queued" or not queued_only:
+                self.cancel(job)
+
     def shutdown(self) -> None:
         """Cancel the jobs still waiting, let the running batch finish, stop the engine's worker."""
         with self._lock:
