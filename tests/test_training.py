@@ -113,6 +113,13 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_intact_older_one(tmp_path,
     assert "model.safetensors does not match its SHA-256" in capsys.readouterr().err
 
 
+def test_a_checkpoint_that_lost_its_manifest_is_not_taken_for_an_old_one(tmp_path):
+    newest = two_checkpoints(tmp_path)
+    (newest / MANIFEST).unlink()
+    resumed = make_trainer(tmp_path, digits(32), steps=20)
+    assert resumed.resume() and resumed.step == 10
+
+
 def test_non_finite_weights_are_refused_even_with_a_matching_manifest(tmp_path):
     newest = two_checkpoints(tmp_path)
     for folder in list_checkpoints(tmp_path / "checkpoints"):

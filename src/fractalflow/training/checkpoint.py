@@ -25,6 +25,7 @@ from fractalflow.files import atomic_directory
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
 MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 2  # trainer_state.json's "format" from which on a checkpoint must have a manifest
 # what a kill can leave beside the checkpoints: atomic_directory's build and swap folders
 TEMPORARY_PATTERN = re.compile(r"^\.step_\d+\.(.+\.tmp|old)$")
 
@@ -75,7 +76,13 @@ def save_checkpoint(folder: Path, state: TrainingState, keep: int) -> Path:
         save_file({k: v.detach().cpu().contiguous() for k, v in state.ema.items()}, tmp / "ema.safetensors")
         save_file(optimizer_tensors, tmp / "optimizer.safetensors")
         save_file(state.rng, tmp / "rng.safetensors")
-        meta = {"step": state.step, "optimizer": optimizer_meta, "scheduler": state.scheduler, "info": state.info}
+        meta = {
+            "format": MANIFEST_FORMAT,
+            "step": state.step,
+            "optimizer": optimizer_meta,
+            "scheduler": state.scheduler,
+            "info": state.info,
+        }
         (tmp / "trainer_state.json").write_text(json.dumps(meta, indent=2))
         digests = {p.name: file_digest(p) for p in sorted(tmp.iterdir())}
         (tmp / MANIFEST).write_text(json.dumps(digests, indent=2))
@@ -116,12 +123,26 @@ def verify_manifest(path: Path) -> None:
     Checkpoints written before manifests existed have none and are checked on loading only."""
     manifest = path / MANIFEST
     if not manifest.is_file():
+        if _state_format(path) >= MANIFEST_FORMAT:
+            raise CheckpointError(f"checkpoint {path}: {MANIFEST} is missing")
         return
-    for name, expected in json.loads(manifest.read_text()).items():
+    try:
+        digests = json.loads(manifest.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path}: {MANIFEST} cannot be read ({error})") from None
+    for name, expected in digests.items():
         if not (path / name).is_file():
             raise CheckpointError(f"checkpoint {path}: {name} is missing")
         if file_digest(path / name) != expected:
             raise CheckpointError(f"checkpoint {path}: {name} does not match its SHA-256 in {MANIFEST}")
+
+
+def _state_format(path: Path) -> int:
+    """The format trainer_state.json says the checkpoint was written in (1 before manifests)."""
+    try:
+        return int(json.loads((path / "trainer_state.json").read_text()).get("format", 1))
+    except (OSError, ValueError, AttributeError):
+        return 1  # unreadable: loading will say so
 
 
 def load_checkpoint(path: Path) -> TrainingState:
