@@ -189,14 +189,13 @@ def test_an_unknown_block_design_is_a_clear_error_and_old_configs_load_as_the_fi
     assert (loaded.modulation, loaded.prediction) == ("adaln-zero", "velocity")
 
 
-def test_presets_use_the_ablation_winner_and_the_shipped_model_keeps_its_design():
+def test_presets_use_the_ablation_winner_and_the_shipped_model_is_built_in_it():
     from fractalflow.model.weights import load_model
     from fractalflow.pipeline import default_model_folder
 
     assert {model_preset(name).modulation for name in ("tiny", "small", "base")} == {"adarmsnorm"}
     assert model_preset("small", modulation="adaln-zero").modulation == "adaln-zero"
-    shipped = load_model(default_model_folder())  # its config.json predates the design fields
-    assert shipped.config.modulation == "adaln-zero"
+    assert load_model(default_model_folder()).config.modulation == "adarmsnorm"
 
 
 def test_weights_written_before_the_final_layer_load_with_the_same_output(tmp_path):
