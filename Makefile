@@ -47,7 +47,7 @@ ui: $(UI)
 data: data/emoji/records.jsonl
 
 demo: $(VENV)/.installed $(UI)
-	$(BIN)/fractalflow generate "red heart" "cat face, twemoji style" "bicycle icon" "sunset over a city" \
+	$(BIN)/fractalflow generate "red heart" "grinning face, openmoji style" "bicycle icon" "cat face, twemoji style" \
 		--num-images 4 --size 64 --seed 0 --upscale 2 -o demo.png
 	@echo "demo image: $(CURDIR)/demo.png"
 
