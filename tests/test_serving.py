@@ -307,12 +307,14 @@ def test_shutdown_finishes_the_running_job_and_cancels_the_waiting_one(pipeline)
     assert [e["type"] for e in manager.get(waiting["id"]).events] == ["queued", "cancelled"]
 
 
-def test_fractalflow_serve_answers_over_http_and_stops_cleanly_on_sigterm(tiny_model_folder, tmp_path):
+def start_server(tmp_path, **settings):
+    """``fractalflow serve`` in a subprocess with a ServerConfig of ``settings`` on a free port,
+    once it answers /healthz: (process, base URL, health)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     config = tmp_path / "server.json"
-    ServerConfig(port=port, model=str(tiny_model_folder), profile="cpu", max_steps=8).save_json(config)
+    ServerConfig(port=port, **settings).save_json(config)
     server = subprocess.Popen(
         [sys.executable, "-m", "fractalflow.cli", "serve", "--config", str(config)],
         stdout=subprocess.PIPE,
@@ -320,15 +322,18 @@ def test_fractalflow_serve_answers_over_http_and_stops_cleanly_on_sigterm(tiny_m
         text=True,
     )
     base = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            return server, base, json.load(urllib.request.urlopen(f"{base}/healthz", timeout=1))
+        except OSError:
+            time.sleep(0.1)
+    server.kill()
+    pytest.fail("the server did not come up")
+
+
+def test_fractalflow_serve_answers_over_http_and_stops_cleanly_on_sigterm(tiny_model_folder, tmp_path):
+    server, base, health = start_server(tmp_path, model=str(tiny_model_folder), profile="cpu", max_steps=8)
     try:
-        for _ in range(200):
-            try:
-                health = json.load(urllib.request.urlopen(f"{base}/healthz", timeout=1))
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("the server did not come up")
         body = json.dumps({"prompt": "four", "steps": 9}).encode()
         post = urllib.request.Request(f"{base}/v1/generate", body, {"Content-Type": "application/json"})
         with pytest.raises(urllib.error.HTTPError) as refused:
@@ -360,24 +365,7 @@ def test_a_cancelled_job_stays_cancelled_when_a_step_races_the_cancel():
 
 
 def test_sigterm_ends_every_followed_stream_with_a_final_event(tiny_model_folder, tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = tmp_path / "server.json"
-    ServerConfig(port=port, model=str(tiny_model_folder), profile="cpu", shutdown_seconds=3).save_json(config)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "fractalflow.cli", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(f"{base}/healthz", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
+    server, base, _ = start_server(tmp_path, model=str(tiny_model_folder), profile="cpu", shutdown_seconds=3)
     body = json.dumps({"prompt": "four", "steps": 100, "resolution": "ultra"}).encode()
     post = urllib.request.Request(f"{base}/v1/generate", body, {"Content-Type": "application/json"})
     jobs = [json.load(urllib.request.urlopen(post, timeout=10)) for _ in range(12)]
