@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from fractalflow.files import atomic_directory
 from fractalflow.model.transformer import FractalTransformer
@@ -44,9 +44,9 @@ def save_weights(tensors: dict[str, torch.Tensor], path: Path) -> None:
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """One safetensors file, verified against its digest where it has one."""
     try:
-        with safe_open(path, "pt") as handle:
+        with safe_open(path, "pt") as handle:  # one open: the metadata and the tensors
             expected = (handle.metadata() or {}).get(DIGEST_KEY)
-        tensors = load_file(path)
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
     except (OSError, SafetensorError) as error:
         raise ValueError(f"{path} is damaged or not a safetensors file ({error})") from None
     if expected is not None and tensors_digest(tensors) != expected:
