@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -121,7 +122,9 @@ def install(model: torch.nn.Module, device: torch.device) -> None:
     target = default_model_folder()
     card = target / "MODEL_CARD.md"
     card_text = card.read_text() if card.is_file() else None
-    save_model(model, target, torch.float16)
+    # snapshots exported before FractalConfig recorded the sizes trained at: this run trains at 64 px
+    config = replace(model.config, trained_sizes=model.config.trained_sizes or (TRAIN.image_size,))
+    save_model(model, target, torch.float16, config=config)
     if card_text is not None:
         card.write_text(card_text)
     write_grids(FractalFlowPipeline.from_pretrained(target, device=device), REPO / "docs" / "images")

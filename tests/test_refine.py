@@ -1,5 +1,7 @@
 """ProgressiveRefiner: coarse-to-fine sampling, previews, early stopping, and its use by the pipeline."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from fractalflow.flow.refine import (
     NAMED_RESOLUTIONS,
     ProgressiveRefiner,
     RefineSettings,
+    default_scales,
     plan_stages,
     seeded_noise,
     stage_cost,
@@ -35,6 +38,22 @@ def test_named_resolutions_plan_scales_up_to_their_size(name, final):
     assert [s.size for s in stages] == [size for size in (32, 64, 128, 256) if size < final] + [final]
     assert stages[0].start == 1.0 and all(s.start == 0.5 for s in stages[1:])  # 2x per scale: half re-noised
     assert [s.steps for s in stages] == [20] + [10] * (len(stages) - 1)
+
+
+def test_default_scales_start_at_the_smallest_size_the_model_was_trained_at():
+    assert default_scales(64) == (0.5, 1.0, 2.0, 4.0)  # sizes unknown: all of them
+    assert default_scales(64, (32, 64)) == (0.5, 1.0, 2.0, 4.0)
+    assert default_scales(64, (64,)) == (1.0, 2.0, 4.0)
+    assert default_scales(64, (128,)) == (2.0, 4.0)
+
+
+def test_pipeline_refines_from_the_smallest_trained_size(tiny_model_folder):
+    pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    unknown = pipeline.generate("five", steps=4, seed=1, resolution="high")
+    pipeline.model.config = dataclasses.replace(pipeline.config, trained_sizes=(16,))
+    known = pipeline.generate("five", steps=4, seed=1, resolution="high")
+    assert [s["size"] for s in unknown.metadata["stages"]] == [8, 16, 32]
+    assert [s["size"] for s in known.metadata["stages"]] == [16, 32]
 
 
 def test_upscale_strength_sets_the_start_of_scales_above_the_trained_size_only():

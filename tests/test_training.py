@@ -1,5 +1,6 @@
 """Trainer: it learns, it checkpoints atomically, and a resumed run equals an uninterrupted one."""
 
+import dataclasses
 import json
 
 import pytest
@@ -169,6 +170,16 @@ def test_finished_run_exports_the_ema_weights_as_a_model_folder(tmp_path):
     for (name, exported), ema in zip(loaded.state_dict().items(), trainer.ema.module.state_dict().values()):
         assert torch.equal(exported, ema), name
     assert any(not torch.equal(a, b) for a, b in zip(trainer.model.parameters(), trainer.ema.module.parameters()))
+    assert loaded.config.trained_sizes == (16,)
+
+
+def test_exported_config_names_the_sizes_trained_at_so_far(tmp_path):
+    trainer = make_trainer(tmp_path, digits(32), steps=20, checkpoint_every=0, curriculum="8:0.5,8+16:0.5")
+    trainer.train(stop_at=2)
+    trainer.export(tmp_path / "early")
+    trainer.train()
+    assert load_model(tmp_path / "early").config.trained_sizes == (8,)
+    assert load_model(tmp_path / "model").config.trained_sizes == (8, 16)
 
 
 def test_data_with_other_channels_than_the_model_is_rejected(tmp_path):
@@ -199,7 +210,7 @@ def test_snapshots_export_the_ema_model_once_training_has_run_so_many_minutes_ov
     trainer.train(stop_at=10)
     first = tmp_path / "snapshots" / "1min"
     assert json.loads((first / "snapshot.json").read_text())["step"] == 1
-    assert load_model(first).config == trainer.model_config
+    assert load_model(first).config == dataclasses.replace(trainer.model_config, trained_sizes=(16,))
     assert not (tmp_path / "snapshots" / "2min").exists()
 
     resumed = make_trainer(tmp_path, digits(32), steps=30, snapshot_minutes=(1, 2))

@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_scale_list,
         default=None,
         help="comma-separated scales to pass through with --resolution, relative to the model's size "
-        "(default: 0.5,1,2,4)",
+        "(default: 0.5,1,2,4, from the smallest size the model was trained at)",
     )
     generate.add_argument(
         "--early-stop",
@@ -167,7 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--resolution", default="", help="refine coarse to fine up to this named resolution or size (as generate)"
     )
-    evaluate.add_argument("--scales", type=_scale_list, default=(), help="scales for --resolution (default: 0.5,1,2,4)")
+    evaluate.add_argument(
+        "--scales",
+        type=_scale_list,
+        default=(),
+        help="scales for --resolution (default: 0.5,1,2,4 from the smallest trained size)",
+    )
     evaluate.add_argument(
         "--early-stop", type=float, default=0.0, help="relative-change threshold to end a scale (default: 0, off)"
     )

@@ -83,6 +83,9 @@ class FractalConfig(JsonConfig):
     cross_attention_levels: int = 1
     class_names: tuple[str, ...] = ()
     sample_size: int = 32
+    # image sizes the model was trained at (written at export; () = unknown): coarse-to-fine
+    # sampling starts no smaller than the smallest, which the model has seen
+    trained_sizes: tuple[int, ...] = ()
     text_encoder: str = "sentence-transformers/all-MiniLM-L6-v2"
     # block design (model folders without these fields are the first design: the defaults)
     modulation: str = "adaln-zero"
@@ -103,6 +106,8 @@ class FractalConfig(JsonConfig):
             problems.append(f"head_dim={self.head_dim} must be a multiple of 4 (2-D rotary positions)")
         if self.patch_size < 1 or self.merge_factor < 2 or self.window < 1:
             problems.append("patch_size >= 1, merge_factor >= 2 and window >= 1 are required")
+        if any(size < 1 for size in self.trained_sizes):
+            problems.append(f"trained_sizes={self.trained_sizes} must be positive sizes in pixels")
         if not 0 <= self.cross_attention_levels <= len(self.widths):
             problems.append(f"cross_attention_levels must be in 0..{len(self.widths)}")
         if problems:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from fractalflow.config import MAX_GUIDANCE
 from fractalflow.events import ProgressEvent, tensor_to_images
 from fractalflow.files import atomic_path
-from fractalflow.flow.refine import DEFAULT_SCALES, ProgressiveRefiner, RefineSettings, seeded_noise
+from fractalflow.flow.refine import ProgressiveRefiner, RefineSettings, default_scales, seeded_noise
 from fractalflow.flow.samplers import guided_velocity
 from fractalflow.hub import resolve_model_folder
 from fractalflow.model.conditioning import Conditioning
@@ -177,7 +177,8 @@ class FractalFlowPipeline:
 
         ``size`` samples at one scale. ``resolution`` (``preview``/``standard``/``high``/
         ``ultra`` or pixels) refines coarse to fine through ``scales`` (relative to the
-        model's trained size, default ``DEFAULT_SCALES``); ``early_stop`` ends a scale when
+        model's trained size; default ``DEFAULT_SCALES`` from the smallest size the model was
+        trained at); ``early_stop`` ends a scale when
         the clean-image estimate has stopped changing; ``upscale_strength`` (0-1] is how much
         of the image each scale above the trained size redraws (see :class:`ProgressiveRefiner`).
         Image ``i`` draws its noise from a generator seeded with ``seed + i`` (or ``seeds[i]``),
@@ -200,7 +201,7 @@ class FractalFlowPipeline:
             scales = scales or (resolution / native,)
         settings = RefineSettings(
             resolution=resolution,
-            scales=tuple(scales or DEFAULT_SCALES),
+            scales=tuple(scales or default_scales(native, self.config.trained_sizes)),
             steps=steps,
             early_stop=early_stop,
             sampler=sampler,

@@ -34,6 +34,14 @@ NAMED_RESOLUTIONS = {"preview": 0.25, "standard": 1.0, "high": 2.0, "ultra": 4.0
 DEFAULT_SCALES = (0.5, 1.0, 2.0, 4.0)
 
 
+def default_scales(native_size: int, trained_sizes: tuple[int, ...] = ()) -> tuple[float, ...]:
+    """DEFAULT_SCALES from the smallest size the model was trained at (all of them when the
+    sizes are unknown): a model trained at 64 px only draws worse from a 32 px start (FD 1.23x
+    the plain 64 px pipeline, benchmarks/results/bench-cpu.json)."""
+    smallest = min(trained_sizes, default=0)
+    return tuple(s for s in DEFAULT_SCALES if native_size * s >= smallest) or (1.0,)
+
+
 def renoise_time(ratio: float) -> float:
     """Flow time to re-noise an image upsampled by ``ratio`` per side: ``1 - 1/ratio``.
 

@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from fractalflow.config import JsonConfig
 from fractalflow.files import atomic_directory
 from fractalflow.model.transformer import FractalTransformer
 
@@ -55,13 +56,18 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def save_model(
-    model: torch.nn.Module, folder: str | Path, dtype: torch.dtype | None = None, max_shard_bytes: int = 2 * 1024**3
+    model: torch.nn.Module,
+    folder: str | Path,
+    dtype: torch.dtype | None = None,
+    max_shard_bytes: int = 2 * 1024**3,
+    config: JsonConfig | None = None,
 ) -> None:
-    """Write ``model`` to ``folder`` (replaced as a whole), weights cast to ``dtype`` if given."""
+    """Write ``model`` to ``folder`` (replaced as a whole), weights cast to ``dtype`` if given;
+    ``config`` replaces ``model.config`` in ``config.json`` (same architecture, other metadata)."""
     state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
 
     def fill(tmp: Path) -> None:
-        model.config.save_json(tmp / CONFIG_NAME, _class_name=type(model).__name__)
+        (config or model.config).save_json(tmp / CONFIG_NAME, _class_name=type(model).__name__)
         shards = _shard(state, max_shard_bytes)
         if len(shards) == 1:
             save_weights(shards[0], tmp / WEIGHTS_NAME)

@@ -8,6 +8,7 @@ import math
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -372,9 +373,21 @@ class Trainer:
         self.writer().add_text("curriculum", f"step {self.step}: stage {index + 1} ({stage.describe()})", self.step)
         bar.set_description(f"train stage {index + 1}/{len(self.curriculum.stages)}: {stage.describe()}")
 
+    @property
+    def trained_sizes(self) -> tuple[int, ...]:
+        """Image sizes this run has trained at so far."""
+        if self.curriculum is not None:
+            stages = self.curriculum.stages[: self.curriculum.index + 1]
+            return tuple(sorted({size for stage in stages for size in stage.sizes}))
+        return tuple(sorted(set(self.config.resolutions or (self.config.image_size,))))
+
     def export(self, folder: Path, dtype: torch.dtype | None = None) -> None:
-        """Write the EMA weights as a model folder (config.json + model.safetensors)."""
-        save_model(self.ema.module, folder, dtype)
+        """Write the EMA weights as a model folder (config.json with the sizes trained at, and
+        model.safetensors)."""
+        config = self.model_config
+        if isinstance(config, FractalConfig):
+            config = replace(config, trained_sizes=self.trained_sizes)
+        save_model(self.ema.module, folder, dtype, config=config)
 
     @torch.no_grad()
     def sample_grid(self, steps: int = 20, guidance: float = 3.0) -> torch.Tensor:
