@@ -37,7 +37,7 @@ from peers import (
 
 from fractalflow import model_preset
 from fractalflow.files import atomic_write_text
-from fractalflow.hardware import describe_device
+from fractalflow.hardware import describe_device, resolve_device
 from fractalflow.model.transformer import FractalTransformer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ def main() -> None:
         parser.error(f"unknown variant(s) {unknown}; choose from {sorted(VARIANTS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     bench = BenchConfig(size=32, batch_size=64, minutes=args.minutes, eval_images=args.n, eval_batch=100)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     path = RESULTS / f"ablate-{device.type}.json"
     data = load_splits(args.data)
     settings = {

@@ -20,15 +20,13 @@ import hashlib
 import json
 from pathlib import Path
 
-import torch
-
 from fractalflow import FractalFlowPipeline
 from fractalflow.data.emoji import load_emoji
 from fractalflow.evaluation.alignment import load_alignment_encoder
 from fractalflow.evaluation.concepts import asked_concept_images
 from fractalflow.evaluation.evaluate import EvalSettings, eval_rows, evaluate
 from fractalflow.files import atomic_write_text
-from fractalflow.hardware import describe_device
+from fractalflow.hardware import describe_device, resolve_device
 from fractalflow.pipeline import default_model_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +80,7 @@ def main() -> None:
     found = snapshots(run)
     if not found:
         parser.error(f"{run} has no snapshots/<M>min folders; train with --snapshot-minutes")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     settings = EvalSettings(num_images=args.n, size=args.size, batch_size=64)
     held_out = load_emoji(args.data, image_size=args.size, split="eval")
     gallery = asked_concept_images(args.data, held_out, eval_rows(args.n, len(held_out)), args.size)

@@ -40,7 +40,7 @@ from fractalflow.evaluation.concepts import asked_concept_images
 from fractalflow.evaluation.evaluate import EvalSettings, concept_gallery, eval_rows, evaluate
 from fractalflow.evaluation.features import EffNetFeatures
 from fractalflow.files import atomic_path, atomic_write_text
-from fractalflow.hardware import describe_device
+from fractalflow.hardware import describe_device, resolve_device
 from fractalflow.model.flops import forward_flops
 from fractalflow.model.text import TextEncoder
 from fractalflow.model.transformer import FractalTransformer
@@ -324,7 +324,7 @@ def main() -> None:
         eval_images=args.n or bench.eval_images,
         eval_batch=bench.eval_batch,
     )
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     torch.set_float32_matmul_precision("high")
     grid_path = REPO / "docs" / "images" / f"peers-{args.config}.png"
     if args.grid_only:

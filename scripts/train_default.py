@@ -25,7 +25,7 @@ import torch
 
 from fractalflow import FractalFlowPipeline, TrainConfig, model_preset
 from fractalflow.data.emoji import load_emoji, prepare
-from fractalflow.hardware import describe_device
+from fractalflow.hardware import describe_device, resolve_device
 from fractalflow.model.text import TextEncoder
 from fractalflow.model.weights import load_model, save_model
 from fractalflow.pipeline import default_model_folder
@@ -87,7 +87,7 @@ def main() -> None:
         "--install-snapshot", default=None, help="install this model folder (e.g. OUT/snapshots/120min), no training"
     )
     args = parser.parse_args()
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     if args.install_snapshot:
         install(load_model(args.install_snapshot), device)
         return

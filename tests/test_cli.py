@@ -47,7 +47,7 @@ def test_generate_writes_a_png_with_its_settings(tmp_path, tiny_model_folder, ca
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--steps", "0"], "at least 1 sampling step"),
+        (["--steps", "0"], "steps=0 must be from 1 to 1000"),
         (["--size", "18"], "multiples of 4"),
         (["--sampler", "ddim"], "unknown sampler"),
         (["-o", "x.jpg"], "must end in .png"),
@@ -85,6 +85,71 @@ def test_eval_bad_input_is_one_clear_error(tmp_path, tiny_model_folder, capsys, 
     status, _, stderr = run(capsys, "eval", "--model", str(tiny_model_folder), "--out", str(out), *extra)
     assert status == 2 and message in stderr and "Traceback" not in stderr
     assert not out.exists()
+
+
+# bad files given to --model-config / --config: (file name, content)
+BAD_JSON = {
+    "text.json": "not json",
+    "empty.json": "",
+    "list.json": "[1, 2]",
+    "string-widths.json": '{"widths": "abc"}',
+    "unknown.json": '{"nope": 1}',
+    "lengths.json": '{"widths": [64, 128], "depths": [1]}',
+    "float-port.json": '{"port": 80.5}',
+}
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--model-config", "text.json"], "text.json is not JSON text"),
+        (["train", "--model-config", "empty.json"], "empty.json is not JSON text"),
+        (["train", "--model-config", "list.json"], "must hold a JSON object of settings, not a list"),
+        (["train", "--model-config", "string-widths.json"], 'wrong type for widths="abc" (expected tuple[int, ...])'),
+        (["train", "--model-config", "unknown.json"], "FractalConfig: unknown field(s) ['nope']"),
+        (["train", "--model-config", "lengths.json"], "need the same, non-zero length"),
+        (["train", "--model-config", "missing.json"], "No such file or directory: 'missing.json'"),
+        (["train", "--image-size", "0"], "image_size=0 must be >= 1"),
+        (["train", "--image-size", "18"], "multiples of 8"),
+        (["train", "--learning-rate", "nan"], "learning_rate=nan must be a finite number > 0"),
+        (["train", "--ema-decay", "2"], "ema_decay=2.0 must be in [0, 1)"),
+        (["train", "--warmup-steps", "-5"], "warmup_steps=-5 must be >= 0"),
+        (["train", "--timestep-std", "0"], "timestep_std=0.0 must be a finite number > 0"),
+        (["train", "--device", "tpu"], "device 'tpu' is not a device name"),
+        (["train", "--out", "/proc/run"], "cannot write the run folder '/proc/run'"),
+        (["serve", "--config", "text.json"], "text.json is not JSON text"),
+        (["serve", "--config", "unknown.json"], "ServerConfig: unknown field(s) ['nope']"),
+        (["serve", "--config", "float-port.json"], "wrong type for port=80.5 (expected int)"),
+        (["serve", "--port", "99999"], "port=99999 must be in 1..65535"),
+        (["serve", "--profile", "warp"], "profile='warp'; allowed: ['auto', 'gpu', 'cpu', 'edge']"),
+        (["eval", "--guidance", "nan"], "guidance=nan must be from 0 to 100"),
+        (["eval", "--steps", "5000"], "steps=5000 must be at most 1000"),
+        (["eval", "--size", "100000"], "size=100000 must be from 0 (the model's) to 2048"),
+        (["eval", "--n", "99999999"], "num_images=99999999 must be at most 50000"),
+        (["bench", "--early-stop", "nan", "--n", "0"], "early_stop (nan) a finite number >= 0"),
+        (["bench", "--n", "-5"], "eval_images (-5) >= 0"),
+        (["bench", "--resolutions", "huge"], "--resolutions 'huge': choose from"),
+        (["generate", "one", "--steps", "1000000"], "steps=1000000 must be from 1 to 1000"),
+        (["generate", "one", "--num-images", "100000"], "100000 images of 16 px are too many for one call"),
+        (["generate", "one", "--resolution", "100000"], "100000 px is over the largest image side allowed"),
+    ],
+)
+def test_every_command_refuses_bad_input_in_one_line_before_any_work(
+    tmp_path, tiny_model_folder, capsys, monkeypatch, argv, message
+):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for name, content in BAD_JSON.items():
+        (work / name).write_text(content)
+    model = ["--model", str(tiny_model_folder)] if argv[0] in ("eval", "generate", "serve") else []
+    train = ["--data", "digits", "--steps", "1", "--no-progress"] if argv[0] == "train" else []
+    out = ["--out", "run"] if argv[0] == "train" and "--out" not in argv else []
+    status, stdout, stderr = run(capsys, *argv, *model, *train, *out)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert status == 2 and len(lines) == 1 and message in lines[0], stderr
+    assert "Traceback" not in stderr and not stdout
+    assert sorted(path.name for path in work.iterdir()) == sorted(BAD_JSON)  # nothing written
 
 
 def test_eval_of_a_text_model_needs_the_prepared_set(tmp_path, capsys):

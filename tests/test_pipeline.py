@@ -64,7 +64,7 @@ def test_prompt_must_name_a_class_of_a_class_conditional_model(tiny_model_folder
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"steps": 0}, "at least 1"),
+        ({"steps": 0}, "steps=0 must be from 1 to 1000"),
         ({"size": 18}, "multiples of 4"),
         ({"sampler": "dpm"}, "euler"),
         ({"guidance": -1.0}, "guidance"),

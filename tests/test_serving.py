@@ -167,6 +167,25 @@ def test_inputs_json_cannot_carry_get_a_422_not_a_500(pipeline, raw, field, mess
     assert problem["loc"][-1] == field and message in problem["msg"], problem
 
 
+def test_bodies_over_the_limit_get_413_before_they_are_read(pipeline):
+    config = ServerConfig(max_body_bytes=1000)
+    padded = json.dumps({"prompt": "one", "steps": 2, "pad": "x" * 2000})
+
+    def chunks():
+        yield padded[:600].encode()
+        yield padded[600:].encode()  # no Content-Length: cut off while it streams in
+
+    with TestClient(create_app(config, engine_for(pipeline))) as client:
+        declared = client.post("/v1/generate", content=padded, headers={"Content-Type": "application/json"})
+        streamed = client.post("/v1/generate", content=chunks(), headers={"Content-Type": "application/json"})
+        small = client.post("/v1/generate", json={"prompt": "one", "steps": 2})
+        metrics = client.get("/metrics").text
+    assert declared.status_code == 413 and "over 1000 bytes" in declared.json()["detail"]
+    assert streamed.status_code == 413 and "over 1000 bytes" in streamed.json()["detail"]
+    assert small.status_code == 202
+    assert 'fractalflow_refused_requests_total{status="413"} 2.0' in metrics
+
+
 def test_a_full_queue_answers_429_with_retry_after(pipeline):
     opened = gate(pipeline)
     with TestClient(create_app(ServerConfig(max_queue=2), engine_for(pipeline))) as client:
@@ -301,6 +320,9 @@ def test_shutdown_finishes_the_running_job_and_cancels_the_waiting_one(pipeline)
     with TestClient(app) as client:
         running = client.post("/v1/generate", json={"prompt": "one", "steps": 3}).json()
         waiting = client.post("/v1/generate", json={"prompt": "two", "steps": 4}).json()
+        deadline = time.monotonic() + 10  # on a loaded machine the worker may not have taken it yet
+        while manager.get(running["id"]).state != "running" and time.monotonic() < deadline:
+            time.sleep(0.01)
         threading.Timer(0.5, opened.set).start()  # the running job may finish only once shutdown has begun
     assert manager.get(running["id"]).state == "done"
     assert manager.get(waiting["id"]).state == "cancelled"

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from fractalflow.config import MODEL_PRESETS, TrainConfig, model_preset
+from fractalflow.config import MODEL_PRESETS, TrainConfig, model_preset, read_json_object
 from fractalflow.data.emoji_sources import DEFAULT_CAPS, DEFAULT_MAX_IMAGES
 
 DEFAULT_PACK_MIB = 38
@@ -345,13 +345,14 @@ def run_generate(args: argparse.Namespace) -> None:
 
 def run_train(args: argparse.Namespace) -> None:
     from fractalflow.data import load_dataset
+    from fractalflow.hardware import resolve_device
     from fractalflow.training import Trainer
 
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     train_config = TrainConfig(**{name: getattr(args, name) for name in train_fields})
+    device = resolve_device(args.device)
+    overrides = read_json_object(args.model_config) if args.model_config else {}
     dataset = load_dataset(args.data, train_config.image_size)
-    overrides = json.loads(Path(args.model_config).read_text()) if args.model_config else {}
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     model_config = model_preset(
         args.preset,
         **{
@@ -365,16 +366,20 @@ def run_train(args: argparse.Namespace) -> None:
     if not model_config.is_class_conditional:
         from fractalflow.model.text import TextEncoder
 
-        text_encoder = TextEncoder.from_pretrained(model_config.text_encoder, device=args.device or "cpu")
+        text_encoder = TextEncoder.from_pretrained(model_config.text_encoder, device=device)
     trainer = Trainer(
         model_config,
         train_config,
         dataset,
         args.out,
-        device=args.device,
+        device=device,
         progress=not args.no_progress,
         text_encoder=text_encoder,
     )
+    try:  # before hours of training, not after
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot write the run folder {args.out!r}: {error.strerror}") from None
     if not args.no_resume and trainer.resume():
         print(f"resumed from step {trainer.step}")
     summary = trainer.train()
@@ -471,7 +476,7 @@ def run_bench(args: argparse.Namespace) -> None:
     unknown = sorted(set(resolutions) - set(NAMED_RESOLUTIONS))
     if unknown or not resolutions:
         raise UsageError(f"--resolutions {args.resolutions!r}: choose from {list(NAMED_RESOLUTIONS)}")
-    if args.n and not Path(args.data, "records.jsonl").is_file():
+    if args.n > 0 and not Path(args.data, "records.jsonl").is_file():
         raise UsageError(f"{args.data} holds no prepared emoji set for FD; run 'make data' or pass --n 0")
     report = run_bench(profiles, resolutions, args.model, args.n, args.data, args.early_stop)
     device = "cuda" if torch.cuda.is_available() else "cpu"

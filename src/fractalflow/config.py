@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,8 +16,43 @@ from fractalflow.files import atomic_write_text
 ConfigT = TypeVar("ConfigT", bound="JsonConfig")
 
 
+def matches_type(value: Any, hint: Any) -> bool:
+    """Whether a JSON-loaded ``value`` (lists already tuples) fits a config field's type
+    (int, float, bool, str, ``X | None``, ``tuple[X, ...]``, dict, Any)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(matches_type(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if origin is tuple:
+        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        return (
+            isinstance(value, tuple)
+            and len(items) == len(value)
+            and all(matches_type(item, arg) for item, arg in zip(value, items))
+        )
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) if not typing.get_args(hint) else str(hint).replace("typing.", "")
+
+
 class JsonConfig:
-    """Mixin for dataclass configs: strict JSON round-trip with clear errors for unknown keys."""
+    """Mixin for dataclass configs: strict JSON round-trip with clear errors for unknown keys
+    and for values of the wrong type."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -25,13 +63,18 @@ class JsonConfig:
         unknown = sorted(k for k in values if k not in known and not k.startswith("_"))
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; allowed fields are {sorted(known)}")
-        kwargs = {}
+        hints = typing.get_type_hints(cls)
+        kwargs, wrong = {}, []
         for name, value in values.items():
             if name not in known:
                 continue
             if isinstance(value, list):
                 value = tuple(value)
+            if not matches_type(value, hints[name]):
+                wrong.append(f"{name}={json.dumps(value)} (expected {type_name(hints[name])})")
             kwargs[name] = value
+        if wrong:
+            raise ValueError(f"{cls.__name__}: wrong type for " + ", ".join(wrong))
         return cls(**kwargs)
 
     def save_json(self, path: str | Path, **extra: Any) -> None:
@@ -40,10 +83,25 @@ class JsonConfig:
 
     @classmethod
     def load_json(cls: type[ConfigT], path: str | Path) -> ConfigT:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_dict(read_json_object(path))
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """The JSON object in ``path``, or a one-line ValueError naming the file and the problem."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not JSON text: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a JSON object of settings, not a {type(values).__name__}")
+    return values
 
 
 MAX_GUIDANCE = 100.0  # the largest classifier-free guidance scale accepted (as ComfyUI's cfg)
+# limits of one FractalFlowPipeline.generate call (the server has its own, lower, in ServerConfig)
+MAX_STEPS = 1000  # sampling steps (ComfyUI's KSampler allows 10000; flow models need 10-50)
+MAX_SIDE = 2048  # pixels per image side, 32x the default model's trained size
+MAX_CALL_PIXELS = 2**22  # images x pixels in one call: 1024 images of 64 px, 4 of 1024 px
 
 # the block designs a FractalConfig can choose (benchmarks/ablate.py compares them)
 CHOICES = {
@@ -130,6 +188,15 @@ class FractalConfig(JsonConfig):
         """Pixels per token side at the coarsest level: image sides must be multiples of it."""
         return self.patch_size * self.merge_factor ** (self.num_levels - 1)
 
+    def check_size(self, height: int, width: int) -> None:
+        """A one-line ValueError unless both sides are positive multiples of ``downsampling``."""
+        step = self.downsampling
+        if height % step or width % step or height < step or width < step:
+            raise ValueError(
+                f"image size {height}x{width} is not allowed: both sides must be positive multiples "
+                f"of {step} (patch {self.patch_size} x merge {self.merge_factor}^{self.num_levels - 1})"
+            )
+
     def uses_cross_attention(self, level: int) -> bool:
         if self.is_class_conditional:
             return False
@@ -151,7 +218,7 @@ def model_preset(name: str, **overrides: Any) -> FractalConfig:
     fields overridden."""
     if name not in MODEL_PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
-    return FractalConfig(**{**PRESET_DESIGN, **MODEL_PRESETS[name], **overrides})
+    return FractalConfig.from_dict({**PRESET_DESIGN, **MODEL_PRESETS[name], **overrides})
 
 
 @dataclass
@@ -197,3 +264,23 @@ class TrainConfig(JsonConfig):
             raise ValueError(f"resolutions={self.resolutions} must be positive sizes in pixels")
         if not 0.0 <= self.cond_drop_prob < 1.0:
             raise ValueError(f"cond_drop_prob={self.cond_drop_prob} must be in [0, 1)")
+        problems = [
+            f"{name}={value} must be {rule}"
+            for name, value, rule, ok in [
+                ("image_size", self.image_size, ">= 1", self.image_size >= 1),
+                ("learning_rate", self.learning_rate, "a finite number > 0", 0 < self.learning_rate < math.inf),
+                ("weight_decay", self.weight_decay, "a finite number >= 0", 0 <= self.weight_decay < math.inf),
+                ("grad_clip", self.grad_clip, "a finite number >= 0 (0 = off)", 0 <= self.grad_clip < math.inf),
+                ("ema_decay", self.ema_decay, "in [0, 1)", 0 <= self.ema_decay < 1),
+                ("timestep_mean", self.timestep_mean, "finite", math.isfinite(self.timestep_mean)),
+                ("timestep_std", self.timestep_std, "a finite number > 0", 0 < self.timestep_std < math.inf),
+                ("warmup_steps", self.warmup_steps, ">= 0", self.warmup_steps >= 0),
+                ("checkpoint_every", self.checkpoint_every, ">= 0 (0 = never)", self.checkpoint_every >= 0),
+                ("keep_checkpoints", self.keep_checkpoints, ">= 1", self.keep_checkpoints >= 1),
+                ("sample_every", self.sample_every, ">= 0 (0 = never)", self.sample_every >= 0),
+                ("log_every", self.log_every, ">= 1", self.log_every >= 1),
+            ]
+            if not ok
+        ]
+        if problems:
+            raise ValueError("invalid TrainConfig: " + "; ".join(problems))

@@ -17,7 +17,7 @@ import torch
 from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
-from fractalflow.config import MAX_GUIDANCE
+from fractalflow.config import MAX_CALL_PIXELS, MAX_GUIDANCE, MAX_SIDE, MAX_STEPS
 from fractalflow.events import ProgressEvent, tensor_to_images
 from fractalflow.files import atomic_path
 from fractalflow.flow.refine import ProgressiveRefiner, RefineSettings, default_scales, seeded_noise
@@ -194,6 +194,8 @@ class FractalFlowPipeline:
             raise ValueError("give size (one scale) or resolution (coarse to fine), not both")
         if not 0 <= guidance <= MAX_GUIDANCE:  # also refuses NaN
             raise ValueError(f"guidance={guidance} must be a number from 0 to {MAX_GUIDANCE}")
+        if not 1 <= steps <= MAX_STEPS:
+            raise ValueError(f"steps={steps} must be from 1 to {MAX_STEPS}")
         native = self.config.sample_size
         if resolution is None:
             resolution = native if size is None else size
@@ -208,7 +210,13 @@ class FractalFlowPipeline:
             upscale_strength=upscale_strength,
         )
         refiner = ProgressiveRefiner(settings, native, self.config.downsampling)
-        count = len(prompts) * num_images_per_prompt
+        count, final = len(prompts) * num_images_per_prompt, refiner.stages[-1].size
+        if final > MAX_SIDE:
+            raise ValueError(f"{final} px is over the largest image side allowed, {MAX_SIDE} px")
+        if count * final**2 > MAX_CALL_PIXELS:
+            raise ValueError(
+                f"{count} images of {final} px are too many for one call: at most {MAX_CALL_PIXELS // final**2}"
+            )
         if seeds is None:
             seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else seed
             seeds = [seed + i for i in range(count)]

@@ -10,6 +10,7 @@ the profile allows, peak RSS, and FD-EffNetL0 / alignment of ``n`` held-out capt
 from __future__ import annotations
 
 import json
+import math
 import resource
 import statistics
 import subprocess
@@ -41,6 +42,13 @@ class BenchCase(JsonConfig):
     eval_images: int = 0
     data: str = "data/emoji"
     repeats: int = 3
+
+    def __post_init__(self) -> None:
+        if not (self.steps >= 1 and self.eval_images >= 0 and self.repeats >= 1 and 0 <= self.early_stop < math.inf):
+            raise ValueError(
+                f"invalid BenchCase: steps ({self.steps}) and repeats ({self.repeats}) must be >= 1, eval_images "
+                f"({self.eval_images}) >= 0 and early_stop ({self.early_stop}) a finite number >= 0"
+            )
 
 
 def generation_settings(case: BenchCase, pipeline: FractalFlowPipeline) -> dict:
@@ -165,6 +173,7 @@ def run_bench(
     for name in profiles:
         if name not in PROFILES:
             get_profile(name)  # raises the error that names the allowed profiles
+    BenchCase(early_stop=early_stop, eval_images=eval_images)  # raises on bad settings before any case runs
     rows = []
     for resolution in resolutions:
         base = None

@@ -267,13 +267,7 @@ class FractalTransformer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def check_size(self, height: int, width: int) -> None:
-        step = self.config.downsampling
-        if height % step or width % step or height < step or width < step:
-            raise ValueError(
-                f"image size {height}x{width} is not allowed: both sides must be positive multiples "
-                f"of {step} (patch {self.config.patch_size} x merge {self.config.merge_factor}"
-                f"^{self.config.num_levels - 1})"
-            )
+        self.config.check_size(height, width)
 
     def forward(self, x: Tensor, t: Tensor, cond: Conditioning, drop: Tensor | None = None) -> Tensor:
         channels, height, width = x.shape[1:]

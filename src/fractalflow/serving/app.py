@@ -26,6 +26,7 @@ from fractalflow.inference import InferenceEngine
 from fractalflow.pipeline import public_name
 from fractalflow.serving.config import ServerConfig
 from fractalflow.serving.jobs import Job, JobManager, QueueFull
+from fractalflow.serving.limits import BodyLimit
 from fractalflow.serving.metrics import ServerMetrics
 from fractalflow.serving.schemas import ERROR_RESPONSES, JobCreated, JobInfo, ModelInfo, Problem, request_model
 
@@ -34,6 +35,13 @@ EVENT_STREAM = "text/event-stream"
 # the two ways a request may carry the API key (both documented in the OpenAPI schema)
 KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)
 BEARER = HTTPBearer(auto_error=False)
+
+
+# OpenAPI links: where a queued job's id leads (clients and stateful schemathesis follow them)
+JOB_LINKS = {
+    name: {"operationId": operation, "parameters": {"job_id": "$response.body#/id"}}
+    for name, operation in [("GetJob", "getJob"), ("FollowJobEvents", "followJobEvents"), ("CancelJob", "cancelJob")]
+}
 
 
 def json_safe(value: object) -> object:
@@ -81,6 +89,7 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
         lifespan=lifespan,
     )
     app.state.manager = manager
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, on_refused=metrics.refused.labels("413").inc)
     if config.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"], allow_headers=["*"]
@@ -113,8 +122,11 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
         "/generate",
         status_code=202,
         response_model=JobCreated,
+        operation_id="generate",
         responses={
+            202: {"links": JOB_LINKS},
             400: {"model": Problem, "description": "the body is not JSON text"},
+            413: {"model": Problem, "description": "the body is over the server's max_body_bytes"},
             429: {"model": Problem, "description": "the queue is full: retry after Retry-After seconds"},
         },
     )
@@ -129,13 +141,14 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
             id=job.id, state=job.state, events_url=f"/v1/jobs/{job.id}/events", job_url=f"/v1/jobs/{job.id}"
         )
 
-    @api.get("/jobs/{job_id}", response_model=JobInfo)
+    @api.get("/jobs/{job_id}", response_model=JobInfo, operation_id="getJob")
     async def job_info(job_id: str) -> JobInfo:
         return find(job_id).info()
 
     @api.get(
         "/jobs/{job_id}/events",
         response_class=StreamingResponse,
+        operation_id="followJobEvents",
         responses={200: {"description": "the job's events (docs/events.md)", "content": {EVENT_STREAM: {}}}},
     )
     async def job_events(
@@ -156,6 +169,7 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
     @api.delete(
         "/jobs/{job_id}",
         response_model=JobInfo,
+        operation_id="cancelJob",
         responses={409: {"model": Problem, "description": "the job had already finished"}},
     )
     async def cancel_job(job_id: str) -> JobInfo:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fractalflow.config import MAX_GUIDANCE, JsonConfig
+from fractalflow.config import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, JsonConfig
+from fractalflow.inference.profiles import PROFILES
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class ServerConfig(JsonConfig):
     queued jobs are cancelled at once, running ones after two thirds of this, and the server
     stops waiting for connections after all of it, so every followed stream gets a final event.
     ``stored_images``: finished images kept in memory for ``/v1/images`` (oldest dropped).
+    ``max_body_bytes``: larger request bodies get 413 before they are read into memory.
 
     Memory the jobs hold is bounded by these: at most ``max_queue`` unfinished jobs and
     ``stored_images`` finished ones are kept; each keeps its events (about 200 bytes each, at
@@ -45,6 +47,7 @@ class ServerConfig(JsonConfig):
     image_url_seconds: int = 3600
     open_docs_and_metrics: bool = False
     shutdown_seconds: float = 30.0
+    max_body_bytes: int = 65536
     ui_folder: str = ""
 
     def __post_init__(self) -> None:
@@ -57,9 +60,16 @@ class ServerConfig(JsonConfig):
             "max_prompt_length",
             "stored_images",
             "image_url_seconds",
+            "max_body_bytes",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} must be >= 1")
+        if self.max_size > MAX_SIDE or self.max_steps > MAX_STEPS:
+            problems.append(
+                f"max_size ({self.max_size}) must be <= {MAX_SIDE}, max_steps ({self.max_steps}) <= {MAX_STEPS}"
+            )
+        if self.profile not in ("auto", *PROFILES):
+            problems.append(f"profile={self.profile!r}; allowed: {['auto', *PROFILES]}")
         if not 0 < self.port < 65536:
             problems.append(f"port={self.port} must be in 1..65535")
         if not 1 <= self.max_guidance <= MAX_GUIDANCE:

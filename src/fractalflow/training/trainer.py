@@ -20,6 +20,7 @@ from fractalflow.data.dataset import CaptionedImages
 from fractalflow.files import atomic_write_text
 from fractalflow.flow.objective import rectified_flow_loss
 from fractalflow.flow.samplers import guided_velocity, sample_euler, time_grid
+from fractalflow.hardware import resolve_device
 from fractalflow.model.conditioning import Conditioning
 from fractalflow.model.flops import forward_flops
 from fractalflow.model.text import TextEncoder
@@ -123,8 +124,16 @@ class Trainer:
         if model_config.in_channels != dataset.channels:
             raise ValueError(f"model has in_channels={model_config.in_channels} but the data has {dataset.channels}")
         self.config, self.model_config, self.dataset = train_config, model_config, dataset
+        self.curriculum = self.kind_weights = None
+        if train_config.curriculum:
+            stages = parse_curriculum(train_config.curriculum)
+            self.curriculum = CurriculumScheduler(stages, train_config.steps, train_config.curriculum_pacing)
+            self.kind_weights = kind_weights(dataset, {s.kind for s in stages if s.kind})
+        if isinstance(model_config, FractalConfig):
+            for size in self.planned_sizes:
+                model_config.check_size(size, size)
         self.out_dir = Path(out_dir)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.progress = progress
         self.text_encoder = text_encoder
         torch.manual_seed(train_config.seed)
@@ -142,11 +151,6 @@ class Trainer:
             self.optimizer, warmup_cosine(train_config.warmup_steps, train_config.steps)
         )
         self.generator = torch.Generator().manual_seed(train_config.seed)
-        self.curriculum = self.kind_weights = None
-        if train_config.curriculum:
-            stages = parse_curriculum(train_config.curriculum)
-            self.curriculum = CurriculumScheduler(stages, train_config.steps, train_config.curriculum_pacing)
-            self.kind_weights = kind_weights(dataset, {s.kind for s in stages if s.kind})
         self.step = 0
         self.train_seconds = 0.0  # wall-clock of train() so far, summed over resumed runs
         self.last_batch_size = train_config.batch_size
@@ -373,13 +377,22 @@ class Trainer:
         self.writer().add_text("curriculum", f"step {self.step}: stage {index + 1} ({stage.describe()})", self.step)
         bar.set_description(f"train stage {index + 1}/{len(self.curriculum.stages)}: {stage.describe()}")
 
+    def sizes_until(self, stage: int | None) -> tuple[int, ...]:
+        """Image sizes of the curriculum's stages up to ``stage`` (None: all), or of the run."""
+        if self.curriculum is not None:
+            stages = self.curriculum.stages[: None if stage is None else stage + 1]
+            return tuple(sorted({size for stage in stages for size in stage.sizes}))
+        return tuple(sorted(set(self.config.resolutions or (self.config.image_size,))))
+
+    @property
+    def planned_sizes(self) -> tuple[int, ...]:
+        """Image sizes this run trains at."""
+        return self.sizes_until(None)
+
     @property
     def trained_sizes(self) -> tuple[int, ...]:
         """Image sizes this run has trained at so far."""
-        if self.curriculum is not None:
-            stages = self.curriculum.stages[: self.curriculum.index + 1]
-            return tuple(sorted({size for stage in stages for size in stage.sizes}))
-        return tuple(sorted(set(self.config.resolutions or (self.config.image_size,))))
+        return self.sizes_until(self.curriculum.index if self.curriculum is not None else None)
 
     def export(self, folder: Path, dtype: torch.dtype | None = None) -> None:
         """Write the EMA weights as a model folder (config.json with the sizes trained at, and
