@@ -219,6 +219,10 @@ def test_snapshots_export_the_ema_model_once_training_has_run_so_many_minutes_ov
     resumed.train(stop_at=12)
     assert json.loads((tmp_path / "snapshots" / "2min" / "snapshot.json").read_text())["step"] == 11
     assert json.loads((first / "snapshot.json").read_text())["step"] == 1  # exported once
+    resumed.train()  # to the end: the final model is a snapshot too
+    (final,) = (tmp_path / "snapshots").glob("final-*min")
+    assert json.loads((final / "snapshot.json").read_text())["step"] == 30
+    assert final.name == f"final-{round(resumed.train_seconds / 60)}min"
 
 
 def test_snapshot_minutes_must_be_positive():

@@ -348,6 +348,8 @@ class Trainer:
         bar.close()
         if self.step == config.steps:
             self.export(self.out_dir / "model")
+            if config.snapshot_minutes:  # the end of the run on the quality-against-time curve too
+                self.export_snapshot(f"final-{round(self.train_seconds / 60)}min", round(self.train_seconds / 60))
         elif config.checkpoint_every and self.step % config.checkpoint_every:
             self.save_checkpoint()  # stopped early (stop_at or the clock): resume here, not at the last periodic one
         if self._writer is not None:
@@ -366,9 +368,14 @@ class Trainer:
         for minutes in self.config.snapshot_minutes:
             folder = self.out_dir / "snapshots" / f"{minutes}min"
             if self.train_seconds >= minutes * 60 and not folder.exists():
-                self.export(folder)
-                info = {"minutes": minutes, "step": self.step, "train_seconds": self.train_seconds}
-                atomic_write_text(folder / "snapshot.json", json.dumps(info, indent=2) + "\n")
+                self.export_snapshot(folder.name, minutes)
+
+    def export_snapshot(self, name: str, minutes: int) -> None:
+        """The EMA model as ``snapshots/NAME`` with a ``snapshot.json`` (minutes, step, seconds)."""
+        folder = self.out_dir / "snapshots" / name
+        self.export(folder)
+        info = {"minutes": minutes, "step": self.step, "train_seconds": self.train_seconds}
+        atomic_write_text(folder / "snapshot.json", json.dumps(info, indent=2) + "\n")
 
     def log_stage(self, bar) -> None:
         """Say in TensorBoard and on the progress bar that the curriculum moved to its next stage."""
