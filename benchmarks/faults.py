@@ -8,7 +8,7 @@ with exit 0, or a lost run.
    of them): resume falls back to the newest intact checkpoint, or refuses in one line.
 3. Damaged model folders: ``fractalflow generate`` refuses in one line and writes no PNG.
 
-    python benchmarks/faults.py --kills 10
+    python benchmarks/faults.py --kills 10    # ~20 min on 2 cores
 
 Prints a table and writes ``benchmarks/results/faults-cpu.json``. (SIGTERM under load is
 tested in ``tests/test_serving.py``: every followed stream ends with a final event.)
@@ -40,6 +40,7 @@ RESULTS = Path(__file__).parent / "results"
 FRACTALFLOW = [sys.executable, "-m", "fractalflow.cli"]
 TRAIN = ["train", "--data", "digits", "--preset", "tiny", "--image-size", "16", "--batch-size", "16"]
 TRAIN += ["--steps", "300", "--checkpoint-every", "25", "--sample-every", "0", "--no-progress"]
+KILL_STEPS = 900  # the killed run: ~3 min uninterrupted on 2 cores, so 10 kills all land mid-run
 
 
 def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -58,27 +59,33 @@ def same_weights(a: Path, b: Path) -> bool:
 
 
 def kills(work: Path, count: int, rng: random.Random) -> dict:
-    """Kill the training process ``count`` times at random moments; resume each time."""
-    straight = work / "straight"
+    """Kill the training process ``count`` times at random moments while it trains; resume each
+    time. The run is long enough (KILL_STEPS) that every kill lands before it has finished."""
+    train = TRAIN + ["--steps", str(KILL_STEPS)]
+    straight = work / "straight-long"
     started = time.perf_counter()
-    assert run(TRAIN + ["--out", str(straight)]).returncode == 0
+    assert run(train + ["--out", str(straight)], timeout=1800).returncode == 0
     seconds = time.perf_counter() - started
     killed = work / "killed"
     at = []
     for _ in range(count):
-        process = subprocess.Popen(FRACTALFLOW + TRAIN + ["--out", str(killed)], stdout=subprocess.DEVNULL)
-        moment = rng.uniform(0.3, 1.0) * seconds
+        process = subprocess.Popen(FRACTALFLOW + train + ["--out", str(killed)], stdout=subprocess.DEVNULL)
+        moment = rng.uniform(0.06, 0.2) * seconds  # past start-up (~10 s), a share of the run
         time.sleep(moment)
-        if process.poll() is None:
+        landed = process.poll() is None
+        if landed:
             process.send_signal(signal.SIGKILL)
         process.wait()
         checkpoints = list_checkpoints(killed / "checkpoints")
-        at.append({"after_s": round(moment, 2), "newest_checkpoint": checkpoints[-1].name if checkpoints else None})
-        print(f"kill -9 after {moment:.1f} s: newest checkpoint {at[-1]['newest_checkpoint']}", flush=True)
-    final = run(TRAIN + ["--out", str(killed)])
+        newest = checkpoints[-1].name if checkpoints else None
+        at.append({"after_s": round(moment, 2), "landed": landed, "newest_checkpoint": newest})
+        print(f"kill -9 after {moment:.1f} s (landed: {landed}): newest checkpoint {newest}", flush=True)
+    final = run(train + ["--out", str(killed)], timeout=1800)
     leftovers = [p.name for p in (killed / "checkpoints").iterdir() if p.name.startswith(".")]
     return {
         "kills": at,
+        "kills_landed": sum(kill["landed"] for kill in at),
+        "steps": KILL_STEPS,
         "uninterrupted_seconds": seconds,
         "finished": final.returncode == 0,
         "identical_to_uninterrupted": final.returncode == 0 and same_weights(straight / "model", killed / "model"),
@@ -187,6 +194,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         killing = kills(work, args.kills, random.Random(args.seed))
+        assert run(TRAIN + ["--out", str(work / "straight")]).returncode == 0
         checkpoints = damaged_checkpoints(work)
         models = damaged_models(work)
     report = {
@@ -195,7 +203,10 @@ def main() -> None:
         "damaged_checkpoints": checkpoints,
         "damaged_models": models,
     }
-    print(f"kill -9 x{args.kills}: finished {killing['finished']}, identical {killing['identical_to_uninterrupted']}")
+    print(
+        f"kill -9 x{args.kills} ({killing['kills_landed']} landed mid-run): finished {killing['finished']}, "
+        f"identical {killing['identical_to_uninterrupted']}"
+    )
     print(f"temporary folders left: {killing['temporary_folders_left']}")
     for kind, rows in (("checkpoint", checkpoints), ("model folder", models)):
         passed = sum(row["ok"] for row in rows)
