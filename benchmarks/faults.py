@@ -39,8 +39,9 @@ from fractalflow.training.checkpoint import CheckpointError, list_checkpoints
 RESULTS = Path(__file__).parent / "results"
 FRACTALFLOW = [sys.executable, "-m", "fractalflow.cli"]
 TRAIN = ["train", "--data", "digits", "--preset", "tiny", "--image-size", "16", "--batch-size", "16"]
-TRAIN += ["--steps", "300", "--checkpoint-every", "25", "--sample-every", "0", "--no-progress"]
-KILL_STEPS = 900  # the killed run: ~3 min uninterrupted on 2 cores, so 10 kills all land mid-run
+CHECKPOINT_EVERY = 25
+TRAIN += ["--steps", "300", "--checkpoint-every", str(CHECKPOINT_EVERY), "--sample-every", "0", "--no-progress"]
+KILL_STEPS = 1200  # the killed run: 10 kills, each 1-4 checkpoints on, all land before its end
 
 
 def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -58,9 +59,30 @@ def same_weights(a: Path, b: Path) -> bool:
     return left.keys() == right.keys() and all(left[k].equal(right[k]) for k in left)
 
 
+def kill_mid_run(process: subprocess.Popen, checkpoints: Path, rng: random.Random) -> dict:
+    """Let ``process`` train on for 1-4 more checkpoints, then kill -9 it at a random moment
+    of the next checkpoint interval (so the kill lands mid-run however loaded the machine is)."""
+
+    def newest() -> int:
+        found = list_checkpoints(checkpoints)
+        return _step(found[-1]) if found else 0
+
+    start, ahead = newest(), rng.randint(1, 4) * CHECKPOINT_EVERY
+    begun = time.perf_counter()
+    while process.poll() is None and newest() < start + ahead:
+        time.sleep(0.05)
+    per_checkpoint = (time.perf_counter() - begun) / (ahead // CHECKPOINT_EVERY)  # start-up included: generous
+    time.sleep(rng.uniform(0, per_checkpoint))
+    landed = process.poll() is None
+    if landed:
+        process.send_signal(signal.SIGKILL)
+    process.wait()
+    return {"after_s": round(time.perf_counter() - begun, 2), "landed": landed, "newest_checkpoint": newest()}
+
+
 def kills(work: Path, count: int, rng: random.Random) -> dict:
-    """Kill the training process ``count`` times at random moments while it trains; resume each
-    time. The run is long enough (KILL_STEPS) that every kill lands before it has finished."""
+    """Kill the training process ``count`` times mid-run, resuming each time; the final model
+    must equal an uninterrupted run's."""
     train = TRAIN + ["--steps", str(KILL_STEPS)]
     straight = work / "straight-long"
     started = time.perf_counter()
@@ -70,16 +92,8 @@ def kills(work: Path, count: int, rng: random.Random) -> dict:
     at = []
     for _ in range(count):
         process = subprocess.Popen(FRACTALFLOW + train + ["--out", str(killed)], stdout=subprocess.DEVNULL)
-        moment = rng.uniform(0.06, 0.2) * seconds  # past start-up (~10 s), a share of the run
-        time.sleep(moment)
-        landed = process.poll() is None
-        if landed:
-            process.send_signal(signal.SIGKILL)
-        process.wait()
-        checkpoints = list_checkpoints(killed / "checkpoints")
-        newest = checkpoints[-1].name if checkpoints else None
-        at.append({"after_s": round(moment, 2), "landed": landed, "newest_checkpoint": newest})
-        print(f"kill -9 after {moment:.1f} s (landed: {landed}): newest checkpoint {newest}", flush=True)
+        at.append(kill_mid_run(process, killed / "checkpoints", rng))
+        print(f"kill -9: {at[-1]}", flush=True)
     final = run(train + ["--out", str(killed)], timeout=1800)
     leftovers = [p.name for p in (killed / "checkpoints").iterdir() if p.name.startswith(".")]
     return {
