@@ -50,6 +50,13 @@ def type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) if not typing.get_args(hint) else str(hint).replace("typing.", "")
 
 
+def check_ranges(owner: str, checks: list[tuple[str, Any, str, bool]]) -> None:
+    """One ValueError naming every ``(field, value, rule, ok)`` of ``checks`` that is not ok."""
+    problems = [f"{name}={value} must be {rule}" for name, value, rule, ok in checks if not ok]
+    if problems:
+        raise ValueError(f"invalid {owner}: " + "; ".join(problems))
+
+
 class JsonConfig:
     """Mixin for dataclass configs: strict JSON round-trip with clear errors for unknown keys
     and for values of the wrong type."""
@@ -264,9 +271,9 @@ class TrainConfig(JsonConfig):
             raise ValueError(f"resolutions={self.resolutions} must be positive sizes in pixels")
         if not 0.0 <= self.cond_drop_prob < 1.0:
             raise ValueError(f"cond_drop_prob={self.cond_drop_prob} must be in [0, 1)")
-        problems = [
-            f"{name}={value} must be {rule}"
-            for name, value, rule, ok in [
+        check_ranges(
+            "TrainConfig",
+            [
                 ("image_size", self.image_size, ">= 1", self.image_size >= 1),
                 ("learning_rate", self.learning_rate, "a finite number > 0", 0 < self.learning_rate < math.inf),
                 ("weight_decay", self.weight_decay, "a finite number >= 0", 0 <= self.weight_decay < math.inf),
@@ -279,8 +286,5 @@ class TrainConfig(JsonConfig):
                 ("keep_checkpoints", self.keep_checkpoints, ">= 1", self.keep_checkpoints >= 1),
                 ("sample_every", self.sample_every, ">= 0 (0 = never)", self.sample_every >= 0),
                 ("log_every", self.log_every, ">= 1", self.log_every >= 1),
-            ]
-            if not ok
-        ]
-        if problems:
-            raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+            ],
+        )

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from fractalflow.config import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, JsonConfig
+from fractalflow.config import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, JsonConfig, check_ranges
 from fractalflow.data.dataset import CaptionedImages
 from fractalflow.data.emoji import EmojiDataset
 from fractalflow.evaluation.alignment import (
@@ -66,20 +66,17 @@ class EvalSettings(JsonConfig):
             )
         if self.size and self.resolution:
             raise ValueError("give size (one scale) or resolution (coarse to fine), not both")
-        problems = [
-            f"{name}={value} must be {rule}"
-            for name, value, rule, ok in [
+        check_ranges(
+            "EvalSettings",
+            [
                 ("num_images", self.num_images, f"at most {MAX_EVAL_IMAGES}", self.num_images <= MAX_EVAL_IMAGES),
                 ("steps", self.steps, f"at most {MAX_STEPS}", self.steps <= MAX_STEPS),
                 ("guidance", self.guidance, f"from 0 to {MAX_GUIDANCE}", 0 <= self.guidance <= MAX_GUIDANCE),
                 ("size", self.size, f"from 0 (the model's) to {MAX_SIDE}", 0 <= self.size <= MAX_SIDE),
                 ("early_stop", self.early_stop, "a finite number >= 0", 0 <= self.early_stop < math.inf),
                 ("upscale_strength", self.upscale_strength, "in [0, 1]", 0 <= self.upscale_strength <= 1),
-            ]
-            if not ok
-        ]
-        if problems:
-            raise ValueError("invalid EvalSettings: " + "; ".join(problems))
+            ],
+        )
 
     def sampling(self) -> dict:
         """The pipeline.generate arguments these settings fix (besides prompts and seeds)."""

@@ -85,14 +85,12 @@ class AdaptiveDepth:
     module docstring). ``report()`` says how often the level was computed and reused."""
 
     def __init__(self, model: nn.Module, settings: CacheSettings):
-        self.parent = model.body
+        levels = model.config.num_levels
+        if settings.depth >= levels:
+            raise ValueError(f"CacheSettings.depth={settings.depth}: this model's inner levels are 1..{levels - 1}")
+        self.parent = model.body  # the level whose inner level is cached
         for _ in range(settings.depth - 1):
             self.parent = self.parent.inner
-            if self.parent is None:
-                break
-        if self.parent is None or self.parent.inner is None:
-            levels = model.config.num_levels
-            raise ValueError(f"CacheSettings.depth={settings.depth}: this model's inner levels are 1..{levels - 1}")
         self.cached = CachedLevel(self.parent.inner, settings)
 
     def __enter__(self) -> AdaptiveDepth:

@@ -384,10 +384,10 @@ class Trainer:
         self.writer().add_text("curriculum", f"step {self.step}: stage {index + 1} ({stage.describe()})", self.step)
         bar.set_description(f"train stage {index + 1}/{len(self.curriculum.stages)}: {stage.describe()}")
 
-    def sizes_until(self, stage: int | None) -> tuple[int, ...]:
-        """Image sizes of the curriculum's stages up to ``stage`` (None: all), or of the run."""
+    def sizes_until(self, last_stage: int | None) -> tuple[int, ...]:
+        """Image sizes of the curriculum's stages up to ``last_stage`` (None: all), or of the run."""
         if self.curriculum is not None:
-            stages = self.curriculum.stages[: None if stage is None else stage + 1]
+            stages = self.curriculum.stages[: None if last_stage is None else last_stage + 1]
             return tuple(sorted({size for stage in stages for size in stage.sizes}))
         return tuple(sorted(set(self.config.resolutions or (self.config.image_size,))))
 
