@@ -26,6 +26,7 @@ import torch
 from fractalflow import FractalFlowPipeline, TrainConfig, model_preset
 from fractalflow.data.emoji import load_emoji, prepare
 from fractalflow.hardware import describe_device, resolve_device
+from fractalflow.inference.calibrate import CalibrationSettings, calibrate, training_captions, write_policies
 from fractalflow.model.text import TextEncoder
 from fractalflow.model.weights import load_model, save_model
 from fractalflow.pipeline import default_model_folder
@@ -89,7 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     if args.install_snapshot:
-        install(load_model(args.install_snapshot), device)
+        install(load_model(args.install_snapshot), device, args.data)
         return
 
     data = Path(args.data)
@@ -113,12 +114,13 @@ def main() -> None:
     print(json.dumps(summary, indent=2))
     Path(args.out, "summary.json").write_text(json.dumps(summary, indent=2))
     if args.install:
-        install(trainer.ema.module, device)
+        install(trainer.ema.module, device, args.data)
 
 
-def install(model: torch.nn.Module, device: torch.device) -> None:
+def install(model: torch.nn.Module, device: torch.device, data: str) -> None:
     """Write ``model`` as fp16 into the package as the default model (keeping its hand-written
-    card) and redraw the card's sample grids."""
+    card), calibrate its step caching (``adaptive.json``, on training captions of ``data``)
+    and redraw the card's sample grids."""
     target = default_model_folder()
     card = target / "MODEL_CARD.md"
     card_text = card.read_text() if card.is_file() else None
@@ -127,6 +129,9 @@ def install(model: torch.nn.Module, device: torch.device) -> None:
     save_model(model, target, torch.float16, config=config)
     if card_text is not None:
         card.write_text(card_text)
+    pipeline = FractalFlowPipeline.from_pretrained(target, device=device)
+    settings = CalibrationSettings()
+    write_policies(target, calibrate(pipeline, training_captions(data, settings.captions), settings))
     write_grids(FractalFlowPipeline.from_pretrained(target, device=device), REPO / "docs" / "images")
     print(f"installed the default model in {target}")
 

@@ -1,13 +1,25 @@
 """AdaptiveDepth: step caching of an inner level, on and off."""
 
+import json
 import math
 
 import pytest
 import torch
+from torch import nn
 
-from fractalflow import Conditioning, model_preset
+from fractalflow import Conditioning, FractalFlowPipeline, model_preset
+from fractalflow.events import images_to_tensor, tensor_to_images
 from fractalflow.flow import guided_velocity, sample_euler, time_grid
-from fractalflow.model.adaptive import AdaptiveDepth, CacheSettings
+from fractalflow.flow.refine import seeded_noise
+from fractalflow.model.adaptive import (
+    ADAPTIVE_FILE,
+    OFF,
+    AdaptiveDepth,
+    AdaptivePolicies,
+    CachedLevel,
+    CacheSettings,
+    StepClock,
+)
 from fractalflow.model.transformer import FractalTransformer
 
 
@@ -27,12 +39,17 @@ def sample(model, steps=6, size=16):
         return sample_euler(velocity, noise, time_grid(steps))
 
 
+def counts(adaptive: AdaptiveDepth) -> tuple[int, int]:
+    report = adaptive.report()
+    return report["computed"], report["reused"]
+
+
 def test_caching_that_recomputes_every_step_is_bit_identical_to_full_compute(model):
     full = sample(model)
     with AdaptiveDepth(model, CacheSettings(every=1)) as adaptive:
         cached = sample(model)
     assert torch.equal(full, cached)
-    assert adaptive.report() == {"computed": 6, "reused": 0}
+    assert counts(adaptive) == (6, 0)
 
 
 def test_outside_the_block_the_model_is_unchanged(model):
@@ -46,32 +63,35 @@ def test_the_schedule_reuses_the_level_between_computations(model):
     full = sample(model)
     with AdaptiveDepth(model, CacheSettings(every=3)) as adaptive:
         cached = sample(model)
-    assert adaptive.report() == {"computed": 2, "reused": 4}  # steps 0 and 3 compute
+    assert counts(adaptive) == (2, 4)  # steps 0 and 3 compute
     assert not torch.equal(full, cached)  # reused features (how close they are is benchmarks' business)
 
 
 def test_an_input_that_drifted_past_the_threshold_is_recomputed(model):
     with AdaptiveDepth(model, CacheSettings(every=6, drift=0.0)) as always:
         sample(model)
-    with AdaptiveDepth(model, CacheSettings(every=6, drift=math.inf)) as never:
+    with AdaptiveDepth(model, CacheSettings(every=6, drift=None)) as never:
         sample(model)
-    assert always.report() == {"computed": 6, "reused": 0}
-    assert never.report() == {"computed": 1, "reused": 5}
+    assert counts(always) == (6, 0)
+    assert counts(never) == (1, 5)
 
 
 def test_a_new_size_always_recomputes(model):
     with AdaptiveDepth(model, CacheSettings(every=100)) as adaptive:
         sample(model, steps=2, size=16)
         sample(model, steps=2, size=32)
-    assert adaptive.report() == {"computed": 2, "reused": 2}
+    assert counts(adaptive) == (2, 2)
 
 
 @pytest.mark.parametrize(
     "settings,message",
     [
-        (dict(every=0), "every \\(0\\) must be >= 1"),
-        (dict(drift=-1.0), "drift \\(-1.0\\) >= 0"),
-        (dict(drift=math.nan), "drift \\(nan\\) >= 0"),
+        (dict(every=0), "every \\(0\\) >= 1"),
+        (dict(depth=-1), "depth \\(-1\\) must be >= 0"),
+        (dict(drift=-1.0), "drift \\(-1.0\\) must be >= 0"),
+        (dict(drift=math.nan), "drift \\(nan\\) must be >= 0"),
+        (dict(start=1.5), "start \\(1.5\\) must be from 0 to 1"),
+        (dict(freeze_cross=2.0), "freeze_cross \\(2.0\\) must be from 0 to 1"),
     ],
 )
 def test_bad_cache_settings_are_clear_errors(settings, message):
@@ -82,3 +102,156 @@ def test_bad_cache_settings_are_clear_errors(settings, message):
 def test_a_level_the_model_does_not_have_is_a_clear_error(model):
     with pytest.raises(ValueError, match="depth=2: this model's inner levels are 1..1"):
         AdaptiveDepth(model, CacheSettings(depth=2))
+
+
+def test_a_new_run_at_the_same_size_recomputes_its_first_step(model):
+    with AdaptiveDepth(model, CacheSettings(every=100)) as adaptive:
+        first = sample(model, steps=3)
+        second = sample(model, steps=3)
+    assert counts(adaptive) == (2, 4)
+    assert torch.equal(first, second)  # the second run never saw the first one's features
+
+
+def test_steps_above_the_start_time_always_compute(model):
+    # 6 Euler steps evaluate at t = 1, 5/6, 4/6, 3/6, 2/6, 1/6: the first three are above 0.5
+    with AdaptiveDepth(model, CacheSettings(every=100, start=0.5)) as adaptive:
+        sample(model, steps=6)
+    assert counts(adaptive) == (3, 3)
+
+
+def test_the_report_counts_the_blocks_that_ran(model):
+    config = model.config
+    per_forward = sum(2 * d for d in config.depths[:-1]) + config.depths[-1]
+    inner = sum(2 * d for d in config.depths[1:-1]) + config.depths[-1]
+    with AdaptiveDepth(model, CacheSettings(every=3)) as adaptive:
+        sample(model, steps=6)
+    assert adaptive.report()["blocks_full"] == 6 * per_forward
+    assert adaptive.report()["blocks_run"] == 6 * per_forward - 4 * inner
+
+
+class Counter(nn.Module):
+    """A stand-in level whose n-th computation returns n (as a one-element tensor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.down_blocks, self.up_blocks, self.calls = [], [], 0
+
+    def forward(self, x, *context):
+        self.calls += 1
+        return torch.tensor([float(self.calls)])
+
+
+def run_level(settings: CacheSettings, times: list[float]) -> list[float]:
+    clock = StepClock()
+    level = CachedLevel(Counter(), settings, clock)
+    outputs = []
+    for t in times:
+        clock.tick(torch.tensor([t]))
+        outputs.append(float(level(torch.zeros(1))))
+    return outputs
+
+
+def test_extrapolation_continues_the_last_two_computations_linearly_in_time():
+    # computed at t = 1.0 (-> 1) and 0.8 (-> 2); at t = 0.6 the line through them gives 3;
+    # at t = 0.9 there is one computation only, served as it is
+    assert run_level(CacheSettings(every=2, extrapolate=True), [1.0, 0.9, 0.8, 0.6]) == [1.0, 1.0, 2.0, 3.0]
+    assert run_level(CacheSettings(every=2), [1.0, 0.9, 0.8, 0.6]) == [1.0, 1.0, 2.0, 2.0]
+
+
+def test_a_batch_at_mixed_times_always_computes():
+    clock = StepClock()
+    level = CachedLevel(Counter(), CacheSettings(every=100), clock)
+    for t in (1.0, 0.9, 0.8):
+        clock.tick(torch.tensor([t, t - 0.05]))
+        level(torch.zeros(1))
+    assert (level.computed, level.reused) == (3, 0)
+
+
+@pytest.fixture
+def text_model():
+    torch.manual_seed(0)
+    network = FractalTransformer(model_preset("tiny", in_channels=1, cond_dim=8, sample_size=16))
+    for parameter in network.parameters():
+        parameter.data.normal_(0, 0.2)
+    return network.eval()
+
+
+def sample_text(model, steps=6):
+    generator = torch.Generator().manual_seed(1)
+    cond = Conditioning(pooled=torch.randn(2, 8, generator=generator), tokens=torch.randn(2, 3, 8, generator=generator))
+    noise = torch.randn(2, 1, 16, 16, generator=generator)
+    with torch.no_grad():
+        return sample_euler(guided_velocity(model, cond, 3.0), noise, time_grid(steps))
+
+
+def test_frozen_cross_attention_serves_its_last_output_below_the_freezing_time(text_model):
+    layers = sum(1 for m in text_model.modules() if getattr(m, "cross", None) is not None)
+    assert layers > 0
+    full = sample_text(text_model)
+    with AdaptiveDepth(text_model, CacheSettings(depth=0, freeze_cross=0.5)) as adaptive:
+        frozen = sample_text(text_model)
+    assert adaptive.report()["cross_frozen"] == 3 * layers  # t = 3/6, 2/6, 1/6 are at or below 0.5
+    assert not torch.equal(full, frozen)
+    with AdaptiveDepth(text_model, CacheSettings(depth=0, freeze_cross=0.0)) as never:
+        assert torch.equal(sample_text(text_model), full)
+    assert never.report()["cross_frozen"] == 0
+    assert torch.equal(sample_text(text_model), full)  # put back on exit
+
+
+def write_policies(folder, auto=2.0):
+    policies = AdaptivePolicies({1.5: CacheSettings(every=2), 2.0: CacheSettings(every=3)}, auto=auto)
+    (folder / ADAPTIVE_FILE).write_text(json.dumps(policies.to_dict()))
+
+
+def test_adaptive_off_is_bit_identical_to_sampling_the_model_directly(tiny_model_folder):
+    pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    result = pipeline.generate("three", steps=4, seed=5, adaptive="off")
+    noise = seeded_noise([5], 1, "cpu")(16)
+    with torch.no_grad():
+        velocity = guided_velocity(pipeline.model, pipeline.encode_prompts(["three"]), 3.0)
+        direct = sample_euler(velocity, noise, time_grid(4))
+    assert torch.equal(images_to_tensor(result.images), images_to_tensor(tensor_to_images(direct)))
+    assert result.metadata["adaptive"]["settings"] is None
+    assert result.metadata["adaptive"]["blocks_run"] == result.metadata["adaptive"]["blocks_full"]
+
+
+def test_a_speedup_picks_the_largest_calibrated_target_not_above_it(tiny_model_folder):
+    write_policies(tiny_model_folder)
+    pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    chosen = {asked: pipeline.adaptive_settings(asked) for asked in (1.2, 1.5, 1.9, 2.0, 3.0, "auto", "off")}
+    assert chosen[1.2] == (OFF, None) and chosen["off"] == (OFF, None)
+    assert chosen[1.5] == chosen[1.9] == (CacheSettings(every=2), 1.5)
+    assert chosen[2.0] == chosen[3.0] == chosen["auto"] == (CacheSettings(every=3), 2.0)
+
+
+def test_metadata_and_events_count_the_blocks_that_ran(tiny_model_folder):
+    write_policies(tiny_model_folder)
+    pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    events = []
+    result = pipeline.generate("three", steps=6, seed=5, adaptive=2.0, callback=events.append)
+    report = result.metadata["adaptive"]
+    assert report["target"] == 2.0 and report["settings"] == CacheSettings(every=3).to_dict()
+    assert (report["computed"], report["reused"]) == (2, 4)
+    assert report["blocks_run"] < report["blocks_full"]
+    assert [e.blocks_run for e in events][-1] == report["blocks_run"]
+    assert all(a < b for a, b in zip([e.blocks_run for e in events], [e.blocks_run for e in events][1:]))
+
+
+def test_an_uncalibrated_model_runs_auto_in_full_and_refuses_a_speedup(tiny_model_folder):
+    pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    assert pipeline.adaptive_settings("auto") == (OFF, None)
+    with pytest.raises(ValueError, match="no adaptive.json; run 'fractalflow calibrate'"):
+        pipeline.generate("three", steps=2, adaptive=2.0)
+
+
+@pytest.mark.parametrize("asked", ["fast", 0.5, 9.0, math.nan, True, None])
+def test_bad_adaptive_values_are_clear_errors(tiny_model_folder, asked):
+    pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    with pytest.raises(ValueError, match="allowed are 'off', 'auto', a speed-up from 1 to 8"):
+        pipeline.generate("three", steps=2, adaptive=asked)
+
+
+def test_a_broken_adaptive_file_is_a_clear_error(tiny_model_folder):
+    (tiny_model_folder / ADAPTIVE_FILE).write_text('{"policies": [{"target": 2, "settings": {"every": "3"}}]}')
+    with pytest.raises(ValueError, match="adaptive.json: .*every"):
+        FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")

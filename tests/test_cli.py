@@ -132,6 +132,12 @@ BAD_JSON = {
         (["generate", "one", "--steps", "1000000"], "steps=1000000 must be from 1 to 1000"),
         (["generate", "one", "--num-images", "100000"], "100000 images of 16 px are too many for one call"),
         (["generate", "one", "--resolution", "100000"], "100000 px is over the largest image side allowed"),
+        (["generate", "one", "--adaptive", "9"], "adaptive=9.0: allowed are 'off', 'auto', a speed-up from 1 to 8"),
+        (["generate", "one", "--adaptive", "2"], "this model has no adaptive.json; run 'fractalflow calibrate'"),
+        (["eval", "--adaptive", "0.5"], "adaptive=0.5: allowed are 'off', 'auto', a speed-up from 1 to 8"),
+        (["calibrate", "--targets", "0.5"], "targets=(0.5,) must be speed-ups above 1 and at most 8"),
+        (["calibrate", "--auto", "2.5"], "auto=2.5 must be one of the targets or None"),
+        (["calibrate", "--data", "missing"], "missing holds no prepared emoji set"),
     ],
 )
 def test_every_command_refuses_bad_input_in_one_line_before_any_work(

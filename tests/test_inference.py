@@ -18,6 +18,7 @@ from fractalflow.inference import (
     auto_profile,
     get_profile,
 )
+from fractalflow.model.adaptive import AdaptivePolicies, CacheSettings
 
 GIB = 1024**3
 
@@ -125,6 +126,19 @@ def test_batched_requests_give_the_images_of_one_at_a_time(tiny_model_folder):
         for got, expected in zip(result.images, alone.images, strict=True):
             assert np.abs(pixels(got) - pixels(expected)).max() <= 1
         assert previews[name] == [n] * 4  # every step, only this request's images
+
+
+def test_requests_share_a_batch_only_when_their_adaptive_policy_matches(tiny_model_folder):
+    profile = replace(PROFILES["cpu"], max_batch=8, batch_window_ms=200.0, adaptive="off")
+    pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    pipeline.adaptive_policies = AdaptivePolicies({2.0: CacheSettings(every=3)}, auto=2.0)
+    asked = [None, "off", "auto", 2.0]  # None: the profile's, so it joins "off"; 2.0 is what auto picks
+    with InferenceEngine(profile=profile, pipeline=pipeline) as engine:
+        futures = [engine.submit(GenerationRequest("one", adaptive=a, steps=6)) for a in asked]
+        results = [future.result(timeout=60) for future in futures]
+    assert sorted(engine.batches_run) == [1, 1, 2]  # "auto" and 2.0 are asked differently: not batched
+    assert [r.metadata["adaptive"]["target"] for r in results] == [None, None, 2.0, 2.0]
+    assert results[0].metadata["batch"] == results[1].metadata["batch"] == 2
 
 
 def test_cancelling_a_running_request_stops_its_batch_early(tiny_model_folder):

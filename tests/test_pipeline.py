@@ -131,3 +131,13 @@ def test_default_model_ships_in_the_package_and_follows_the_prompt():
     # the heart is red: red well above green and blue; the line icon is black on white: no colour
     assert (heart[..., 0] - heart[..., 1:].mean(-1)).mean() > 30
     assert np.abs(icon - icon.mean(-1, keepdims=True)).mean() < 10
+
+
+def test_default_model_ships_calibrated_step_caching_that_auto_uses():
+    pipeline = FractalFlowPipeline.default(device="cpu")
+    policies = pipeline.adaptive_policies
+    assert policies is not None and policies.auto in policies.policies
+    settings, target = pipeline.adaptive_settings("auto")
+    assert target == policies.auto and settings.depth >= 1  # auto reuses a level: it is not off
+    calibration = json.loads((default_model_folder() / "adaptive.json").read_text())["calibration"]
+    assert len(calibration["rows"]) > 10 and calibration["settings"]["captions"] >= 32

@@ -1,6 +1,7 @@
 """ProgressiveRefiner: coarse-to-fine sampling, previews, early stopping, and its use by the pipeline."""
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
@@ -104,6 +105,17 @@ def test_early_stop_does_not_fire_while_the_estimate_still_changes():
     settings = RefineSettings(resolution="standard", scales=(0.25, 0.5, 1.0), steps=20, early_stop=1e-3)
     _, report = ProgressiveRefiner(settings, 32, 4).run(drifting_velocity, seeded_noise([0], 3, "cpu"))
     assert report.steps_saved == 0
+
+
+def test_early_stop_is_judged_between_exact_steps_only():
+    # steps 1, 4, 7, ... are exact (computed in full); the estimate has converged after step 2,
+    # so the first exact step with an exact one before it, step 4, ends the scale
+    settings = RefineSettings(resolution="standard", scales=(1.0,), steps=20, early_stop=1e-3)
+    asked = itertools.count()
+    _, report = ProgressiveRefiner(settings, 32, 4).run(
+        exact_velocity, seeded_noise([0], 3, "cpu"), exact=lambda: next(asked) % 3 == 0
+    )
+    assert report.steps_run == [4]
 
 
 @pytest.mark.parametrize(

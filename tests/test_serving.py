@@ -24,6 +24,7 @@ from PIL import Image
 
 from fractalflow import FractalFlowPipeline
 from fractalflow.inference import PROFILES, InferenceEngine
+from fractalflow.model.adaptive import AdaptivePolicies, CacheSettings
 from fractalflow.serving import ServerConfig, create_app
 from fractalflow.serving.jobs import Job
 from fractalflow.serving.schemas import GenerateRequest
@@ -92,6 +93,25 @@ def test_a_job_streams_queued_stage_steps_and_done_then_serves_its_image(pipelin
     assert np.array_equal(np.asarray(picture), np.asarray(direct))
 
 
+def test_adaptive_jobs_say_how_many_blocks_ran_and_default_to_the_profile(pipeline):
+    pipeline.adaptive_policies = AdaptivePolicies({2.0: CacheSettings(every=3)}, auto=2.0)
+    with TestClient(create_app(ServerConfig(), engine_for(pipeline, adaptive="auto"))) as client:
+        jobs = {
+            asked: client.post("/v1/generate", json={"prompt": "one", "steps": 6, "resolution": 16, **body}).json()
+            for asked, body in (("profile", {}), ("off", {"adaptive": "off"}))
+        }
+        events = {asked: events_of(client, job["id"]) for asked, job in jobs.items()}
+    for asked, expected_target in (("profile", 2.0), ("off", None)):
+        steps = [e for e in events[asked] if e["type"] == "step"]
+        metadata = events[asked][-1]["metadata"]["adaptive"]
+        assert metadata["target"] == expected_target
+        assert steps[-1]["blocks_run"] == metadata["blocks_run"]
+    assert (
+        events["profile"][-1]["metadata"]["adaptive"]["blocks_run"]
+        < events["off"][-1]["metadata"]["adaptive"]["blocks_run"]
+    )
+
+
 def test_reconnecting_with_last_event_id_resumes_after_it(pipeline):
     with TestClient(create_app(ServerConfig(), engine_for(pipeline))) as client:
         job = client.post("/v1/generate", json={"prompt": "one", "steps": 3}).json()
@@ -131,6 +151,8 @@ def test_a_job_keeps_one_preview_at_most_and_none_once_finished():
         ({"prompt": "one", "steps": 0}, "steps", "greater than or equal to 1"),
         ({"prompt": "one", "steps": True}, "body", "steps=true: a number or a string is expected"),
         ({"prompt": "one", "colour": "red"}, "colour", "Extra inputs are not permitted"),
+        ({"prompt": "one", "adaptive": 9}, "adaptive", "less than or equal to 8"),
+        ({"prompt": "one", "adaptive": "fast"}, "adaptive", "Input should be 'off' or 'auto'"),
     ],
 )
 def test_requests_over_the_limits_get_422_saying_what_is_allowed(pipeline, body, field, message):

@@ -71,6 +71,21 @@ def _size_list(text: str) -> tuple[int, ...]:
         ) from None
 
 
+def _adaptive(text: str) -> str | float:
+    if text in ("off", "auto"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give off, auto or a speed-up such as 2") from None
+
+
+ADAPTIVE_HELP = (
+    "spend less compute on steps that need less: off, auto (the model's calibrated default) or a target "
+    "speed-up such as 2 (the largest calibrated one not above it) (default: off)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fractalflow", description="Small, fast pixel-space image generation.")
     commands = parser.add_subparsers(dest="command", required=True, help="what to do")
@@ -118,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--num-images", type=int, default=1, help="images per prompt, shown side by side (default: 1)"
     )
+    generate.add_argument("--adaptive", type=_adaptive, default="off", help=ADAPTIVE_HELP)
     generate.add_argument(
         "--upscale",
         type=int,
@@ -178,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: 0)")
     evaluate.add_argument("--batch-size", type=int, default=32, help="images generated at once (default: 32)")
+    evaluate.add_argument("--adaptive", type=_adaptive, default="off", help=ADAPTIVE_HELP)
     evaluate.add_argument("--alignment-model", default=None, help="alignment encoder folder (default: the shipped one)")
     evaluate.add_argument(
         "--out", default=None, help="JSON file to write (default: benchmarks/results/eval-<data>-<model hash>.json)"
@@ -205,6 +222,28 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", default="data/emoji", help="prepared emoji folder for FD (default: data/emoji)")
     bench.add_argument(
         "--out", default=None, help="JSON file to write (default: benchmarks/results/bench-<cpu|cuda>.json)"
+    )
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="choose step-caching settings for target speed-ups (adaptive.json)",
+        description="Draw training captions (never the held-out split) with full compute and with each candidate "
+        "step-caching setting; for each target speed-up (counted in FLOPs) keep the setting whose images stay "
+        "closest to full compute (EfficientNet-Lite0 features), and write them as adaptive.json beside the model, "
+        "where generate --adaptive finds them.",
+    )
+    calibrate.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    calibrate.add_argument("--data", default="data/emoji", help="prepared emoji folder (default: data/emoji)")
+    calibrate.add_argument("--captions", type=int, default=64, help="training captions to draw (default: 64)")
+    calibrate.add_argument(
+        "--targets", type=_scale_list, default=(1.5, 2.0, 3.0), help="speed-ups to find (default: 1.5,2,3)"
+    )
+    calibrate.add_argument(
+        "--auto", type=_adaptive, default=1.5, help="the target adaptive=auto uses, or off (default: 1.5)"
+    )
+    calibrate.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
+    calibrate.add_argument("--guidance", type=float, default=3.0, help="guidance scale (default: 3)")
+    calibrate.add_argument(
+        "--out", default=None, help="folder to write adaptive.json into (default: the model's folder)"
     )
     serve = commands.add_parser(
         "serve",
@@ -313,6 +352,11 @@ def run_data(args: argparse.Namespace) -> None:
     )
 
 
+def require_prepared(data: str | Path) -> None:
+    if not Path(data, "records.jsonl").is_file():
+        raise UsageError(f"{data} holds no prepared emoji set; run 'make data' or 'fractalflow data prepare'")
+
+
 def _load_pipeline(model: str | None):
     from fractalflow.pipeline import FractalFlowPipeline
 
@@ -338,6 +382,7 @@ def run_generate(args: argparse.Namespace) -> None:
         resolution=args.resolution,
         scales=args.scales,
         early_stop=args.early_stop,
+        adaptive=args.adaptive,
     )
     path = save_png(result.grid(columns=args.num_images), Path(args.output), result.metadata, upscale=args.upscale)
     print(f"wrote {path} ({result.metadata['seconds']:.2f} s)")
@@ -408,6 +453,7 @@ def run_eval(args: argparse.Namespace) -> None:
         resolution=args.resolution,
         scales=args.scales,
         early_stop=args.early_stop,
+        adaptive=args.adaptive,
     )
     pipeline = _load_pipeline(args.model)
     config = pipeline.config
@@ -423,8 +469,7 @@ def run_eval(args: argparse.Namespace) -> None:
     elif config.is_class_conditional:
         raise UsageError(f"no held-out set for a class model with classes {list(config.class_names)}")
     else:
-        if not Path(data, "records.jsonl").is_file():
-            raise UsageError(f"{data} holds no prepared emoji set; run 'make data' or 'fractalflow data prepare'")
+        require_prepared(data)
         held_out = load_dataset(data, size, split="eval")
         alignment = load_alignment_encoder(args.alignment_model)
         gallery = asked_concept_images(data, held_out, eval_rows(settings.num_images, len(held_out)), size)
@@ -444,8 +489,7 @@ def run_eval(args: argparse.Namespace) -> None:
 def run_pack(args: argparse.Namespace) -> None:
     from fractalflow.data.pack import write_pack
 
-    if not Path(args.data, "records.jsonl").is_file():
-        raise UsageError(f"{args.data} holds no prepared emoji set; run 'make data' or 'fractalflow data prepare'")
+    require_prepared(args.data)
     if args.size < 8 or args.max_mib <= 0:
         raise UsageError(f"--size {args.size} must be >= 8 and --max-mib {args.max_mib} > 0")
     try:
@@ -487,6 +531,33 @@ def run_bench(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def run_calibrate(args: argparse.Namespace) -> None:
+    from fractalflow.hub import resolve_model_folder
+    from fractalflow.inference.calibrate import CalibrationSettings, calibrate, training_captions, write_policies
+    from fractalflow.pipeline import FractalFlowPipeline, default_model_folder
+
+    settings = CalibrationSettings(
+        captions=args.captions,
+        steps=args.steps,
+        guidance=args.guidance,
+        targets=args.targets,
+        auto=None if args.auto == "off" else args.auto,
+    )
+    require_prepared(args.data)
+    folder = resolve_model_folder(args.model) if args.model else default_model_folder()
+    pipeline = FractalFlowPipeline.from_pretrained(folder, device="cpu")
+    if pipeline.config.is_class_conditional:
+        raise UsageError("calibrate needs a text-conditional model (it draws training captions)")
+    result = calibrate(pipeline, training_captions(args.data, settings.captions, settings.seed), settings)
+    path = write_policies(Path(args.out or folder), result)
+    rows = {json.dumps(row["settings"], sort_keys=True): row for row in result["calibration"]["rows"]}
+    print(f"{'target':>6} {'speed-up':>8} {'error':>6}  settings")
+    for policy in result["policies"]:
+        row = rows[json.dumps(policy["settings"], sort_keys=True)]
+        print(f"{policy['target']:>6g} {row['speedup']:>8.2f} {row['error']:>6.3f}  {policy['settings']}")
+    print(f"wrote {path} (auto: {result['auto']})")
+
+
 def run_serve(args: argparse.Namespace) -> None:
     from fractalflow.serving import ServerConfig, create_app, serve
 
@@ -507,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
             "train": run_train,
             "eval": run_eval,
             "bench": run_bench,
+            "calibrate": run_calibrate,
             "serve": run_serve,
             "data": run_data,
         }

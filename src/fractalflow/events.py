@@ -13,14 +13,16 @@ from torch import Tensor
 @dataclass
 class ProgressEvent:
     """Progress of one generation: ``stage`` name, ``step`` of ``total`` (1-based),
-    ``elapsed`` seconds, and ``preview``: the current clean-image estimate,
-    ``(B, C, H, W)`` in [-1, 1] on the CPU."""
+    ``elapsed`` seconds, ``preview``: the current clean-image estimate,
+    ``(B, C, H, W)`` in [-1, 1] on the CPU, and ``blocks_run``: transformer blocks run so far
+    (fewer than steps × blocks when ``adaptive`` reuses work; None where not counted)."""
 
     stage: str
     step: int
     total: int
     elapsed: float
     preview: Tensor
+    blocks_run: int | None = None
 
     def preview_images(self) -> list[Image.Image]:
         return tensor_to_images(self.preview)

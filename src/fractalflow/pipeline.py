@@ -8,7 +8,7 @@ import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,14 @@ from fractalflow.files import atomic_path
 from fractalflow.flow.refine import ProgressiveRefiner, RefineSettings, default_scales, seeded_noise
 from fractalflow.flow.samplers import guided_velocity
 from fractalflow.hub import resolve_model_folder
+from fractalflow.model.adaptive import (
+    ADAPTIVE_FILE,
+    OFF,
+    AdaptiveDepth,
+    AdaptivePolicies,
+    CacheSettings,
+    check_adaptive,
+)
 from fractalflow.model.conditioning import Conditioning
 from fractalflow.model.text import TextEncoder
 from fractalflow.model.transformer import FractalTransformer
@@ -111,6 +119,7 @@ class FractalFlowPipeline:
         self.device = torch.device(device)
         self.source = source
         self._text_encoder = text_encoder
+        self.adaptive_policies: AdaptivePolicies | None = None  # from the model folder's adaptive.json
         self.autocast_dtype: torch.dtype | None = None  # run the network in bf16/fp16 (set by InferenceEngine)
 
     @property
@@ -130,7 +139,9 @@ class FractalFlowPipeline:
     ) -> FractalFlowPipeline:
         folder = resolve_model_folder(name_or_path)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(load_model(folder, dtype=dtype, device=device), device=device, source=public_name(name_or_path))
+        pipeline = cls(load_model(folder, dtype=dtype, device=device), device=device, source=public_name(name_or_path))
+        pipeline.adaptive_policies = AdaptivePolicies.read(folder)
+        return pipeline
 
     @classmethod
     def default(cls, device: str | torch.device | None = None) -> FractalFlowPipeline:
@@ -155,6 +166,23 @@ class FractalFlowPipeline:
             labels.append(max(found, key=lambda i: len(names[i])))
         return Conditioning(labels=torch.tensor(labels, dtype=torch.long))
 
+    def adaptive_settings(self, adaptive: str | float | CacheSettings) -> tuple[CacheSettings, float | None]:
+        """The step-caching settings ``generate(adaptive=...)`` runs with, and the calibrated
+        speed-up they were chosen for (None: off, or settings given directly)."""
+        check_adaptive(adaptive)
+        if isinstance(adaptive, CacheSettings):
+            return adaptive, None
+        if adaptive == "off":
+            return OFF, None
+        if self.adaptive_policies is None:
+            if adaptive == "auto":
+                return OFF, None  # an uncalibrated model runs in full
+            raise ValueError(
+                f"adaptive={adaptive!r}: this model has no {ADAPTIVE_FILE}; run 'fractalflow calibrate' "
+                "or use adaptive='off'"
+            )
+        return self.adaptive_policies.choose(adaptive)
+
     @torch.no_grad()
     def generate(
         self,
@@ -172,6 +200,7 @@ class FractalFlowPipeline:
         early_stop: float = 0.0,
         seeds: Sequence[int] | None = None,
         upscale_strength: float | None = None,
+        adaptive: str | float | CacheSettings = "off",
     ) -> GenerationResult:
         """Generate ``num_images_per_prompt`` images for each prompt.
 
@@ -183,7 +212,10 @@ class FractalFlowPipeline:
         of the image each scale above the trained size redraws (see :class:`ProgressiveRefiner`).
         Image ``i`` draws its noise from a generator seeded with ``seed + i`` (or ``seeds[i]``),
         so an image does not depend on what else is in the batch. ``callback`` gets a
-        :class:`ProgressEvent` after every step.
+        :class:`ProgressEvent` after every step. ``adaptive`` spends less compute on steps that
+        need less (:mod:`fractalflow.model.adaptive`): "off" (full compute), "auto" (the model's
+        calibrated default), a target speed-up (the largest calibrated one not above it) or
+        :class:`CacheSettings`; the metadata and the events say how many blocks ran.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or any(not p.strip() for p in prompts):
@@ -196,6 +228,7 @@ class FractalFlowPipeline:
             raise ValueError(f"guidance={guidance} must be a number from 0 to {MAX_GUIDANCE}")
         if not 1 <= steps <= MAX_STEPS:
             raise ValueError(f"steps={steps} must be from 1 to {MAX_STEPS}")
+        cache, target = self.adaptive_settings(adaptive)
         native = self.config.sample_size
         if resolution is None:
             resolution = native if size is None else size
@@ -232,18 +265,20 @@ class FractalFlowPipeline:
         def on_event(event: ProgressEvent) -> None:
             bar.update(1)
             if callback is not None:
-                callback(event)
+                callback(replace(event, blocks_run=caching.report()["blocks_run"]))
 
         dtype = self.autocast_dtype
         with (
             torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
             warnings.catch_warnings(),
+            AdaptiveDepth(self.model, cache) as caching,
         ):
             # under autocast nn.RMSNorm meets bf16 inputs with fp32 weights and takes its unfused path
             warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
             # a preview is a copy to the CPU every step (a device sync on a GPU): only when someone listens
             listener = on_event if callback is not None or progress else None
-            images, report = refiner.run(guided_velocity(self.model, cond, guidance), noise, listener)
+            velocity = guided_velocity(self.model, cond, guidance)
+            images, report = refiner.run(velocity, noise, listener, caching.exact_since_last_asked)
         bar.close()
         metadata = {
             "prompts": prompts,
@@ -256,6 +291,12 @@ class FractalFlowPipeline:
                 {"size": stage.size, "start": stage.start, "steps": stage.steps, "steps_run": ran}
                 for stage, ran in zip(report.stages, report.steps_run)
             ],
+            "adaptive": {
+                "asked": adaptive.to_dict() if isinstance(adaptive, CacheSettings) else adaptive,
+                "target": target,
+                "settings": None if cache is OFF else cache.to_dict(),
+                **caching.report(),
+            },
             "seconds": time.perf_counter() - started,
             "model": self.source,
         }

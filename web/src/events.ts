@@ -12,7 +12,15 @@ interface EventBase {
 export type JobEvent =
   | (EventBase & { type: "queued"; position: number })
   | (EventBase & { type: "stage"; stage: string; step: number; total: number })
-  | (EventBase & { type: "step"; stage: string; step: number; total: number; elapsed: number; preview: string | null })
+  | (EventBase & {
+      type: "step";
+      stage: string;
+      step: number;
+      total: number;
+      elapsed: number;
+      blocks_run: number | null;
+      preview: string | null;
+    })
   | (EventBase & { type: "done"; images: string[]; metadata: Record<string, unknown> })
   | (EventBase & { type: "error"; message: string })
   | (EventBase & { type: "cancelled" });

@@ -15,6 +15,7 @@ const step = (job: string, id: number, n: number): JobEvent => ({
   step: n,
   total: 4,
   elapsed: n * 0.01,
+  blocks_run: n * 10,
   preview: `data:image/png;base64,preview${n}`,
 });
 const done = (job: string, id: number): JobEvent => ({

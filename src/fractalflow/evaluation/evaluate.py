@@ -35,6 +35,7 @@ from fractalflow.evaluation.manifold import precision_recall
 from fractalflow.events import images_to_tensor
 from fractalflow.flow.refine import resolution_size
 from fractalflow.hardware import describe_device
+from fractalflow.model.adaptive import check_adaptive
 from fractalflow.pipeline import FractalFlowPipeline
 
 MAX_EVAL_IMAGES = 50_000  # FID-50k, the field's largest customary sample
@@ -57,8 +58,10 @@ class EvalSettings(JsonConfig):
     scales: tuple[float, ...] = ()
     early_stop: float = 0.0
     upscale_strength: float = 0.0
+    adaptive: str | float = "off"
 
     def __post_init__(self) -> None:
+        check_adaptive(self.adaptive)
         if self.num_images < 2 or self.batch_size < 1 or self.steps < 1:
             raise ValueError(
                 f"num_images ({self.num_images}) must be >= 2, batch_size ({self.batch_size}) and "
@@ -89,6 +92,7 @@ class EvalSettings(JsonConfig):
             scales=self.scales or None,
             early_stop=self.early_stop,
             upscale_strength=self.upscale_strength or None,
+            adaptive=self.adaptive,
         )
 
     def output_size(self, native_size: int, multiple: int) -> int:

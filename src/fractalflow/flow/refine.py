@@ -204,7 +204,12 @@ class ProgressiveRefiner:
         velocity: Velocity,
         noise: Callable[[int], Tensor],
         callback: Callable[[ProgressEvent], None] | None = None,
+        exact: Callable[[], bool] | None = None,
     ) -> tuple[Tensor, RefineReport]:
+        """Sample every stage. ``exact()``, asked after each step, says whether that step's
+        velocity was computed in full (False when step caching served stored features):
+        early stopping judges the change per step between exact steps only, so the jitter of
+        reused features neither delays nor fakes convergence."""
         started = time.perf_counter()
         total, done, steps_run = self.total_steps, 0, []
         image: Tensor | None = None
@@ -212,17 +217,20 @@ class ProgressiveRefiner:
             fresh = noise(stage.size)
             x = fresh if image is None else torch.lerp(upsample(image, stage.size), fresh, stage.start)
             times = time_grid(stage.steps, device=x.device) * stage.start
-            x0, ran = None, 0
+            settled, ran, settled_at = None, 0, 0  # the last exact clean-image estimate, and its step
             for i in range(stage.steps):
                 states: list[StepState] = []
                 x = self.sample_step(velocity, x, times[i : i + 2], states.append)
                 ran += 1
-                previous, x0 = x0, states[-1].x0_estimate
+                x0 = states[-1].x0_estimate
                 if callback is not None:
                     elapsed = time.perf_counter() - started
                     callback(ProgressEvent(f"{stage.size}px", done + ran, total, elapsed, self.preview(x0)))
+                if exact is not None and not exact():
+                    continue
+                previous, gap, settled, settled_at = settled, ran - settled_at, x0, ran
                 threshold = self.settings.early_stop
-                if threshold and previous is not None and relative_change(x0, previous) < threshold:
+                if threshold and previous is not None and relative_change(x0, previous) < threshold * gap:
                     x = x0
                     break
             done += ran

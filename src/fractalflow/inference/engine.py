@@ -17,13 +17,16 @@ from torch import nn
 
 from fractalflow.events import ProgressEvent
 from fractalflow.inference.profiles import InferenceProfile, get_profile
+from fractalflow.model.adaptive import check_adaptive
 from fractalflow.pipeline import FractalFlowPipeline, GenerationResult, default_model_folder
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
     """One caller's generation for the batcher: ``num_images`` images of ``prompt`` with
-    seeds ``seed``, ``seed + 1``, ...; ``callback`` gets this request's own progress events."""
+    seeds ``seed``, ``seed + 1``, ...; ``callback`` gets this request's own progress events.
+    ``adaptive`` None takes the engine profile's; requests are batched only when their
+    settings, ``adaptive`` included, are equal."""
 
     prompt: str
     seed: int = 0
@@ -36,11 +39,22 @@ class GenerationRequest:
     scales: tuple[float, ...] | None = None
     early_stop: float = 0.0
     upscale_strength: float | None = None
+    adaptive: str | float | None = None
     callback: Callable[[ProgressEvent], None] | None = None
 
     def sampling(self) -> dict:
         """The ``pipeline.generate`` settings a batch must share."""
-        names = ("steps", "guidance", "sampler", "size", "resolution", "scales", "early_stop", "upscale_strength")
+        names = (
+            "steps",
+            "guidance",
+            "sampler",
+            "size",
+            "resolution",
+            "scales",
+            "early_stop",
+            "upscale_strength",
+            "adaptive",
+        )
         return {name: getattr(self, name) for name in names}
 
     def batch_key(self) -> tuple:
@@ -131,6 +145,7 @@ class InferenceEngine:
         """``FractalFlowPipeline.generate`` under this profile, within its batch limit."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         self.check_batch(len(prompts) * num_images_per_prompt)
+        settings.setdefault("adaptive", self.profile.adaptive)
         return self.pipeline.generate(prompts, num_images_per_prompt=num_images_per_prompt, **settings)
 
     def submit(self, request: GenerationRequest) -> Future:
@@ -139,6 +154,9 @@ class InferenceEngine:
             raise ValueError("prompt must be a non-empty string")
         if request.num_images < 1:
             raise ValueError(f"num_images={request.num_images} must be >= 1")
+        if request.adaptive is None:
+            request = replace(request, adaptive=self.profile.adaptive)
+        check_adaptive(request.adaptive)
         self.check_batch(request.num_images)
         if self._worker is None:
             self._worker = threading.Thread(target=self._work, name="fractalflow-batcher", daemon=True)

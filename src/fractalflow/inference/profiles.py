@@ -10,6 +10,7 @@ import psutil
 import torch
 
 from fractalflow.config import JsonConfig
+from fractalflow.model.adaptive import check_adaptive
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GIB = 1024**3
@@ -23,7 +24,8 @@ class InferenceProfile(JsonConfig):
     ``quantize``: ``int8`` replaces Linear layers by dynamically quantized ones (CPU only).
     ``compile``: ``torch.compile`` the network. ``threads``: CPU threads (0 = torch's choice).
     ``max_batch``: most images one batch may hold; ``batch_window_ms``: how long the batcher
-    waits for compatible requests to join a batch.
+    waits for compatible requests to join a batch. ``adaptive``: the step caching a request
+    gets when it names none ("off", "auto" or a speed-up; see ``FractalFlowPipeline.generate``).
     """
 
     name: str = "cpu"
@@ -34,8 +36,10 @@ class InferenceProfile(JsonConfig):
     threads: int = 0
     max_batch: int = 8
     batch_window_ms: float = 10.0
+    adaptive: str | float = "off"
 
     def __post_init__(self) -> None:
+        check_adaptive(self.adaptive)
         problems = []
         if self.dtype not in DTYPES:
             problems.append(f"dtype={self.dtype!r}; allowed: {sorted(DTYPES)}")
@@ -55,8 +59,12 @@ class InferenceProfile(JsonConfig):
 
 PROFILES = {
     "gpu": InferenceProfile(name="gpu", device="cuda", dtype="bf16", compile=True, max_batch=64, batch_window_ms=20.0),
-    "cpu": InferenceProfile(name="cpu", device="cpu", dtype="fp32", max_batch=8, batch_window_ms=10.0),
-    "edge": InferenceProfile(name="edge", dtype="fp32", quantize="int8", max_batch=2, batch_window_ms=0.0),
+    # adaptive "auto": the model's calibrated 1.5x step caching (off for a model without adaptive.json);
+    # measured on the CPU only (docs/benchmarks.md, "Adaptive compute"), so the gpu profile stays off
+    "cpu": InferenceProfile(name="cpu", device="cpu", dtype="fp32", max_batch=8, batch_window_ms=10.0, adaptive="auto"),
+    "edge": InferenceProfile(
+        name="edge", dtype="fp32", quantize="int8", max_batch=2, batch_window_ms=0.0, adaptive="auto"
+    ),
 }
 # below this much free memory a GPU is not worth it, and a CPU machine is treated as an edge device
 MIN_GPU_FREE = 2 * GIB

@@ -16,6 +16,13 @@ def forward_flops(model: torch.nn.Module, size: int, text_tokens: int = 16) -> i
     Attention runs on the math backend while counting: the fused CPU kernels are
     invisible to the counter.
     """
+    return module_flops(model, size, text_tokens)[type(model).__name__]
+
+
+def module_flops(model: torch.nn.Module, size: int, text_tokens: int = 16) -> dict[str, int]:
+    """FLOPs of one forward pass (as :func:`forward_flops`) per module, keyed by the module's
+    path below the model's class name (``"FractalTransformer.body.inner"``); the class name
+    alone is the whole pass."""
     config = model.config
     device = next(model.parameters()).device
     x = torch.zeros(1, config.in_channels, size, size, device=device)
@@ -29,4 +36,5 @@ def forward_flops(model: torch.nn.Module, size: int, text_tokens: int = 16) -> i
         )
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(x, t, cond)
-    return counter.get_total_flops()
+    per_module = {name: sum(counts.values()) for name, counts in counter.get_flop_counts().items()}
+    return {**per_module, type(model).__name__: counter.get_total_flops()}

@@ -186,6 +186,7 @@ class JobManager:
                 sampler=request.sampler,
                 resolution=request.resolution,
                 early_stop=request.early_stop,
+                adaptive=request.adaptive,
                 callback=lambda event: self._on_progress(job, event),
             )
         )
@@ -206,6 +207,7 @@ class JobManager:
             step=event.step,
             total=event.total,
             elapsed=round(event.elapsed, 4),
+            blocks_run=event.blocks_run,
             preview=preview_data_url(event),
         )
 

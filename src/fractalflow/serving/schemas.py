@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, create_model, model_validator
 
+from fractalflow.model.adaptive import MAX_SPEEDUP
 from fractalflow.serving.config import ServerConfig
 
 JobState = Literal["queued", "running", "done", "error", "cancelled"]
@@ -27,6 +28,13 @@ class GenerateRequest(BaseModel):
         0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="end a scale once the image changes by less than this"
     )
     sampler: Literal["euler", "heun"] = "euler"
+    adaptive: Literal["off", "auto"] | Annotated[float, Field(ge=1.0, le=MAX_SPEEDUP, allow_inf_nan=False)] | None = (
+        Field(
+            None,
+            description="spend less compute on steps that need less: off, auto (the model's calibrated default) or "
+            "a target speed-up (the largest calibrated one not above it); left out: the server profile's setting",
+        )
+    )
 
     model_config = {"extra": "forbid"}
 

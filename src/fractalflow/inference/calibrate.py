@@ -1,0 +1,199 @@
+"""``fractalflow calibrate``: find the step-caching settings that reach each target speed-up
+at the least quality loss, on training captions, and write them beside the model.
+
+Every candidate :class:`CacheSettings` draws the same captions with the same seeds as full
+compute. Its speed-up is counted, not timed: the FLOPs of the forward passes it ran against
+those of full compute (the cached level's and the frozen cross-attention layers' FLOPs
+counted once with ``torch.utils.flop_counter``), so a busy machine cannot skew the choice.
+Its quality loss is the mean EfficientNet-Lite0 feature distance of each image to its
+full-compute twin, relative to the mean distance between two different full-compute images
+(0: identical; 1: as different as two other pictures). ``benchmarks/adaptive.py`` then
+measures wall-clock and FD of the chosen policies on the held-out split.
+
+Calibration reads only the training split (:func:`training_captions`): the held-out
+captions stay unseen by every choice the eval then judges.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from fractalflow.config import MAX_GUIDANCE, MAX_STEPS, JsonConfig, check_ranges
+from fractalflow.events import images_to_tensor
+from fractalflow.files import atomic_write_text
+from fractalflow.model.adaptive import ADAPTIVE_FILE, MAX_SPEEDUP, AdaptivePolicies, CacheSettings
+from fractalflow.model.flops import module_flops
+from fractalflow.pipeline import FractalFlowPipeline
+
+
+@dataclass(frozen=True)
+class CalibrationSettings(JsonConfig):
+    """``captions`` training captions drawn with ``steps`` Euler steps at ``guidance`` (image
+    ``i`` with seed ``seed + i``), ``batch_size`` at a time; ``targets``: the speed-ups to
+    find settings for; ``auto``: the target ``adaptive="auto"`` uses (None: auto stays off)."""
+
+    captions: int = 64
+    steps: int = 20
+    guidance: float = 3.0
+    seed: int = 0
+    batch_size: int = 32
+    targets: tuple[float, ...] = (1.5, 2.0, 3.0)
+    auto: float | None = 1.5
+
+    def __post_init__(self) -> None:
+        check_ranges(
+            "CalibrationSettings",
+            [
+                ("captions", self.captions, "from 2 to 4096", 2 <= self.captions <= 4096),
+                ("steps", self.steps, f"from 2 to {MAX_STEPS}", 2 <= self.steps <= MAX_STEPS),
+                ("guidance", self.guidance, f"from 0 to {MAX_GUIDANCE}", 0 <= self.guidance <= MAX_GUIDANCE),
+                ("batch_size", self.batch_size, "from 1 to 1024", 1 <= self.batch_size <= 1024),
+                (
+                    "targets",
+                    self.targets,
+                    f"speed-ups above 1 and at most {MAX_SPEEDUP:g}",
+                    bool(self.targets) and all(1 < target <= MAX_SPEEDUP for target in self.targets),
+                ),
+                ("auto", self.auto, "one of the targets or None", self.auto is None or self.auto in self.targets),
+            ],
+        )
+
+
+def candidate_settings(levels: int) -> list[CacheSettings]:
+    """The grid searched, for each inner level: reuse on a fixed schedule once the first 10,
+    20 or 30 % of the trajectory are computed in full; reuse until the level's input has
+    drifted past a threshold (a per-input decision); both extrapolating. Two plain-reuse
+    schedules and cross-attention freezing alone are measured for comparison."""
+    inner = range(1, levels)
+    scheduled = [
+        CacheSettings(depth=depth, every=every, start=start, extrapolate=True)
+        for depth, every, start in itertools.product(inner, (2, 3, 4, 6), (0.9, 0.8, 0.7))
+    ]
+    drifting = [
+        CacheSettings(depth=depth, every=8, drift=drift, extrapolate=True)
+        for depth, drift in itertools.product(inner, (0.06, 0.1, 0.15, 0.2))
+    ]
+    plain = [CacheSettings(depth=1, every=every, start=0.7) for every in (2, 3)]
+    frozen = [CacheSettings(depth=0, freeze_cross=t) for t in (0.6, 0.3)]
+    return scheduled + drifting + plain + frozen
+
+
+def training_captions(data: str | Path, count: int, seed: int = 0) -> list[str]:
+    """``count`` captions of the training split of a prepared emoji folder, drawn at random
+    with ``seed`` (never the held-out split)."""
+    from fractalflow.data.emoji import load_emoji, prepared_sizes
+
+    train = load_emoji(data, image_size=min(prepared_sizes(Path(data))), split="train")
+    if count > len(train.captions):
+        raise ValueError(f"captions={count}: the training split of {data} has {len(train.captions)}")
+    rows = random.Random(seed).sample(range(len(train.captions)), count)
+    return [train.captions[i] for i in rows]
+
+
+@dataclass(frozen=True)
+class ForwardFlops:
+    """FLOPs of one forward pass, of each inner level (``levels[d]``: the level at depth d
+    with all it holds) and of one cross-attention layer (their mean)."""
+
+    forward: int
+    levels: dict[int, int]
+    cross: int
+
+    @classmethod
+    def count(cls, model: torch.nn.Module, size: int) -> ForwardFlops:
+        per_module = module_flops(model, size)
+        root = type(model).__name__
+        levels = {d: per_module[f"{root}.body" + ".inner" * d] for d in range(1, model.config.num_levels)}
+        cross = [flops for name, flops in per_module.items() if name.endswith(".cross")]
+        return cls(per_module[root], levels, sum(cross) // max(len(cross), 1))
+
+    def speedup(self, settings: CacheSettings, report: dict[str, int]) -> float:
+        """Full compute's FLOPs over those a run with ``report`` (AdaptiveDepth's) spent."""
+        full = (report["computed"] + report["reused"]) * self.forward  # every forward pass passes the level
+        saved = report["reused"] * self.levels.get(settings.depth, 0) + report["cross_frozen"] * self.cross
+        return full / (full - saved)
+
+
+def feature_error(full: torch.Tensor, cached: torch.Tensor) -> float:
+    """Mean distance of each cached image's features to its full-compute twin's, over the mean
+    distance between two different full-compute images."""
+    paired = (cached - full).norm(dim=1).mean()
+    between = torch.cdist(full, full)
+    others = between.sum() / (len(full) * (len(full) - 1))
+    return float(paired / others)
+
+
+def draw(
+    pipeline: FractalFlowPipeline, captions: list[str], settings: CalibrationSettings, cache: CacheSettings | str
+) -> tuple[torch.Tensor, dict[str, int]]:
+    """uint8 images of ``captions`` under ``cache`` (CacheSettings or "off"), and the summed
+    AdaptiveDepth reports of the batches."""
+    images, totals = [], {}
+    for start in range(0, len(captions), settings.batch_size):
+        result = pipeline.generate(
+            captions[start : start + settings.batch_size],
+            steps=settings.steps,
+            guidance=settings.guidance,
+            seed=settings.seed + start,
+            adaptive=cache,
+        )
+        images.append(images_to_tensor(result.images))
+        for key in ("computed", "reused", "cross_frozen", "blocks_run", "blocks_full"):
+            totals[key] = totals.get(key, 0) + result.metadata["adaptive"][key]
+    return torch.cat(images), totals
+
+
+def calibrate(
+    pipeline: FractalFlowPipeline,
+    captions: list[str],
+    settings: CalibrationSettings,
+    candidates: list[CacheSettings] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Measure every candidate against full compute on ``captions`` and choose, for each
+    target, the one of least feature error among those that reach it. Returns the
+    :class:`AdaptivePolicies` (``policies``, ``auto``) with every candidate's row."""
+    from fractalflow.evaluation.features import EffNetFeatures
+
+    candidates = candidates or candidate_settings(pipeline.config.num_levels)
+    flops = ForwardFlops.count(pipeline.model, pipeline.config.sample_size)
+    features = EffNetFeatures(size=128)
+
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(features.features((images.float() / 255.0).split(128)))
+
+    full = embed(draw(pipeline, captions, settings, "off")[0])
+    rows = []
+    for cache in tqdm(candidates, desc="calibrate", unit="candidate", disable=not progress):
+        images, report = draw(pipeline, captions, settings, cache)
+        rows.append(
+            {
+                "settings": cache.to_dict(),
+                "speedup": flops.speedup(cache, report),
+                "error": feature_error(full, embed(images)),
+                "blocks_run": report["blocks_run"],
+                "blocks_full": report["blocks_full"],
+            }
+        )
+    chosen = {}
+    for target in settings.targets:
+        reaching = [row for row in rows if row["speedup"] >= target]
+        if reaching:
+            chosen[target] = CacheSettings.from_dict(min(reaching, key=lambda row: row["error"])["settings"])
+    auto = settings.auto if settings.auto in chosen else None
+    return {**AdaptivePolicies(chosen, auto).to_dict(), "calibration": {"settings": settings.to_dict(), "rows": rows}}
+
+
+def write_policies(folder: str | Path, calibration: dict) -> Path:
+    """``calibration`` (from :func:`calibrate`) as ``folder/adaptive.json``, checked by reading it back."""
+    AdaptivePolicies.from_dict(calibration)
+    path = Path(folder) / ADAPTIVE_FILE
+    atomic_write_text(path, json.dumps(calibration, indent=2) + "\n")
+    return path

