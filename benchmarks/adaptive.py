@@ -1,101 +1,143 @@
-"""Step caching (AdaptiveDepth) against full compute: speed and quality, one run.
+"""AdaptiveDepth against full compute: wall-clock and quality of the calibrated policies, one run.
 
-For each CacheSettings, the shipped model samples one image per held-out caption (64 px,
-Euler, 20 steps, guidance 3, the same seeds) with ``fractalflow eval``'s metrics, and one
-image at a time for the latency (median of 3 after a warm-up). The first row is full
-compute (no caching), measured in the same run.
+The shipped model samples one image per held-out caption (Euler, 20 steps, guidance 3, the
+same seeds) under the ``cpu`` profile with early stopping (0.02), at 64 px (``standard``)
+and at 128 px (``high``: refined from 64 px), with ``adaptive`` off, at each calibrated
+target (the model's ``adaptive.json``, from ``fractalflow calibrate`` on training captions)
+and, as the plain way to spend less, with fewer sampling steps. Each row has the
+``fractalflow eval`` metrics, the seconds per image of that eval (batches of 32) and the
+median seconds of one image (8 draws after a warm-up).
 
-    python benchmarks/adaptive.py --n 661     # ~12 min on 2 idle cores
+    python benchmarks/adaptive.py --n 661 --n-high 200   # ~40 min on 2 idle cores
 
-Prints a table and writes ``benchmarks/results/adaptive-cpu.json``. (A first measurement
-for issue 15: the schedule is fixed here; calibration and ``generate(adaptive=...)`` come next.)
+Prints a table, writes ``benchmarks/results/adaptive-cpu.json`` and the picture
+``docs/images/adaptive.png`` (same seeds; columns off and each target).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
-from fractalflow import FractalFlowPipeline
 from fractalflow.data.emoji import load_emoji
 from fractalflow.evaluation.alignment import load_alignment_encoder
 from fractalflow.evaluation.concepts import asked_concept_images
 from fractalflow.evaluation.evaluate import EvalSettings, eval_rows, evaluate
 from fractalflow.files import atomic_write_text
 from fractalflow.hardware import describe_device
-from fractalflow.model.adaptive import AdaptiveDepth, CacheSettings
+from fractalflow.inference import InferenceEngine
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
-CASES = [None, CacheSettings(every=2), CacheSettings(every=3), CacheSettings(depth=2, every=2)]
+EARLY_STOP = 0.02
+PICTURE_PROMPTS = ["red heart", "cat face, twemoji style", "rocket", "bell icon, notification"]
 
 
-def caching(pipeline: FractalFlowPipeline, settings: CacheSettings | None):
-    return contextlib.nullcontext() if settings is None else AdaptiveDepth(pipeline.model, settings)
+def cases(targets: list[float]) -> list[tuple[str, dict]]:
+    """(label, EvalSettings fields) of one resolution: off, each target, fewer steps."""
+    rows = [("off", {})]
+    rows += [(f"adaptive {target:g}x", {"adaptive": target}) for target in targets]
+    rows += [(f"{steps} steps, off", {"steps": steps}) for steps in (14, 10, 7)]
+    return rows
 
 
-def latency(pipeline: FractalFlowPipeline, settings: CacheSettings | None) -> float:
-    """Median seconds for one 64 px image, 20 steps, after a warm-up."""
+def latency(engine: InferenceEngine, settings: EvalSettings) -> float:
+    """Median seconds for one image (4 prompts, 2 seeds each) after a warm-up."""
+    engine.generate(PICTURE_PROMPTS[0], seed=99, **settings.sampling())
     times = []
-    for seed in range(4):
-        with caching(pipeline, settings):
+    for prompt in PICTURE_PROMPTS:
+        for seed in range(2):
             started = time.perf_counter()
-            pipeline.generate("red heart", steps=20, seed=seed)
+            engine.generate(prompt, seed=seed, **settings.sampling())
             times.append(time.perf_counter() - started)
-    return statistics.median(times[1:])
+    return statistics.median(times)
+
+
+def picture(engine: InferenceEngine, targets: list[float], path: Path) -> None:
+    """One row per prompt, one column per policy (off, then each target), the same seed."""
+    columns = ["off", *targets]
+    tiles = [
+        engine.generate(prompt, seed=7, resolution="standard", early_stop=EARLY_STOP, adaptive=adaptive).images[0]
+        for prompt in PICTURE_PROMPTS
+        for adaptive in columns
+    ]
+    size = tiles[0].width
+    sheet = Image.new("RGB", (len(columns) * size, len(PICTURE_PROMPTS) * size), "white")
+    for i, tile in enumerate(tiles):
+        sheet.paste(tile, ((i % len(columns)) * size, (i // len(columns)) * size))
+    sheet.resize((sheet.width * 2, sheet.height * 2), resample=Image.Resampling.NEAREST).save(path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=661, help="held-out captions to evaluate (default: 661)")
+    parser.add_argument("--n", type=int, default=661, help="held-out captions at 64 px (default: 661)")
+    parser.add_argument("--n-high", type=int, default=200, help="held-out captions at 128 px (default: 200)")
     parser.add_argument("--data", default=str(REPO / "data" / "emoji"), help="prepared emoji data folder")
     args = parser.parse_args()
-    settings = EvalSettings(num_images=args.n, size=64, batch_size=64)
-    held_out = load_emoji(args.data, image_size=64, split="eval")
-    gallery = asked_concept_images(args.data, held_out, eval_rows(args.n, len(held_out)), 64)
+    engine = InferenceEngine(profile="cpu")
+    policies = engine.pipeline.adaptive_policies
+    if policies is None:
+        raise SystemExit("the shipped model has no adaptive.json: run 'fractalflow calibrate' first")
+    targets = sorted(policies.policies)
     alignment = load_alignment_encoder()
-    pipeline = FractalFlowPipeline.default(device="cpu")
     rows = []
-    for case in CASES:
-        label = "full compute" if case is None else f"depth {case.depth}, every {case.every}"
-        print(f"== {label}", flush=True)
-        seconds = latency(pipeline, case)
-        with caching(pipeline, case):
-            report = evaluate(pipeline, held_out, settings, alignment, gallery=gallery)
-        rows.append(
-            {
-                "case": label,
-                "settings": None if case is None else case.to_dict(),
-                "latency_s": seconds,
-                "seconds_per_image": report["seconds_per_image"],
-                "metrics": report["metrics"],
-            }
-        )
-    base = rows[0]
+    for resolution, count in (("standard", args.n), ("high", args.n_high)):
+        size = 64 if resolution == "standard" else 128
+        held_out = load_emoji(args.data, image_size=size, split="eval")
+        gallery = asked_concept_images(args.data, held_out, eval_rows(count, len(held_out)), size)
+        for label, fields in cases(targets):
+            settings = EvalSettings(
+                num_images=count, batch_size=32, resolution=resolution, early_stop=EARLY_STOP, **fields
+            )
+            print(f"== {size} px, {label}", flush=True)
+            seconds = latency(engine, settings)
+            report = evaluate(engine.pipeline, held_out, settings, alignment, gallery=gallery)
+            rows.append(
+                {
+                    "size": size,
+                    "case": label,
+                    "settings": settings.to_dict(),
+                    "latency_s": seconds,
+                    "seconds_per_image": report["seconds_per_image"],
+                    "metrics": report["metrics"],
+                }
+            )
     print(
-        f"\n{'case':<22} {'1 image s':>9} {'speed-up':>8} {'batch s/img':>11} {'speed-up':>8} "
-        f"{'FD':>7} {'FD x':>6} {'top5':>6} {'concept':>7}"
+        f"\n{'size':>4} {'case':<16} {'1 image s':>9} {'speed-up':>8} {'batch s/img':>11} {'speed-up':>8} "
+        f"{'FD':>7} {'FD x':>6} {'top5':>6} {'d top5':>7} {'concept':>7}"
     )
     for row in rows:
-        m = row["metrics"]
+        base = next(r for r in rows if r["size"] == row["size"] and r["case"] == "off")
+        m, b = row["metrics"], base["metrics"]
         row["speedup_latency"] = base["latency_s"] / row["latency_s"]
         row["speedup_batch"] = base["seconds_per_image"] / row["seconds_per_image"]
-        row["fd_ratio"] = m["fd_effnet_l0"] / base["metrics"]["fd_effnet_l0"]
+        row["fd_ratio"] = m["fd_effnet_l0"] / b["fd_effnet_l0"]
+        row["top5_change"] = m["alignment_top5"] - b["alignment_top5"]
         print(
-            f"{row['case']:<22} {row['latency_s']:9.3f} {row['speedup_latency']:8.2f} "
+            f"{row['size']:>4} {row['case']:<16} {row['latency_s']:9.3f} {row['speedup_latency']:8.2f} "
             f"{row['seconds_per_image']:11.4f} {row['speedup_batch']:8.2f} {m['fd_effnet_l0']:7.1f} "
-            f"{row['fd_ratio']:6.3f} {m['alignment_top5']:6.3f} {m['concept_retrieval']:7.3f}"
+            f"{row['fd_ratio']:6.3f} {m['alignment_top5']:6.3f} {row['top5_change']:+7.3f} "
+            f"{m['concept_retrieval']:7.3f}"
         )
-    report = {"hardware": describe_device("cpu"), "torch": torch.__version__, "n": args.n, "rows": rows}
+    picture(engine, targets, REPO / "docs" / "images" / "adaptive.png")
+    report = {
+        "hardware": describe_device("cpu"),
+        "torch": torch.__version__,
+        "profile": engine.profile.to_dict(),
+        "early_stop": EARLY_STOP,
+        "policies": policies.to_dict(),
+        "n": {"64": args.n, "128": args.n_high},
+        "rows": rows,
+    }
     path = RESULTS / "adaptive-cpu.json"
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")
-    print(f"wrote {path}")
+    print(f"wrote {path} and docs/images/adaptive.png")
 
 
 if __name__ == "__main__":
