@@ -1,7 +1,9 @@
 """Trainer: it learns, it checkpoints atomically, and a resumed run equals an uninterrupted one."""
 
 import dataclasses
+import itertools
 import json
+import math
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from fractalflow import Conditioning, TrainConfig, model_preset
 from fractalflow.data import load_digits
 from fractalflow.flow import guided_velocity, sample_euler, time_grid
 from fractalflow.model.weights import load_model
+from fractalflow.monitoring import HealthSettings, TrainingHealth
 from fractalflow.training import Trainer
 from fractalflow.training.checkpoint import MANIFEST, CheckpointError, file_digest, list_checkpoints
 from fractalflow.training.trainer import TrainingDiverged
@@ -155,12 +158,62 @@ def test_half_written_checkpoints_left_by_a_kill_are_removed_by_the_next_save(tm
     assert sorted(p.name for p in folder.iterdir()) == ["step_0000020", "step_0000030"]
 
 
-def test_a_non_finite_loss_stops_training_before_anything_is_saved(tmp_path, monkeypatch):
+def poison(trainer, calls):
+    """Make the trainer's batches on the given draw numbers (0-based) all NaN."""
+    pixels, drawn = trainer.dataset.pixels, itertools.count()
+
+    def poisoned(indices, size=None):
+        batch = pixels(indices, size)
+        return torch.full_like(batch, math.nan) if next(drawn) in calls else batch
+
+    trainer.dataset.pixels = poisoned
+
+
+def test_a_nan_batch_is_skipped_and_the_run_ends_within_noise_of_the_clean_run(tmp_path):
+    clean = make_trainer(tmp_path / "clean", digits(64), steps=60)
+    clean_summary = clean.train()
+    hurt = make_trainer(tmp_path / "hurt", digits(64), steps=60)
+    poison(hurt, {25})
+    hurt_summary = hurt.train()
+    assert hurt.step == 60 and all(torch.isfinite(p).all() for p in hurt.model.parameters())
+    assert [e["event"] for e in hurt.health.events] == ["skipped"]
+    assert hurt.health.events[0]["step"] == 25 and "non-finite loss" in hurt.health.events[0]["reason"]
+    logged = [json.loads(line) for line in (tmp_path / "hurt" / "logs" / "health.jsonl").read_text().splitlines()]
+    assert logged == hurt.health.events
+    assert abs(hurt_summary["final_loss"] - clean_summary["final_loss"]) < 0.25 * clean_summary["final_loss"]
+
+
+def test_skips_in_a_row_roll_back_to_the_last_checkpoint_with_a_lower_learning_rate(tmp_path):
+    trainer = make_trainer(tmp_path, digits(64), steps=40, checkpoint_every=10)
+    trainer.health = TrainingHealth(HealthSettings(skips_before_rollback=3))
+    poison(trainer, {24, 25, 26})  # steps 24, 24, 24: three in a row
+    trainer.train()
+    assert [e["event"] for e in trainer.health.events] == ["skipped"] * 3 + ["rolled back"]
+    assert trainer.health.events[-1] == {"step": 24, "event": "rolled back", "to_step": 20, "lr_scale": 0.5}
+    assert trainer.step == 40 and trainer.scheduler.base_lrs == [3e-3 * 0.5, 3e-3 * 0.5]
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_a_run_that_keeps_failing_gives_up_without_saving_anything(tmp_path):
     trainer = make_trainer(tmp_path, digits(32), steps=20)
-    monkeypatch.setattr(trainer, "train_step", lambda: float("nan"))
-    with pytest.raises(TrainingDiverged, match="loss became nan at step 0"):
+    poison(trainer, set(range(1000)))
+    with pytest.raises(
+        TrainingDiverged, match="step 0: non-finite loss \\(nan\\), 5 times in a row, after 0 rollbacks"
+    ):
         trainer.train()
     assert not list_checkpoints(tmp_path / "checkpoints")
+
+
+def test_the_health_check_names_spikes_and_exploding_gradients():
+    health = TrainingHealth(HealthSettings(window=10, warmup=5, spike_sigmas=4.0, max_grad_norm=100.0))
+    for loss in (1.0, 1.1, 0.9, 1.0, 1.05):
+        assert health.judge(0, loss, 1.0)
+    assert health.problem(1.2, 1.0) is None
+    assert health.problem(5.0, 1.0).startswith("loss spike (5 >")
+    assert health.problem(1.0, 500.0) == "exploding gradients (norm 500 > 100)"
+    assert health.problem(1.0, math.inf).startswith("non-finite gradients")
+    with pytest.raises(ValueError, match="warmup=50 must be from 2 to window \\(10\\)"):
+        HealthSettings(window=10)
 
 
 def test_finished_run_exports_the_ema_weights_as_a_model_folder(tmp_path):

@@ -1,5 +1,6 @@
 """The training loop: rectified flow with AdamW, warm-up + cosine, clipping, EMA,
-bf16 autocast on CUDA, TensorBoard logging, atomic checkpoints and exact resume."""
+bf16 autocast on CUDA, TensorBoard logging, atomic checkpoints and exact resume, and a health
+check on every step (skip, roll back; :mod:`fractalflow.monitoring.health`)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from fractalflow.model.flops import forward_flops
 from fractalflow.model.text import TextEncoder
 from fractalflow.model.transformer import FractalTransformer
 from fractalflow.model.weights import save_model
+from fractalflow.monitoring.health import HealthSettings, TrainingHealth
 from fractalflow.training.checkpoint import (
     CheckpointError,
     TrainingState,
@@ -86,7 +88,8 @@ def training_flops_per_image(model: torch.nn.Module, image_size: int) -> float:
 
 
 class TrainingDiverged(ValueError):
-    """The loss became NaN or infinite: nothing after that step is worth saving."""
+    """The health check refused step after step and rolling back did not help (or there was
+    no checkpoint to roll back to): nothing after that point is worth saving."""
 
 
 # TrainConfig fields a resumed run must share with its checkpoints (others, such as steps,
@@ -118,6 +121,7 @@ class Trainer:
         progress: bool = True,
         text_encoder: TextEncoder | None = None,
         model_class: type[torch.nn.Module] = FractalTransformer,
+        health: HealthSettings | None = None,
     ):
         if not model_config.is_class_conditional and text_encoder is None:
             raise ValueError("a text-conditional model (no class_names) needs a text_encoder to train")
@@ -156,6 +160,8 @@ class Trainer:
         self.last_batch_size = train_config.batch_size
         self.history: list[dict[str, float]] = []  # one entry per log_every steps of train()
         self._writer = None
+        self.health = TrainingHealth(health)
+        self.lr_scale = 1.0  # lowered by each rollback
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -273,7 +279,8 @@ class Trainer:
         return self.text_encoder.encode(captions)
 
     def train_step(self) -> float:
-        """One optimizer step on a random batch; returns the loss."""
+        """One optimizer step on a random batch, unless :class:`TrainingHealth` refuses it
+        (then nothing changes but the random state); returns the loss."""
         config = self.config
         size, batch = self.batch_shape()
         indices = self.draw(batch)
@@ -291,14 +298,19 @@ class Trainer:
                 config.timestep_std,
             )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        value, grad_norm = loss.item(), math.nan
+        if math.isfinite(value):
+            loss.backward()
+            limit = config.grad_clip if config.grad_clip > 0 else math.inf  # inf: measured, not clipped
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), limit))
+        if not self.health.judge(self.step, value, grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return value
         self.optimizer.step()
         self.scheduler.step()
         self.ema.update_parameters(self.model)
         self.step += 1
-        return loss.item()
+        return value
 
     def train(self, stop_at: int | None = None, max_seconds: float | None = None) -> dict[str, float]:
         """Run until ``config.steps`` (or ``stop_at``, to split a run, or until ``max_seconds``
@@ -310,12 +322,12 @@ class Trainer:
         losses: list[float] = []
         images, started, seconds_before = 0, time.perf_counter(), self.train_seconds
         while self.step < end and (max_seconds is None or time.perf_counter() - started < max_seconds):
-            losses.append(self.train_step())
-            if not math.isfinite(losses[-1]):
-                raise TrainingDiverged(
-                    f"the loss became {losses[-1]} at step {self.step}; resume from the last checkpoint "
-                    "with a lower learning rate"
-                )
+            step_before = self.step
+            loss = self.train_step()
+            if self.step == step_before:  # refused by the health check
+                self.after_skip()
+                continue
+            losses.append(loss)
             images += self.last_batch_size
             bar.update(1)
             if self.curriculum is not None and self.curriculum.observe(self.step, losses[-1]):
@@ -362,6 +374,42 @@ class Trainer:
             "train_flops_per_image": flops,
             "seconds": elapsed,
         }
+
+    def after_skip(self) -> None:
+        """Log the skipped step; roll back to the newest intact checkpoint with a lower learning
+        rate when the skips keep coming, and give up after too many rollbacks."""
+        self.log_health(self.health.events[-1])
+        if not self.health.needs_rollback:
+            return
+        problem = self.health.events[-1]["reason"]
+        if self.health.rollbacks >= self.health.settings.max_rollbacks or not self.roll_back():
+            raise TrainingDiverged(
+                f"step {self.step}: {problem}, {self.health.skips_in_a_row} times in a row, after "
+                f"{self.health.rollbacks} rollbacks; resume from a checkpoint with a lower learning rate"
+            )
+        self.log_health(self.health.events[-1])
+
+    def roll_back(self) -> bool:
+        """Back to the newest intact checkpoint, learning rate scaled by the settings' factor,
+        batches drawn anew from there (a bad batch is not met again); False without a checkpoint."""
+        from_step = self.step
+        if not self.resume():
+            return False
+        self.lr_scale *= self.health.settings.rollback_lr_factor
+        self.scheduler.base_lrs = [self.config.learning_rate * self.lr_scale for _ in self.scheduler.base_lrs]
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = lr * self.scheduler.lr_lambdas[0](self.step)
+        self.generator.manual_seed(self.config.seed + 1_000_003 * (self.health.rollbacks + 1) + self.step)
+        self.health.rolled_back(from_step, self.step, self.lr_scale)
+        return True
+
+    def log_health(self, event: dict) -> None:
+        """A health event to TensorBoard (text) and to ``logs/health.jsonl``."""
+        self.writer().add_text("health", json.dumps(event), event["step"])
+        path = self.out_dir / "logs" / "health.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as log:
+            log.write(json.dumps(event) + "\n")
 
     def export_snapshots(self) -> None:
         """Export the EMA model for every ``snapshot_minutes`` mark passed and not yet exported."""
