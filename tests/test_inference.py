@@ -123,6 +123,7 @@ def test_batched_requests_give_the_images_of_one_at_a_time(tiny_model_folder):
     for (name, seed, n), result in zip(requests, results):
         alone = pipeline.generate(name, num_images_per_prompt=n, steps=4, seed=seed)
         assert result.metadata["prompts"] == [name] and result.metadata["seeds"] == list(range(seed, seed + n))
+        assert len(result.metadata["health"]) == n  # this request's images only
         for got, expected in zip(result.images, alone.images, strict=True):
             assert np.abs(pixels(got) - pixels(expected)).max() <= 1
         assert previews[name] == [n] * 4  # every step, only this request's images

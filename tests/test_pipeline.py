@@ -141,3 +141,21 @@ def test_default_model_ships_calibrated_step_caching_that_auto_uses():
     assert target == policies.auto and settings.depth >= 1  # auto reuses a level: it is not off
     calibration = json.loads((default_model_folder() / "adaptive.json").read_text())["calibration"]
     assert len(calibration["rows"]) > 10 and calibration["settings"]["captions"] >= 32
+
+
+def test_metadata_flags_non_finite_and_blank_images_per_image():
+    from fractalflow.monitoring import image_health
+
+    images = torch.rand(4, 3, 8, 8) * 2 - 1
+    images[1, 0, 0, 0] = float("nan")
+    images[2] = 0.3  # one flat colour
+    images[3] *= 3.0  # most values far outside [-1, 1]
+    reports = image_health(images)
+    assert [r["flagged"] for r in reports] == [False, True, True, True]
+    assert not reports[1]["finite"] and reports[2]["blank"] and reports[3]["out_of_range"] > 0.5
+
+
+def test_every_generated_image_gets_a_health_report(tiny_model_folder):
+    pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    result = pipeline.generate(["one", "two"], steps=3, seed=0)
+    assert len(result.metadata["health"]) == 2 and all(r["finite"] for r in result.metadata["health"])

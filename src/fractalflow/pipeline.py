@@ -35,6 +35,7 @@ from fractalflow.model.conditioning import Conditioning
 from fractalflow.model.text import TextEncoder
 from fractalflow.model.transformer import FractalTransformer
 from fractalflow.model.weights import load_model, save_model
+from fractalflow.monitoring.health import image_health
 
 DEFAULT_MODEL = "default"
 
@@ -297,6 +298,7 @@ class FractalFlowPipeline:
                 "settings": None if cache is OFF else cache.to_dict(),
                 **caching.report(),
             },
+            "health": image_health(images),
             "seconds": time.perf_counter() - started,
             "model": self.source,
         }

@@ -254,5 +254,11 @@ class InferenceEngine:
                 self._cancelled.discard(future)
                 future.set_exception(GenerationCancelled("cancelled while running"))
                 continue
-            metadata = {**result.metadata, "prompts": [request.prompt], "seeds": request.seeds(), "batch": start}
+            metadata = {
+                **result.metadata,
+                "prompts": [request.prompt],
+                "seeds": request.seeds(),
+                "health": result.metadata["health"][begin:end],
+                "batch": start,
+            }
             future.set_result(GenerationResult(result.images[begin:end], metadata))

@@ -1,5 +1,5 @@
-"""Watching a model's health: training faults (``health.TrainingHealth``)."""
+"""Watching a model's health: training faults (``TrainingHealth``) and generated images (``image_health``)."""
 
-from fractalflow.monitoring.health import HealthSettings, TrainingHealth
+from fractalflow.monitoring.health import HealthSettings, TrainingHealth, image_health
 
-__all__ = ["HealthSettings", "TrainingHealth"]
+__all__ = ["HealthSettings", "TrainingHealth", "image_health"]
