@@ -207,6 +207,16 @@ def test_bench_measures_each_profile_against_the_baseline_in_its_own_process(tin
     assert format_table(rows).count("\n") == 4
 
 
+def test_bench_runs_each_profile_with_its_step_caching_and_the_baseline_in_full(tiny_model_folder):
+    from fractalflow.inference.bench import BenchCase, generation_settings
+
+    pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    cpu = generation_settings(BenchCase(profile="cpu"), pipeline, PROFILES["cpu"])
+    base = generation_settings(BenchCase(), pipeline, PROFILES["cpu"])
+    assert cpu["adaptive"] == PROFILES["cpu"].adaptive == "auto"
+    assert "adaptive" not in base and base["size"] == 16  # generate's default: off
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [

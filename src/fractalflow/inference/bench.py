@@ -51,12 +51,13 @@ class BenchCase(JsonConfig):
             )
 
 
-def generation_settings(case: BenchCase, pipeline: FractalFlowPipeline) -> dict:
-    """The baseline samples the named resolution's size at one scale; profiles refine coarse to fine."""
+def generation_settings(case: BenchCase, pipeline: FractalFlowPipeline, profile: InferenceProfile) -> dict:
+    """The baseline samples the named resolution's size at one scale in full; profiles refine
+    coarse to fine, with their step caching (``adaptive``)."""
     if case.profile == BASELINE:
         model = pipeline.config
         return dict(size=resolution_size(case.resolution, model.sample_size, model.downsampling), steps=case.steps)
-    return dict(resolution=case.resolution, steps=case.steps, early_stop=case.early_stop)
+    return dict(resolution=case.resolution, steps=case.steps, early_stop=case.early_stop, adaptive=profile.adaptive)
 
 
 def peak_rss_mb() -> float:
@@ -102,7 +103,7 @@ def measure(case: BenchCase) -> dict:
     if not pipeline.config.class_names:
         pipeline.text_encoder.encode([prompt])
     load_seconds = time.perf_counter() - started
-    settings = generation_settings(case, pipeline)
+    settings = generation_settings(case, pipeline, profile)
 
     first_preview, finished = latency(pipeline, settings, case.repeats)
     throughput = {}
@@ -142,6 +143,7 @@ def evaluate_case(case: BenchCase, pipeline: FractalFlowPipeline, settings: dict
         size=settings.get("size", 0),
         resolution=str(settings.get("resolution", "")),
         early_stop=settings.get("early_stop", 0.0),
+        adaptive=settings.get("adaptive", "off"),
         batch_size=32,
     )
     held_out = load_emoji(case.data, image_size=64, split="eval")
