@@ -284,6 +284,14 @@ def prepared_sizes(root: Path) -> list[int]:
     return sorted(int(p.stem.split("-")[1]) for p in root.glob("images-*.npy"))
 
 
+def read_records(root: str | Path) -> list[EmojiRecord]:
+    """The records (names, splits, sources; no pixels) of a prepared folder, in stored order."""
+    root = Path(root)
+    if not (root / RECORDS_NAME).is_file() or not prepared_sizes(root):
+        raise FileNotFoundError(f"{root} holds no prepared emoji set (run 'fractalflow data prepare --out {root}')")
+    return [EmojiRecord(**json.loads(line)) for line in (root / RECORDS_NAME).read_text().splitlines()]
+
+
 def load_emoji(
     root: str | Path,
     image_size: int = 64,
@@ -296,10 +304,8 @@ def load_emoji(
     root = Path(root)
     if split not in ("train", "eval", "all"):
         raise ValueError(f"split={split!r}; allowed: 'train', 'eval', 'all'")
+    records = read_records(root)
     sizes = prepared_sizes(root)
-    if not (root / RECORDS_NAME).is_file() or not sizes:
-        raise FileNotFoundError(f"{root} holds no prepared emoji set (run 'fractalflow data prepare --out {root}')")
-    records = [EmojiRecord(**json.loads(line)) for line in (root / RECORDS_NAME).read_text().splitlines()]
     rows = [i for i, r in enumerate(records) if (split == "all" or r.split == split) and (keep is None or keep(r))]
     if not rows:
         raise ValueError(f"no image of {root} is in split {split!r} and accepted by keep")

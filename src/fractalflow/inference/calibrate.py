@@ -87,14 +87,13 @@ def candidate_settings(levels: int) -> list[CacheSettings]:
 
 def training_captions(data: str | Path, count: int, seed: int = 0) -> list[str]:
     """``count`` captions of the training split of a prepared emoji folder, drawn at random
-    with ``seed`` (never the held-out split)."""
-    from fractalflow.data.emoji import load_emoji, prepared_sizes
+    with ``seed`` (never the held-out split). Reads the records only, not the pixels."""
+    from fractalflow.data.emoji import read_records
 
-    train = load_emoji(data, image_size=min(prepared_sizes(Path(data))), split="train")
-    if count > len(train.captions):
-        raise ValueError(f"captions={count}: the training split of {data} has {len(train.captions)}")
-    rows = random.Random(seed).sample(range(len(train.captions)), count)
-    return [train.captions[i] for i in rows]
+    captions = [record.caption() for record in read_records(data) if record.split == "train"]
+    if count > len(captions):
+        raise ValueError(f"captions={count}: the training split of {data} has {len(captions)}")
+    return [captions[i] for i in random.Random(seed).sample(range(len(captions)), count)]
 
 
 @dataclass(frozen=True)
