@@ -11,6 +11,8 @@ data folder or the npm sources plus resvg-py.
 
     python scripts/train_default.py --out runs/default --install
     python scripts/train_default.py --install-snapshot runs/default/snapshots/120min
+    python scripts/train_default.py --init src/fractalflow/weights/default --out runs/default-ft \
+        --steps 6000 --learning-rate 5e-4 --curriculum 64/emoji:0.75,64:0.25
 """
 
 from __future__ import annotations
@@ -80,6 +82,11 @@ def main() -> None:
     parser.add_argument("--preset", default="small", help="model size preset (default: small)")
     parser.add_argument("--steps", type=int, default=TRAIN.steps, help=f"training steps (default: {TRAIN.steps})")
     parser.add_argument("--batch-size", type=int, default=TRAIN.batch_size, help="images per step at 64 px")
+    parser.add_argument("--learning-rate", type=float, default=TRAIN.learning_rate, help="peak learning rate")
+    parser.add_argument("--curriculum", default="", help="stages, e.g. 64/emoji:0.75,64:0.25 (TrainConfig.curriculum)")
+    parser.add_argument(
+        "--init", default=None, help="start from this model folder's weights (a snapshot, or the installed default)"
+    )
     parser.add_argument(
         "--max-minutes", type=float, default=None, help="stop this session after so many minutes (resume later)"
     )
@@ -98,10 +105,17 @@ def main() -> None:
         print(json.dumps(prepare(Path(args.sources), data), indent=2))
     dataset = load_emoji(data, image_size=64, split="train")
     encoder = TextEncoder.from_pretrained(device=device, cache_size=len(dataset) * 4 + 1024)
-    train_config = TrainConfig(**{**TRAIN.to_dict(), "steps": args.steps, "batch_size": args.batch_size})
+    overrides = dict(
+        steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, curriculum=args.curriculum
+    )
+    train_config = TrainConfig(**{**TRAIN.to_dict(), **overrides})
     model_config = model_preset(args.preset, **MODEL)
+    if args.init:
+        model_config = replace(load_model(args.init).config, trained_sizes=())
     trainer = Trainer(model_config, train_config, dataset, args.out, device=device, text_encoder=encoder)
     resumed_from = trainer.step if trainer.resume() else 0
+    if args.init and not resumed_from:
+        trainer.warm_start(args.init)
     started = time.perf_counter()
     summary = trainer.train(max_seconds=None if args.max_minutes is None else args.max_minutes * 60)
     summary.update(

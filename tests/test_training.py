@@ -235,6 +235,32 @@ def test_exported_config_names_the_sizes_trained_at_so_far(tmp_path):
     assert load_model(tmp_path / "model").config.trained_sizes == (8, 16)
 
 
+def test_a_warm_start_continues_from_a_model_folder_with_a_fresh_schedule(tmp_path):
+    first = make_trainer(tmp_path / "first", digits(32), steps=30, checkpoint_every=0)
+    first.train()
+    second = make_trainer(tmp_path / "second", digits(32), steps=10, checkpoint_every=0)
+    second.warm_start(tmp_path / "first" / "model")
+    for name, value in load_model(tmp_path / "first" / "model").state_dict().items():
+        assert torch.equal(second.model.state_dict()[name], value), name
+        assert torch.equal(second.ema.module.state_dict()[name], value), name
+    fresh = make_trainer(tmp_path / "fresh", digits(32), steps=10, checkpoint_every=0)
+    assert second.train_step() < 0.8 * fresh.train_step()  # same batch and noise: the trained weights fit better
+    assert second.scheduler.last_epoch == 1  # its own schedule, from the start
+
+
+def test_a_warm_start_needs_the_same_network_and_an_unstarted_run(tmp_path):
+    make_trainer(tmp_path / "first", digits(32), steps=2, checkpoint_every=0).train()
+    dataset = digits(32)
+    wider = model_preset("tiny", in_channels=1, class_names=dataset.class_names, sample_size=16, widths=(48, 64))
+    other = Trainer(wider, TrainConfig(steps=2, batch_size=8, image_size=16), dataset, tmp_path / "o", progress=False)
+    with pytest.raises(ValueError, match="its network differs from this run.s in widths"):
+        other.warm_start(tmp_path / "first" / "model")
+    started = make_trainer(tmp_path / "started", dataset, steps=4, checkpoint_every=0)
+    started.train(stop_at=1)
+    with pytest.raises(RuntimeError, match="warm_start must come before training"):
+        started.warm_start(tmp_path / "first" / "model")
+
+
 def test_data_with_other_channels_than_the_model_is_rejected(tmp_path):
     dataset = digits(8)
     config = model_preset("tiny", in_channels=3, class_names=dataset.class_names)

@@ -26,7 +26,7 @@ from fractalflow.model.conditioning import Conditioning
 from fractalflow.model.flops import forward_flops
 from fractalflow.model.text import TextEncoder
 from fractalflow.model.transformer import FractalTransformer
-from fractalflow.model.weights import save_model
+from fractalflow.model.weights import load_model, save_model
 from fractalflow.monitoring.health import HealthSettings, TrainingHealth
 from fractalflow.training.checkpoint import (
     CheckpointError,
@@ -212,6 +212,24 @@ class Trainer:
         self.train_seconds = state.info.get("train_seconds", 0.0)
         self.step = state.step
         return True
+
+    def warm_start(self, folder: str | Path) -> None:
+        """Start from the weights of the model folder ``folder`` (model and EMA) instead of a
+        fresh initialisation, with this run's own optimizer, schedule and data: fine-tuning, or
+        a further schedule for a finished run. The folder must hold the same network (sizes
+        trained at aside); call before the first step, and not after :meth:`resume`."""
+        if self.step:
+            raise RuntimeError(f"warm_start must come before training (this run is at step {self.step})")
+        source = load_model(folder, model_class=type(self.model))
+        ignored = {"trained_sizes"}
+        theirs, ours = source.config.to_dict(), self.model_config.to_dict()
+        differ = [k for k in ours if k not in ignored and theirs.get(k) != ours[k]]
+        if differ:
+            raise ValueError(
+                f"cannot start from {folder}: its network differs from this run's in {', '.join(sorted(differ))}"
+            )
+        self.model.load_state_dict(source.state_dict())
+        self.ema.module.load_state_dict(source.state_dict())
 
     def check_same_run(self, info: dict) -> None:
         """Refuse to resume a checkpoint written with another network or image sizes."""
