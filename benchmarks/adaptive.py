@@ -30,6 +30,7 @@ from fractalflow.evaluation.alignment import load_alignment_encoder
 from fractalflow.evaluation.concepts import asked_concept_images
 from fractalflow.evaluation.evaluate import EvalSettings, eval_rows, evaluate
 from fractalflow.files import atomic_write_text
+from fractalflow.generation import GenerationConfig
 from fractalflow.hardware import describe_device
 from fractalflow.inference import InferenceEngine
 
@@ -40,7 +41,7 @@ PICTURE_PROMPTS = ["red heart", "cat face, twemoji style", "rocket", "bell icon,
 
 
 def cases(targets: list[float]) -> list[tuple[str, dict]]:
-    """(label, EvalSettings fields) of one resolution: off, each target, fewer steps."""
+    """(label, GenerationConfig fields) of one resolution: off, each target, fewer steps."""
     rows = [("off", {})]
     rows += [(f"adaptive {target:g}x", {"adaptive": target}) for target in targets]
     rows += [(f"{steps} steps, off", {"steps": steps}) for steps in (14, 10, 7)]
@@ -49,12 +50,12 @@ def cases(targets: list[float]) -> list[tuple[str, dict]]:
 
 def latency(engine: InferenceEngine, settings: EvalSettings) -> float:
     """Median seconds for one image (4 prompts, 2 seeds each) after a warm-up."""
-    engine.generate(PICTURE_PROMPTS[0], seed=99, **settings.sampling())
+    engine.generate(PICTURE_PROMPTS[0], seed=99, config=settings.generation)
     times = []
     for prompt in PICTURE_PROMPTS:
         for seed in range(2):
             started = time.perf_counter()
-            engine.generate(prompt, seed=seed, **settings.sampling())
+            engine.generate(prompt, seed=seed, config=settings.generation)
             times.append(time.perf_counter() - started)
     return statistics.median(times)
 
@@ -92,9 +93,8 @@ def main() -> None:
         held_out = load_emoji(args.data, image_size=size, split="eval")
         gallery = asked_concept_images(args.data, held_out, eval_rows(count, len(held_out)), size)
         for label, fields in cases(targets):
-            settings = EvalSettings(
-                num_images=count, batch_size=32, resolution=resolution, early_stop=EARLY_STOP, **fields
-            )
+            generation = GenerationConfig(resolution=resolution, early_stop=EARLY_STOP, **fields)
+            settings = EvalSettings(num_images=count, batch_size=32, generation=generation)
             print(f"== {size} px, {label}", flush=True)
             seconds = latency(engine, settings)
             report = evaluate(engine.pipeline, held_out, settings, alignment, gallery=gallery)

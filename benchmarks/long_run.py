@@ -26,6 +26,7 @@ from fractalflow.evaluation.alignment import load_alignment_encoder
 from fractalflow.evaluation.concepts import asked_concept_images
 from fractalflow.evaluation.evaluate import EvalSettings, eval_rows, evaluate
 from fractalflow.files import atomic_write_text
+from fractalflow.generation import GenerationConfig
 from fractalflow.hardware import describe_device, resolve_device
 from fractalflow.pipeline import default_model_folder
 
@@ -81,7 +82,7 @@ def main() -> None:
     if not found:
         parser.error(f"{run} has no snapshots/<M>min folders; train with --snapshot-minutes")
     device = resolve_device(args.device)
-    settings = EvalSettings(num_images=args.n, size=args.size, batch_size=64)
+    settings = EvalSettings(num_images=args.n, batch_size=64, generation=GenerationConfig(size=args.size))
     held_out = load_emoji(args.data, image_size=args.size, split="eval")
     gallery = asked_concept_images(args.data, held_out, eval_rows(args.n, len(held_out)), args.size)
     alignment = load_alignment_encoder()

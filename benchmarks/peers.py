@@ -40,6 +40,7 @@ from fractalflow.evaluation.concepts import asked_concept_images
 from fractalflow.evaluation.evaluate import EvalSettings, concept_gallery, eval_rows, evaluate
 from fractalflow.evaluation.features import EffNetFeatures
 from fractalflow.files import atomic_path, atomic_write_text
+from fractalflow.generation import GenerationConfig
 from fractalflow.hardware import describe_device, resolve_device
 from fractalflow.model.flops import forward_flops
 from fractalflow.model.text import TextEncoder
@@ -185,7 +186,9 @@ def train_and_evaluate(
     trainer.export(out / "model")
     model = trainer.ema.module.eval()
     pipeline = FractalFlowPipeline(model, device=device, source=name, text_encoder=encoder)
-    settings = EvalSettings(num_images=bench.eval_images, size=bench.size, batch_size=bench.eval_batch)
+    settings = EvalSettings(
+        num_images=bench.eval_images, batch_size=bench.eval_batch, generation=GenerationConfig(size=bench.size)
+    )
     report = evaluate(pipeline, data["held_out"], settings, data["alignment"], gallery=data["gallery"])
     return {
         "model_config": model_config.to_dict(),

@@ -28,6 +28,7 @@ from fractalflow.evaluation.alignment import load_alignment_encoder
 from fractalflow.evaluation.evaluate import EvalSettings, evaluate
 from fractalflow.files import atomic_write_text
 from fractalflow.flow.refine import DEFAULT_SCALES, ProgressiveRefiner, RefineSettings, plan_stages, stage_cost
+from fractalflow.generation import GenerationConfig
 from fractalflow.hardware import describe_device
 from fractalflow.inference.bench import latency
 
@@ -51,11 +52,10 @@ VARIANTS = [
 ]
 
 
-def cost(settings: EvalSettings, native: int, multiple: int) -> float:
+def cost(config: GenerationConfig, native: int, multiple: int) -> float:
     """Velocity evaluations in units of one at 64 px (guidance doubles every variant alike)."""
-    resolution = settings.sampling()["resolution"] or settings.size
-    scales = settings.scales or (DEFAULT_SCALES if settings.resolution else (settings.size / native,))
-    stages = plan_stages(RefineSettings(resolution=resolution, scales=scales, steps=settings.steps), native, multiple)
+    scales = DEFAULT_SCALES if config.resolution else (config.size / native,)
+    stages = plan_stages(config.refine_settings("standard", scales), native, multiple)
     return stage_cost(stages) * (stages[-1].size / 64) ** 2
 
 
@@ -88,9 +88,9 @@ def main() -> None:
     measured = {row["variant"]: row for row in previous.get("variants", [])} if same_run else {}
     rows = []
     for name, overrides in VARIANTS:
-        settings = EvalSettings(num_images=args.n, batch_size=64, **overrides)
+        settings = EvalSettings(num_images=args.n, batch_size=64, generation=GenerationConfig(**overrides))
         print(f"== {name}", flush=True)
-        first_preview, finished = latency(pipeline, settings.sampling())
+        first_preview, finished = latency(pipeline, settings.generation)
         if name in measured and measured[name]["eval"]["settings"] == json.loads(json.dumps(settings.to_dict())):
             report = measured[name]["eval"]  # quality measured by an earlier run with the same settings
         else:
@@ -98,7 +98,7 @@ def main() -> None:
         rows.append(
             {
                 "variant": name,
-                "cost_64px_evaluations": cost(settings, native, multiple),
+                "cost_64px_evaluations": cost(settings.generation, native, multiple),
                 "seconds_to_first_preview": first_preview,
                 "seconds_to_image_batch1": finished,
                 "eval": report,

@@ -32,6 +32,7 @@ from fractalflow.evaluation.features import EffNetFeatures
 from fractalflow.evaluation.frechet import frechet_distance_of_features
 from fractalflow.evaluation.manifold import precision_recall
 from fractalflow.files import atomic_path, atomic_write_text
+from fractalflow.generation import GenerationConfig
 from fractalflow.hardware import describe_device
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +97,8 @@ def main() -> None:
     for name, overrides, upsample in VARIANTS:
         print(f"== {name}", flush=True)
         early_stop = 0.0 if overrides.get("size") else args.early_stop
-        settings = EvalSettings(num_images=count, early_stop=early_stop, batch_size=32, **overrides)
+        generation = GenerationConfig(early_stop=early_stop, **overrides)
+        settings = EvalSettings(num_images=count, batch_size=32, generation=generation)
         begin = time.perf_counter()
         images = generate_for_captions(pipeline, prompts, settings)
         seconds = (time.perf_counter() - begin) / count

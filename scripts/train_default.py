@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from fractalflow import FractalFlowPipeline, TrainConfig, model_preset
+from fractalflow import FractalFlowPipeline, GenerationConfig, TrainConfig, model_preset
 from fractalflow.data.emoji import load_emoji, prepare
 from fractalflow.hardware import describe_device, resolve_device
 from fractalflow.inference.calibrate import CalibrationSettings, calibrate, training_captions, write_policies
@@ -141,6 +141,7 @@ def install(model: torch.nn.Module, device: torch.device, data: str) -> None:
     # snapshots exported before FractalConfig recorded the sizes trained at: this run trains at 64 px
     config = replace(model.config, trained_sizes=model.config.trained_sizes or (TRAIN.image_size,))
     save_model(model, target, torch.float16, config=config)
+    GenerationConfig().save(target)  # the library's sampling defaults, stated in the folder
     if card_text is not None:
         card.write_text(card_text)
     pipeline = FractalFlowPipeline.from_pretrained(target, device=device)

@@ -1,9 +1,12 @@
 """Evaluation metrics: Fréchet distance, k-NN precision/recall, EfficientNet-Lite0 features."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+from fractalflow import GenerationConfig
 from fractalflow.evaluation.frechet import feature_statistics, frechet_distance, frechet_distance_of_features
 from fractalflow.evaluation.manifold import precision_recall
 
@@ -158,11 +161,9 @@ def test_evaluate_is_deterministic_and_reports_every_field(text_encoder, monkeyp
         captions=["red square", "blue square", "green square", "yellow square"],
     )
     alignment = AlignmentEncoder(AlignmentConfig(image_size=16, widths=(16, 32), embed_dim=32)).eval()
-    settings = EvalSettings(num_images=6, steps=2, batch_size=4, feature_size=32)
+    settings = EvalSettings(num_images=6, batch_size=4, feature_size=32, generation=GenerationConfig(steps=2))
     first = evaluate(pipeline, held_out, settings, alignment=alignment, progress=False)
-    second = evaluate(
-        pipeline, held_out, EvalSettings(**{**settings.to_dict(), "batch_size": 5}), alignment, None, False
-    )
+    second = evaluate(pipeline, held_out, dataclasses.replace(settings, batch_size=5), alignment, None, False)
     assert first["metrics"] == second["metrics"]  # same seeds, other batching: same numbers
     assert set(first["metrics"]) == {
         "fd_effnet_l0",
@@ -258,7 +259,7 @@ def test_evaluate_reports_concept_retrieval_with_its_ceiling_and_chance(text_enc
     torch.manual_seed(0)
     model = FractalTransformer(model_preset("tiny", in_channels=3, cond_dim=384, sample_size=16))
     pipeline = FractalFlowPipeline(model, text_encoder=text_encoder)
-    settings = EvalSettings(num_images=4, steps=2, batch_size=4, feature_size=32)
+    settings = EvalSettings(num_images=4, batch_size=4, feature_size=32, generation=GenerationConfig(steps=2))
     report = evaluate(pipeline, data, settings, progress=False, gallery=gallery)
     metrics = report["metrics"]
     assert metrics["concept_queries"] == 3  # the three emoji; the icon is not a query

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fractalflow import FractalFlowPipeline
+from fractalflow import FractalFlowPipeline, GenerationConfig
 from fractalflow.evaluation.evaluate import model_fingerprint
 from fractalflow.inference import (
     PROFILES,
@@ -115,7 +115,7 @@ def test_batched_requests_give_the_images_of_one_at_a_time(tiny_model_folder):
 
     with InferenceEngine(profile=profile, pipeline=pipeline) as engine:
         futures = [
-            engine.submit(GenerationRequest(name, seed=seed, num_images=n, steps=4, callback=record(name)))
+            engine.submit(GenerationRequest(name, seed, n, GenerationConfig(steps=4), callback=record(name)))
             for name, seed, n in requests
         ]
         results = [future.result(timeout=60) for future in futures]
@@ -126,16 +126,19 @@ def test_batched_requests_give_the_images_of_one_at_a_time(tiny_model_folder):
         assert len(result.metadata["health"]) == n  # this request's images only
         for got, expected in zip(result.images, alone.images, strict=True):
             assert np.abs(pixels(got) - pixels(expected)).max() <= 1
-        assert previews[name] == [n] * 4  # every step, only this request's images
+        steps_run = sum(stage["steps_run"] for stage in alone.metadata["stages"])
+        assert previews[name] == [n] * steps_run  # every step, only this request's images
 
 
 def test_requests_share_a_batch_only_when_their_adaptive_policy_matches(tiny_model_folder):
     profile = replace(PROFILES["cpu"], max_batch=8, batch_window_ms=200.0, adaptive="off")
     pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
     pipeline.adaptive_policies = AdaptivePolicies({2.0: CacheSettings(every=3)}, auto=2.0)
-    asked = [None, "off", "auto", 2.0]  # None: the profile's, so it joins "off"; 2.0 is what auto picks
+    pipeline.generation_config = GenerationConfig(steps=6)
+    asked = [None, "off", "auto", 2.0]  # None: the engine's defaults, so it joins "off"; 2.0 is what auto picks
     with InferenceEngine(profile=profile, pipeline=pipeline) as engine:
-        futures = [engine.submit(GenerationRequest("one", adaptive=a, steps=6)) for a in asked]
+        configs = [None if a is None else GenerationConfig(steps=6, adaptive=a) for a in asked]
+        futures = [engine.submit(GenerationRequest("one", config=config)) for config in configs]
         results = [future.result(timeout=60) for future in futures]
     assert sorted(engine.batches_run) == [1, 1, 2]  # "auto" and 2.0 are asked differently: not batched
     assert [r.metadata["adaptive"]["target"] for r in results] == [None, None, 2.0, 2.0]
@@ -151,7 +154,8 @@ def test_cancelling_a_running_request_stops_its_batch_early(tiny_model_folder):
             if event.step == 2:
                 engine.cancel(future)
 
-        future = engine.submit(GenerationRequest("one", steps=20, callback=cancel_after_two_steps))
+        request = GenerationRequest("one", config=GenerationConfig(steps=20), callback=cancel_after_two_steps)
+        future = engine.submit(request)
         with pytest.raises(GenerationCancelled):
             future.result(timeout=60)
     assert steps_seen == [1, 2]  # no events after the cancel, and the batch stopped at step 3
@@ -167,9 +171,11 @@ def test_cancelling_one_request_of_a_batch_leaves_the_others_whole(tiny_model_fo
             seen["dropped"].append(event.step)
             engine.cancel(dropped)
 
-        kept = engine.submit(GenerationRequest("one", steps=6, callback=lambda e: seen["kept"].append(e.step)))
-        dropped = engine.submit(GenerationRequest("two", steps=6, callback=on_dropped))
-        waiting = engine.submit(GenerationRequest("three", steps=6, guidance=1.0))  # another batch, still queued
+        six = GenerationConfig(steps=6, size=16)  # one scale: six steps
+        kept = engine.submit(GenerationRequest("one", config=six, callback=lambda e: seen["kept"].append(e.step)))
+        dropped = engine.submit(GenerationRequest("two", config=six, callback=on_dropped))
+        # another batch, still queued
+        waiting = engine.submit(GenerationRequest("three", config=GenerationConfig(steps=6, guidance=1.0)))
         assert engine.cancel(waiting) and waiting.cancelled()
         assert len(kept.result(timeout=60).images) == 1
         with pytest.raises(GenerationCancelled):
@@ -182,13 +188,14 @@ def test_cancelling_one_request_of_a_batch_leaves_the_others_whole(tiny_model_fo
 def test_incompatible_requests_run_in_separate_batches_and_errors_stay_with_their_request(tiny_model_folder):
     profile = replace(PROFILES["cpu"], batch_window_ms=200.0)
     with InferenceEngine(tiny_model_folder, profile=profile) as engine:
-        a = engine.submit(GenerationRequest("one", steps=2))
-        b = engine.submit(GenerationRequest("one", steps=3))
-        bad = engine.submit(GenerationRequest("one", steps=2, resolution="huge"))
+        a = engine.submit(GenerationRequest("one", config=GenerationConfig(steps=2)))
+        b = engine.submit(GenerationRequest("one", config=GenerationConfig(steps=3)))
+        # a valid config that this model cannot draw (its sizes are multiples of 4): found in the batch
+        bad = engine.submit(GenerationRequest("one", config=GenerationConfig(steps=2, size=18)))
         assert len(a.result(timeout=60).images) == 1 and len(b.result(timeout=60).images) == 1
-        with pytest.raises(ValueError, match="unknown resolution 'huge'"):
+        with pytest.raises(ValueError, match="multiples of 4"):
             bad.result(timeout=60)
-        after = engine.submit(GenerationRequest("two", steps=2))
+        after = engine.submit(GenerationRequest("two", config=GenerationConfig(steps=2)))
         assert len(after.result(timeout=60).images) == 1  # the worker survived the failure
     assert sorted(engine.batches_run) == [1, 1, 1]
 
@@ -208,13 +215,13 @@ def test_bench_measures_each_profile_against_the_baseline_in_its_own_process(tin
 
 
 def test_bench_runs_each_profile_with_its_step_caching_and_the_baseline_in_full(tiny_model_folder):
-    from fractalflow.inference.bench import BenchCase, generation_settings
+    from fractalflow.inference.bench import BenchCase, generation_config
 
     pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
-    cpu = generation_settings(BenchCase(profile="cpu"), pipeline, PROFILES["cpu"])
-    base = generation_settings(BenchCase(), pipeline, PROFILES["cpu"])
-    assert cpu["adaptive"] == PROFILES["cpu"].adaptive == "auto"
-    assert "adaptive" not in base and base["size"] == 16  # generate's default: off
+    cpu = generation_config(BenchCase(profile="cpu"), pipeline, PROFILES["cpu"])
+    base = generation_config(BenchCase(), pipeline, PROFILES["cpu"])
+    assert cpu.adaptive == PROFILES["cpu"].adaptive == "auto"
+    assert base.adaptive == "off" and base.size == 16
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,7 @@ def test_callback_gets_a_finite_preview_every_step(tiny_model_folder):
     assert [e.step for e in events] == [1, 2, 3, 4, 5] and {e.total for e in events} == {5}
     assert all(torch.isfinite(e.preview).all() and e.preview.shape == (1, 1, 32, 32) for e in events)
     assert events[-1].preview_images()[0].size == (32, 32)
-    assert result.images[0].size == (32, 32) and result.metadata["steps"] == 5
+    assert result.images[0].size == (32, 32) and result.metadata["config"]["steps"] == 5
 
 
 def test_prompt_must_name_a_class_of_a_class_conditional_model(tiny_model_folder):

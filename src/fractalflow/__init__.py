@@ -1,6 +1,7 @@
 """fractalflow: a small, fast, frugal pixel-space text-to-image engine."""
 
 from fractalflow.config import FractalConfig, TrainConfig, model_preset
+from fractalflow.generation import GenerationConfig
 from fractalflow.model import Conditioning, FractalTransformer
 from fractalflow.pipeline import FractalFlowPipeline, GenerationResult
 
@@ -11,6 +12,7 @@ __all__ = [
     "FractalConfig",
     "FractalFlowPipeline",
     "FractalTransformer",
+    "GenerationConfig",
     "GenerationResult",
     "TrainConfig",
     "model_preset",

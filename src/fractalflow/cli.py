@@ -80,10 +80,35 @@ def _adaptive(text: str) -> str | float:
         raise argparse.ArgumentTypeError(f"{text!r}: give off, auto or a speed-up such as 2") from None
 
 
-ADAPTIVE_HELP = (
-    "spend less compute on steps that need less: off, auto (the model's calibrated default) or a target "
-    "speed-up such as 2 (the largest calibrated one not above it) (default: off)"
-)
+def _resolution(text: str) -> str | int:
+    return int(text) if text.isdigit() else text
+
+
+def _add_generation_options(parser: argparse.ArgumentParser) -> None:
+    """One option per GenerationConfig field, with its help and limits; left out, the model's
+    default (its generation_config.json, else GenerationConfig's)."""
+    from fractalflow.generation import GenerationConfig, range_text
+
+    parse = {"scales": _scale_list, "adaptive": _adaptive, "resolution": _resolution, "sampler": str}
+    for field in dataclasses.fields(GenerationConfig):
+        kind = parse.get(field.name) or (int if str(field.type).startswith("int") else float)
+        limits = field.metadata.keys() & {"ge", "gt", "le"}
+        shown = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
+        rule = f", {range_text(field.metadata)}" if limits else ""
+        parser.add_argument(
+            "--" + field.name.replace("_", "-"),
+            type=kind,
+            default=None,
+            help=f"{field.metadata['help']}{rule} (default: the model's; {shown} unless it says otherwise)",
+        )
+
+
+def _generation_settings(args: argparse.Namespace) -> dict:
+    """The GenerationConfig fields given on the command line."""
+    from fractalflow.generation import GenerationConfig
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(GenerationConfig)}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,42 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("prompt", nargs="+", help="what to draw; for a class-conditional model, a class name")
     generate.add_argument("-o", "--output", default="out.png", help="PNG file to write (default: out.png)")
     generate.add_argument("--model", default=None, help="model folder or hub id (default: the shipped model)")
-    generate.add_argument("--steps", type=int, default=20, help="sampling steps, >= 1 (default: 20)")
-    generate.add_argument(
-        "--guidance", type=float, default=3.0, help="classifier-free guidance scale, >= 0 (default: 3)"
-    )
     generate.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    generate.add_argument(
-        "--size",
-        type=int,
-        default=None,
-        help="side in pixels, a multiple of the model's downsampling (default: the model's)",
-    )
-    generate.add_argument(
-        "--resolution",
-        default=None,
-        help="refine coarse to fine up to preview, standard, high, ultra (0.25x, 1x, 2x, 4x the model's "
-        "size) or a size in pixels; instead of --size",
-    )
-    generate.add_argument(
-        "--scales",
-        type=_scale_list,
-        default=None,
-        help="comma-separated scales to pass through with --resolution, relative to the model's size "
-        "(default: 0.5,1,2,4, from the smallest size the model was trained at)",
-    )
-    generate.add_argument(
-        "--early-stop",
-        type=float,
-        default=0.0,
-        help="with --resolution: end a scale once the image estimate changes by less than this "
-        "relative amount per step, e.g. 0.01 (default: 0, off)",
-    )
-    generate.add_argument("--sampler", default="euler", help="euler or heun (default: euler)")
     generate.add_argument(
         "--num-images", type=int, default=1, help="images per prompt, shown side by side (default: 1)"
     )
-    generate.add_argument("--adaptive", type=_adaptive, default="off", help=ADAPTIVE_HELP)
+    _add_generation_options(generate)
     generate.add_argument(
         "--upscale",
         type=int,
@@ -176,25 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--n", "--num-images", dest="num_images", type=int, default=2000, help="images to generate (default: 2000)"
     )
-    evaluate.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
-    evaluate.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default: 3)")
-    evaluate.add_argument("--sampler", default="euler", help="euler or heun (default: euler)")
-    evaluate.add_argument("--size", type=int, default=0, help="side in pixels (default: the model's)")
-    evaluate.add_argument(
-        "--resolution", default="", help="refine coarse to fine up to this named resolution or size (as generate)"
-    )
-    evaluate.add_argument(
-        "--scales",
-        type=_scale_list,
-        default=(),
-        help="scales for --resolution (default: 0.5,1,2,4 from the smallest trained size)",
-    )
-    evaluate.add_argument(
-        "--early-stop", type=float, default=0.0, help="relative-change threshold to end a scale (default: 0, off)"
-    )
     evaluate.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: 0)")
     evaluate.add_argument("--batch-size", type=int, default=32, help="images generated at once (default: 32)")
-    evaluate.add_argument("--adaptive", type=_adaptive, default="off", help=ADAPTIVE_HELP)
+    _add_generation_options(evaluate)
     evaluate.add_argument("--alignment-model", default=None, help="alignment encoder folder (default: the shipped one)")
     evaluate.add_argument(
         "--out", default=None, help="JSON file to write (default: benchmarks/results/eval-<data>-<model hash>.json)"
@@ -371,18 +349,7 @@ def run_generate(args: argparse.Namespace) -> None:
     check_png_target(Path(args.output), args.upscale)
     pipeline = _load_pipeline(args.model)
     result = pipeline.generate(
-        args.prompt,
-        num_images_per_prompt=args.num_images,
-        steps=args.steps,
-        guidance=args.guidance,
-        seed=args.seed,
-        size=args.size,
-        sampler=args.sampler,
-        progress=True,
-        resolution=args.resolution,
-        scales=args.scales,
-        early_stop=args.early_stop,
-        adaptive=args.adaptive,
+        args.prompt, num_images_per_prompt=args.num_images, seed=args.seed, progress=True, **_generation_settings(args)
     )
     path = save_png(result.grid(columns=args.num_images), Path(args.output), result.metadata, upscale=args.upscale)
     print(f"wrote {path} ({result.metadata['seconds']:.2f} s)")
@@ -442,20 +409,13 @@ def run_eval(args: argparse.Namespace) -> None:
     from fractalflow.evaluation.evaluate import EvalSettings, eval_rows, evaluate
     from fractalflow.files import atomic_write_text
 
+    pipeline = _load_pipeline(args.model)
     settings = EvalSettings(
         num_images=args.num_images,
-        steps=args.steps,
-        guidance=args.guidance,
-        sampler=args.sampler,
-        size=args.size,
         seed=args.seed,
         batch_size=args.batch_size,
-        resolution=args.resolution,
-        scales=args.scales,
-        early_stop=args.early_stop,
-        adaptive=args.adaptive,
+        generation=pipeline.generation_config.merged(**_generation_settings(args)),
     )
-    pipeline = _load_pipeline(args.model)
     config = pipeline.config
     size = settings.output_size(config.sample_size, config.downsampling)
     fashion = tuple(config.class_names) == FASHION_MNIST_CLASSES

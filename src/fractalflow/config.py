@@ -27,12 +27,10 @@ def matches_type(value: Any, hint: Any) -> bool:
     if hint is type(None):
         return value is None
     if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
         items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
-        return (
-            isinstance(value, tuple)
-            and len(items) == len(value)
-            and all(matches_type(item, arg) for item, arg in zip(value, items))
-        )
+        return len(items) == len(value) and all(matches_type(item, arg) for item, arg in zip(value, items))
     if origin is dict or hint is dict:
         return isinstance(value, dict)
     if hint is bool:

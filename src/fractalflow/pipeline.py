@@ -17,11 +17,12 @@ import torch
 from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
-from fractalflow.config import MAX_CALL_PIXELS, MAX_GUIDANCE, MAX_SIDE, MAX_STEPS
+from fractalflow.config import MAX_CALL_PIXELS, MAX_SIDE
 from fractalflow.events import ProgressEvent, tensor_to_images
 from fractalflow.files import atomic_path
-from fractalflow.flow.refine import ProgressiveRefiner, RefineSettings, default_scales, seeded_noise
+from fractalflow.flow.refine import ProgressiveRefiner, default_scales, seeded_noise
 from fractalflow.flow.samplers import guided_velocity
+from fractalflow.generation import GenerationConfig
 from fractalflow.hub import resolve_model_folder
 from fractalflow.model.adaptive import (
     ADAPTIVE_FILE,
@@ -121,6 +122,7 @@ class FractalFlowPipeline:
         self.source = source
         self._text_encoder = text_encoder
         self.adaptive_policies: AdaptivePolicies | None = None  # from the model folder's adaptive.json
+        self.generation_config = GenerationConfig()  # this model's defaults (its generation_config.json)
         self.autocast_dtype: torch.dtype | None = None  # run the network in bf16/fp16 (set by InferenceEngine)
 
     @property
@@ -142,6 +144,7 @@ class FractalFlowPipeline:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         pipeline = cls(load_model(folder, dtype=dtype, device=device), device=device, source=public_name(name_or_path))
         pipeline.adaptive_policies = AdaptivePolicies.read(folder)
+        pipeline.generation_config = GenerationConfig.for_model(folder)
         return pipeline
 
     @classmethod
@@ -149,7 +152,9 @@ class FractalFlowPipeline:
         return cls.from_pretrained(default_model_folder(), device=device)
 
     def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> None:
+        """The model folder: weights, config.json and the generation defaults (generation_config.json)."""
         save_model(self.model, folder, dtype)
+        self.generation_config.save(folder)
 
     def encode_prompts(self, prompts: list[str]) -> Conditioning:
         """Conditioning for ``prompts``: text features, or for a class-conditional model the class named in each."""
@@ -189,61 +194,39 @@ class FractalFlowPipeline:
         self,
         prompt: str | list[str],
         num_images_per_prompt: int = 1,
-        steps: int = 20,
-        guidance: float = 3.0,
         seed: int | None = None,
-        size: int | None = None,
-        sampler: str = "euler",
+        seeds: Sequence[int] | None = None,
         callback: Callable[[ProgressEvent], None] | None = None,
         progress: bool = False,
-        resolution: str | int | None = None,
-        scales: Sequence[float] | None = None,
-        early_stop: float = 0.0,
-        seeds: Sequence[int] | None = None,
-        upscale_strength: float | None = None,
-        adaptive: str | float | CacheSettings = "off",
+        config: GenerationConfig | None = None,
+        **settings: Any,
     ) -> GenerationResult:
         """Generate ``num_images_per_prompt`` images for each prompt.
 
-        ``size`` samples at one scale. ``resolution`` (``preview``/``standard``/``high``/
-        ``ultra`` or pixels) refines coarse to fine through ``scales`` (relative to the
-        model's trained size; default ``DEFAULT_SCALES`` from the smallest size the model was
-        trained at); ``early_stop`` ends a scale when
-        the clean-image estimate has stopped changing; ``upscale_strength`` (0-1] is how much
-        of the image each scale above the trained size redraws (see :class:`ProgressiveRefiner`).
+        How to sample is a :class:`GenerationConfig`: ``config`` (default: this model's
+        ``generation_config``, from its folder) with any of its fields given as keywords over
+        it, e.g. ``generate("red heart", steps=10, resolution="high", adaptive="auto")``.
         Image ``i`` draws its noise from a generator seeded with ``seed + i`` (or ``seeds[i]``),
         so an image does not depend on what else is in the batch. ``callback`` gets a
-        :class:`ProgressEvent` after every step. ``adaptive`` spends less compute on steps that
-        need less (:mod:`fractalflow.model.adaptive`): "off" (full compute), "auto" (the model's
-        calibrated default), a target speed-up (the largest calibrated one not above it) or
-        :class:`CacheSettings`; the metadata and the events say how many blocks ran.
+        :class:`ProgressEvent` after every step; the metadata and the events say how many
+        blocks ran (step caching, ``adaptive``).
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts or any(not p.strip() for p in prompts):
+        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
             raise ValueError("prompt must be a non-empty string or a list of non-empty strings")
         if num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt={num_images_per_prompt} must be >= 1")
-        if size is not None and resolution is not None:
-            raise ValueError("give size (one scale) or resolution (coarse to fine), not both")
-        if not 0 <= guidance <= MAX_GUIDANCE:  # also refuses NaN
-            raise ValueError(f"guidance={guidance} must be a number from 0 to {MAX_GUIDANCE}")
-        if not 1 <= steps <= MAX_STEPS:
-            raise ValueError(f"steps={steps} must be from 1 to {MAX_STEPS}")
-        cache, target = self.adaptive_settings(adaptive)
-        native = self.config.sample_size
-        if resolution is None:
-            resolution = native if size is None else size
-            self.model.check_size(resolution, resolution)
-            scales = scales or (resolution / native,)
-        settings = RefineSettings(
-            resolution=resolution,
-            scales=tuple(scales or default_scales(native, self.config.trained_sizes)),
-            steps=steps,
-            early_stop=early_stop,
-            sampler=sampler,
-            upscale_strength=upscale_strength,
-        )
-        refiner = ProgressiveRefiner(settings, native, self.config.downsampling)
+        config = (config or self.generation_config).merged(**settings)
+        cache, target = self.adaptive_settings(config.adaptive)
+        native, trained = self.config.sample_size, getattr(self.config, "trained_sizes", ())  # peers record none
+        if config.size is not None:
+            self.model.check_size(config.size, config.size)
+            scales = (config.size / native,)
+        elif config.resolution is None:  # the model's own size, from the smallest size it was trained at
+            scales = default_scales(native, trained or (native,))
+        else:
+            scales = default_scales(native, trained)
+        refiner = ProgressiveRefiner(config.refine_settings("standard", scales), native, self.config.downsampling)
         count, final = len(prompts) * num_images_per_prompt, refiner.stages[-1].size
         if final > MAX_SIDE:
             raise ValueError(f"{final} px is over the largest image side allowed, {MAX_SIDE} px")
@@ -278,22 +261,20 @@ class FractalFlowPipeline:
             warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
             # a preview is a copy to the CPU every step (a device sync on a GPU): only when someone listens
             listener = on_event if callback is not None or progress else None
-            velocity = guided_velocity(self.model, cond, guidance)
+            velocity = guided_velocity(self.model, cond, config.guidance)
             images, report = refiner.run(velocity, noise, listener, caching.exact_since_last_asked)
         bar.close()
         metadata = {
             "prompts": prompts,
             "seeds": seeds,
-            "steps": steps,
-            "guidance": guidance,
-            "sampler": sampler,
+            "config": config.describe(),
             "size": report.stages[-1].size,
             "stages": [
                 {"size": stage.size, "start": stage.start, "steps": stage.steps, "steps_run": ran}
                 for stage, ran in zip(report.stages, report.steps_run)
             ],
             "adaptive": {
-                "asked": adaptive.to_dict() if isinstance(adaptive, CacheSettings) else adaptive,
+                "asked": config.describe()["adaptive"],
                 "target": target,
                 "settings": None if cache is OFF else cache.to_dict(),
                 **caching.report(),

@@ -9,7 +9,6 @@ size, on the same machine.
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from fractalflow.config import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, JsonConfig, check_ranges
+from fractalflow.config import JsonConfig, check_ranges
 from fractalflow.data.dataset import CaptionedImages
 from fractalflow.data.emoji import EmojiDataset
 from fractalflow.evaluation.alignment import (
@@ -34,8 +33,8 @@ from fractalflow.evaluation.frechet import frechet_distance_of_features
 from fractalflow.evaluation.manifold import precision_recall
 from fractalflow.events import images_to_tensor
 from fractalflow.flow.refine import resolution_size
+from fractalflow.generation import GenerationConfig
 from fractalflow.hardware import describe_device
-from fractalflow.model.adaptive import check_adaptive
 from fractalflow.pipeline import FractalFlowPipeline
 
 MAX_EVAL_IMAGES = 50_000  # FID-50k, the field's largest customary sample
@@ -43,61 +42,30 @@ MAX_EVAL_IMAGES = 50_000  # FID-50k, the field's largest customary sample
 
 @dataclass(frozen=True)
 class EvalSettings(JsonConfig):
-    """What ``fractalflow eval`` generates and how it measures (saved with every result)."""
+    """What ``fractalflow eval`` generates and how it measures (saved with every result):
+    ``num_images`` images with seeds from ``seed``, sampled as ``generation`` says, in batches
+    of ``batch_size``; features at ``feature_size`` px, k-NN precision/recall with
+    ``nearest_neighbours``."""
 
     num_images: int = 2000
-    steps: int = 20
-    guidance: float = 3.0
-    sampler: str = "euler"
-    size: int = 0
     seed: int = 0
     batch_size: int = 32
     feature_size: int = 128
     nearest_neighbours: int = 3
-    resolution: str = ""
-    scales: tuple[float, ...] = ()
-    early_stop: float = 0.0
-    upscale_strength: float = 0.0
-    adaptive: str | float = "off"
+    generation: GenerationConfig = GenerationConfig()
 
     def __post_init__(self) -> None:
-        check_adaptive(self.adaptive)
-        if self.num_images < 2 or self.batch_size < 1 or self.steps < 1:
-            raise ValueError(
-                f"num_images ({self.num_images}) must be >= 2, batch_size ({self.batch_size}) and "
-                f"steps ({self.steps}) >= 1"
-            )
-        if self.size and self.resolution:
-            raise ValueError("give size (one scale) or resolution (coarse to fine), not both")
+        if self.num_images < 2 or self.batch_size < 1:
+            raise ValueError(f"num_images ({self.num_images}) must be >= 2 and batch_size ({self.batch_size}) >= 1")
         check_ranges(
             "EvalSettings",
-            [
-                ("num_images", self.num_images, f"at most {MAX_EVAL_IMAGES}", self.num_images <= MAX_EVAL_IMAGES),
-                ("steps", self.steps, f"at most {MAX_STEPS}", self.steps <= MAX_STEPS),
-                ("guidance", self.guidance, f"from 0 to {MAX_GUIDANCE}", 0 <= self.guidance <= MAX_GUIDANCE),
-                ("size", self.size, f"from 0 (the model's) to {MAX_SIDE}", 0 <= self.size <= MAX_SIDE),
-                ("early_stop", self.early_stop, "a finite number >= 0", 0 <= self.early_stop < math.inf),
-                ("upscale_strength", self.upscale_strength, "in [0, 1]", 0 <= self.upscale_strength <= 1),
-            ],
-        )
-
-    def sampling(self) -> dict:
-        """The pipeline.generate arguments these settings fix (besides prompts and seeds)."""
-        return dict(
-            steps=self.steps,
-            guidance=self.guidance,
-            sampler=self.sampler,
-            size=self.size or None,
-            resolution=self.resolution or None,
-            scales=self.scales or None,
-            early_stop=self.early_stop,
-            upscale_strength=self.upscale_strength or None,
-            adaptive=self.adaptive,
+            [("num_images", self.num_images, f"at most {MAX_EVAL_IMAGES}", self.num_images <= MAX_EVAL_IMAGES)],
         )
 
     def output_size(self, native_size: int, multiple: int) -> int:
         """Side in pixels of the generated images for a model trained at ``native_size``."""
-        return resolution_size(self.resolution or self.size or native_size, native_size, multiple)
+        generation = self.generation
+        return resolution_size(generation.resolution or generation.size or native_size, native_size, multiple)
 
 
 PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric)
@@ -151,7 +119,7 @@ def generate_for_captions(
     bar = tqdm(total=len(prompts), desc="generate", unit="image", disable=not progress)
     for start in range(0, len(prompts), settings.batch_size):
         chunk = prompts[start : start + settings.batch_size]
-        result = pipeline.generate(chunk, seed=settings.seed + start, **settings.sampling())
+        result = pipeline.generate(chunk, seed=settings.seed + start, config=settings.generation)
         images.append(images_to_tensor(result.images))
         bar.update(len(chunk))
     bar.close()

@@ -22,6 +22,7 @@ import torch
 
 from fractalflow.config import JsonConfig
 from fractalflow.flow.refine import resolution_size
+from fractalflow.generation import GenerationConfig
 from fractalflow.inference.engine import InferenceEngine
 from fractalflow.inference.profiles import PROFILES, InferenceProfile, get_profile
 from fractalflow.pipeline import FractalFlowPipeline, default_model_folder
@@ -51,13 +52,17 @@ class BenchCase(JsonConfig):
             )
 
 
-def generation_settings(case: BenchCase, pipeline: FractalFlowPipeline, profile: InferenceProfile) -> dict:
+def generation_config(case: BenchCase, pipeline: FractalFlowPipeline, profile: InferenceProfile) -> GenerationConfig:
     """The baseline samples the named resolution's size at one scale in full; profiles refine
     coarse to fine, with their step caching (``adaptive``)."""
     if case.profile == BASELINE:
         model = pipeline.config
-        return dict(size=resolution_size(case.resolution, model.sample_size, model.downsampling), steps=case.steps)
-    return dict(resolution=case.resolution, steps=case.steps, early_stop=case.early_stop, adaptive=profile.adaptive)
+        return GenerationConfig(
+            size=resolution_size(case.resolution, model.sample_size, model.downsampling), steps=case.steps
+        )
+    return GenerationConfig(
+        resolution=case.resolution, steps=case.steps, early_stop=case.early_stop, adaptive=profile.adaptive
+    )
 
 
 def peak_rss_mb() -> float:
@@ -70,7 +75,7 @@ def bench_prompt(pipeline: FractalFlowPipeline) -> str:
     return names[0] if names else TEXT_PROMPT
 
 
-def latency(pipeline: FractalFlowPipeline, settings: dict, repeats: int = 3) -> tuple[float, float]:
+def latency(pipeline: FractalFlowPipeline, config: GenerationConfig, repeats: int = 3) -> tuple[float, float]:
     """Median seconds to the first preview event and to the finished image, one image at a
     time, after one warm-up run (which also compiles, where the profile compiles)."""
     first_preview, finished = [], []
@@ -81,7 +86,7 @@ def latency(pipeline: FractalFlowPipeline, settings: dict, repeats: int = 3) -> 
             bench_prompt(pipeline),
             seed=seed,
             callback=lambda _, seen=stamps: seen.append(time.perf_counter()),
-            **settings,
+            config=config,
         )
         if seed:
             first_preview.append(stamps[0] - begin)
@@ -103,20 +108,20 @@ def measure(case: BenchCase) -> dict:
     if not pipeline.config.class_names:
         pipeline.text_encoder.encode([prompt])
     load_seconds = time.perf_counter() - started
-    settings = generation_settings(case, pipeline, profile)
+    config = generation_config(case, pipeline, profile)
 
-    first_preview, finished = latency(pipeline, settings, case.repeats)
+    first_preview, finished = latency(pipeline, config, case.repeats)
     throughput = {}
     for batch in sorted({1, 2, 4, profile.max_batch}):
         if batch > profile.max_batch:
             continue
         begin = time.perf_counter()
-        pipeline.generate([prompt] * batch, seed=0, **settings)
+        pipeline.generate([prompt] * batch, seed=0, config=config)
         throughput[batch] = batch / (time.perf_counter() - begin)
     report = {
         "case": case.to_dict(),
         "profile": profile.to_dict(),
-        "size": pipeline.generate(prompt, seed=0, **{**settings, "steps": 1}).metadata["size"],
+        "size": pipeline.generate(prompt, seed=0, config=config, steps=1).metadata["size"],
         "load_seconds": load_seconds,
         "seconds_to_first_preview": first_preview,
         "seconds_to_image": finished,
@@ -128,24 +133,16 @@ def measure(case: BenchCase) -> dict:
     if torch.cuda.is_available():
         report["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 1024**2
     if case.eval_images:
-        report["eval"] = evaluate_case(case, pipeline, settings)
+        report["eval"] = evaluate_case(case, pipeline, config)
     return report
 
 
-def evaluate_case(case: BenchCase, pipeline: FractalFlowPipeline, settings: dict) -> dict:
+def evaluate_case(case: BenchCase, pipeline: FractalFlowPipeline, config: GenerationConfig) -> dict:
     from fractalflow.data.emoji import load_emoji
     from fractalflow.evaluation.alignment import load_alignment_encoder
     from fractalflow.evaluation.evaluate import EvalSettings, evaluate
 
-    eval_settings = EvalSettings(
-        num_images=case.eval_images,
-        steps=case.steps,
-        size=settings.get("size", 0),
-        resolution=str(settings.get("resolution", "")),
-        early_stop=settings.get("early_stop", 0.0),
-        adaptive=settings.get("adaptive", "off"),
-        batch_size=32,
-    )
+    eval_settings = EvalSettings(num_images=case.eval_images, batch_size=32, generation=config)
     held_out = load_emoji(case.data, image_size=64, split="eval")
     result = evaluate(pipeline, held_out, eval_settings, alignment=load_alignment_encoder(), progress=False)
     return {**result["metrics"], "seconds_per_image": result["seconds_per_image"]}

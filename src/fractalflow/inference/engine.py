@@ -16,50 +16,23 @@ import torch
 from torch import nn
 
 from fractalflow.events import ProgressEvent
+from fractalflow.generation import GenerationConfig
 from fractalflow.inference.profiles import InferenceProfile, get_profile
-from fractalflow.model.adaptive import check_adaptive
 from fractalflow.pipeline import FractalFlowPipeline, GenerationResult, default_model_folder
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
     """One caller's generation for the batcher: ``num_images`` images of ``prompt`` with
-    seeds ``seed``, ``seed + 1``, ...; ``callback`` gets this request's own progress events.
-    ``adaptive`` None takes the engine profile's; requests are batched only when their
-    settings, ``adaptive`` included, are equal."""
+    seeds ``seed``, ``seed + 1``, ... sampled as ``config`` says (None: the engine's
+    :attr:`~InferenceEngine.defaults`); ``callback`` gets this request's own progress events.
+    Requests are batched only when their configs, ``adaptive`` included, are equal."""
 
     prompt: str
     seed: int = 0
     num_images: int = 1
-    steps: int = 20
-    guidance: float = 3.0
-    sampler: str = "euler"
-    size: int | None = None
-    resolution: str | int | None = None
-    scales: tuple[float, ...] | None = None
-    early_stop: float = 0.0
-    upscale_strength: float | None = None
-    adaptive: str | float | None = None
+    config: GenerationConfig | None = None
     callback: Callable[[ProgressEvent], None] | None = None
-
-    def sampling(self) -> dict:
-        """The ``pipeline.generate`` settings a batch must share."""
-        names = (
-            "steps",
-            "guidance",
-            "sampler",
-            "size",
-            "resolution",
-            "scales",
-            "early_stop",
-            "upscale_strength",
-            "adaptive",
-        )
-        return {name: getattr(self, name) for name in names}
-
-    def batch_key(self) -> tuple:
-        """Requests with equal keys can share one batch."""
-        return tuple(self.sampling().values())
 
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.num_images)]
@@ -141,11 +114,18 @@ class InferenceEngine:
                 f"max_batch={self.profile.max_batch}"
             )
 
+    @property
+    def defaults(self) -> GenerationConfig:
+        """How a request that names no setting is sampled: the model's generation config with
+        the profile's step caching."""
+        return replace(self.pipeline.generation_config, adaptive=self.profile.adaptive)
+
     def generate(self, prompt: str | list[str], num_images_per_prompt: int = 1, **settings) -> GenerationResult:
-        """``FractalFlowPipeline.generate`` under this profile, within its batch limit."""
+        """``FractalFlowPipeline.generate`` under this profile, within its batch limit; the
+        GenerationConfig fields in ``settings`` go over :attr:`defaults`."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         self.check_batch(len(prompts) * num_images_per_prompt)
-        settings.setdefault("adaptive", self.profile.adaptive)
+        settings.setdefault("config", self.defaults)
         return self.pipeline.generate(prompts, num_images_per_prompt=num_images_per_prompt, **settings)
 
     def submit(self, request: GenerationRequest) -> Future:
@@ -154,9 +134,8 @@ class InferenceEngine:
             raise ValueError("prompt must be a non-empty string")
         if request.num_images < 1:
             raise ValueError(f"num_images={request.num_images} must be >= 1")
-        if request.adaptive is None:
-            request = replace(request, adaptive=self.profile.adaptive)
-        check_adaptive(request.adaptive)
+        if request.config is None:
+            request = replace(request, config=self.defaults)
         self.check_batch(request.num_images)
         if self._worker is None:
             self._worker = threading.Thread(target=self._work, name="fractalflow-batcher", daemon=True)
@@ -211,9 +190,9 @@ class InferenceEngine:
 
     def _batches(self, waiting: list[tuple[GenerationRequest, Future]]) -> list[list[tuple[GenerationRequest, Future]]]:
         """Compatible requests together, in arrival order, each batch within ``max_batch`` images."""
-        groups: dict[tuple, list[list[tuple[GenerationRequest, Future]]]] = {}
+        groups: dict[GenerationConfig, list[list[tuple[GenerationRequest, Future]]]] = {}
         for item in waiting:
-            batches = groups.setdefault(item[0].batch_key(), [[]])
+            batches = groups.setdefault(item[0].config, [[]])
             if sum(r.num_images for r, _ in batches[-1]) + item[0].num_images > self.profile.max_batch:
                 batches.append([])
             batches[-1].append(item)
@@ -241,7 +220,7 @@ class InferenceEngine:
                 [r.prompt for r, _ in live for _ in range(r.num_images)],
                 seeds=[s for r, _ in live for s in r.seeds()],
                 callback=split_event,
-                **first.sampling(),
+                config=first.config,
             )
         except Exception as error:  # every caller of the batch hears of it; the worker lives on
             for _, future in live:

@@ -72,7 +72,9 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
     metrics.queue_length.set_function(manager.unfinished)  # read at each scrape
     model = engine.pipeline.config  # loads the model: the request's limits depend on it
     sizes = {name: resolution_size(name, model.sample_size, model.downsampling) for name in NAMED_RESOLUTIONS}
-    WithinLimits = request_model(config, sizes, model.downsampling, min(config.max_images, engine.profile.max_batch))
+    WithinLimits = request_model(
+        config, engine.defaults, sizes, model.downsampling, min(config.max_images, engine.profile.max_batch)
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):

@@ -181,12 +181,7 @@ class JobManager:
                 request.prompt,
                 seed=seed,
                 num_images=request.num_images,
-                steps=request.steps,
-                guidance=request.guidance,
-                sampler=request.sampler,
-                resolution=request.resolution,
-                early_stop=request.early_stop,
-                adaptive=request.adaptive,
+                config=request.generation_config(self.engine.defaults),
                 callback=lambda event: self._on_progress(job, event),
             )
         )

@@ -2,39 +2,35 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, create_model, model_validator
 
+from fractalflow.config import MAX_GUIDANCE, MAX_STEPS
+from fractalflow.flow.samplers import SAMPLERS
+from fractalflow.generation import GenerationConfig
 from fractalflow.model.adaptive import MAX_SPEEDUP
 from fractalflow.serving.config import ServerConfig
 
 JobState = Literal["queued", "running", "done", "error", "cancelled"]
 
 
-class GenerateRequest(BaseModel):
-    """One generation job: ``num_images`` images of ``prompt``, image i with seed ``seed + i``."""
+# the GenerationConfig fields a request may set; the others (size, scales, upscale_strength)
+# keep the served model's defaults: the server draws at named resolutions or pixel sizes
+SERVED_SETTINGS = ("resolution", "steps", "guidance", "early_stop", "sampler", "adaptive")
+
+
+class RequestBase(BaseModel):
+    """One generation job: ``num_images`` images of ``prompt``, image i with seed ``seed + i``,
+    sampled with the settings of :class:`~fractalflow.generation.GenerationConfig` named in
+    ``SERVED_SETTINGS`` (their limits, defaults and help come from it)."""
 
     prompt: str = Field(min_length=1, description="what to draw")
-    resolution: str | int = Field(
-        "standard", description="preview, standard, high, ultra, or a size in pixels (a multiple of the model's)"
-    )
-    steps: int = Field(20, ge=1, description="steps of a full noise-to-image trajectory")
-    guidance: float = Field(3.0, ge=1.0, allow_inf_nan=False, description="classifier-free guidance scale (1 = none)")
     seed: int | None = Field(None, ge=0, lt=2**31, description="random when left out; returned in metadata")
     num_images: int = Field(1, ge=1)
-    early_stop: float = Field(
-        0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="end a scale once the image changes by less than this"
-    )
-    sampler: Literal["euler", "heun"] = "euler"
-    adaptive: Literal["off", "auto"] | Annotated[float, Field(ge=1.0, le=MAX_SPEEDUP, allow_inf_nan=False)] | None = (
-        Field(
-            None,
-            description="spend less compute on steps that need less: off, auto (the model's calibrated default) or "
-            "a target speed-up (the largest calibrated one not above it); left out: the server profile's setting",
-        )
-    )
 
     model_config = {"extra": "forbid"}
 
@@ -47,6 +43,57 @@ class GenerateRequest(BaseModel):
                 if isinstance(value, bool):
                     raise ValueError(f"{name}={json.dumps(value)}: a number or a string is expected, not a boolean")
         return values
+
+    @model_validator(mode="after")
+    def valid_generation_config(self) -> RequestBase:
+        """The rules across settings (GenerationConfig's own validation), as a 422."""
+        self.generation_config(GenerationConfig())
+        return self
+
+    def generation_config(self, defaults: GenerationConfig) -> GenerationConfig:
+        """``defaults`` with this request's settings over them."""
+        return defaults.merged(**{name: getattr(self, name) for name in SERVED_SETTINGS})
+
+
+def setting_field(name: str, default: Any, **limits: float) -> tuple[Any, Any]:
+    """``(type, Field)`` of the GenerationConfig field ``name`` with its help and numeric limits,
+    the upper one lowered to ``limits['le']`` where given."""
+    spec = GENERATION_FIELDS[name]
+    bounds = {k: v for k, v in spec.metadata.items() if k in ("ge", "gt", "le")} | limits
+    kind = int if str(spec.type).startswith("int") else float
+    extra = {} if kind is int else {"allow_inf_nan": False}
+    return kind, Field(default, description=spec.metadata["help"], **bounds, **extra)
+
+
+GENERATION_FIELDS = {spec.name: spec for spec in dataclasses.fields(GenerationConfig)}
+SAMPLER_NAME = Literal[tuple(SAMPLERS)]
+SPEEDUP = Annotated[float, Field(ge=1.0, le=MAX_SPEEDUP, allow_inf_nan=False)]
+
+
+def served_settings(
+    defaults: GenerationConfig, resolution: Any, max_steps: int = MAX_STEPS, max_guidance: float = MAX_GUIDANCE
+) -> dict[str, tuple[Any, Any]]:
+    """The request fields of ``SERVED_SETTINGS``: GenerationConfig's with ``defaults`` and the
+    given upper limits; ``resolution`` is the type a resolution must have."""
+    return dict(
+        resolution=(
+            resolution,
+            Field(defaults.resolution or "standard", description=GENERATION_FIELDS["resolution"].metadata["help"]),
+        ),
+        steps=setting_field("steps", min(defaults.steps, max_steps), le=max_steps),
+        guidance=setting_field("guidance", min(defaults.guidance, max_guidance), le=max_guidance),
+        early_stop=setting_field("early_stop", defaults.early_stop),
+        sampler=(SAMPLER_NAME, Field(defaults.sampler, description=GENERATION_FIELDS["sampler"].metadata["help"])),
+        adaptive=(
+            Literal["off", "auto"] | SPEEDUP,
+            Field(defaults.adaptive, description=GENERATION_FIELDS["adaptive"].metadata["help"]),
+        ),
+    )
+
+
+GenerateRequest = create_model(
+    "GenerateRequest", __base__=RequestBase, **served_settings(GenerationConfig(), str | int)
+)
 
 
 class JobCreated(BaseModel):
@@ -94,14 +141,17 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def request_model(
-    config: ServerConfig, sizes: dict[str, int], multiple: int, most_images: int
+    config: ServerConfig, defaults: GenerationConfig, sizes: dict[str, int], multiple: int, most_images: int
 ) -> type[GenerateRequest]:
-    """:class:`GenerateRequest` with this server's limits in its fields (``sizes``: the named
-    resolutions in pixels for the served model, whose sizes are multiples of ``multiple``), so
-    that one object both states them in the OpenAPI schema and enforces them."""
+    """:class:`GenerateRequest` with this server's limits and the served model's ``defaults``
+    in its fields (``sizes``: the named resolutions in pixels for the served model, whose sizes
+    are multiples of ``multiple``), so that one object both states them in the OpenAPI schema
+    and enforces them."""
     names = tuple(name for name, size in sizes.items() if size <= config.max_size)
     pixels = Annotated[int, Field(ge=multiple, le=config.max_size, multiple_of=multiple)]
     resolution = Literal[names] | pixels if names else pixels
+    if defaults.resolution not in names and not isinstance(defaults.resolution, int):
+        defaults = replace(defaults, resolution="standard" if "standard" in names else (names or (multiple,))[0])
     return create_model(
         "GenerateRequestWithinLimits",
         __base__=GenerateRequest,
@@ -109,20 +159,6 @@ def request_model(
             str,
             Field(min_length=1, max_length=config.max_prompt_length, pattern=r"\S", description="what to draw"),
         ),
-        resolution=(
-            resolution,
-            Field(
-                "standard" if "standard" in names else (names or (multiple,))[0],
-                description=f"{', '.join(names)}, or a size in pixels (a multiple of {multiple})",
-            ),
-        ),
-        steps=(
-            int,
-            Field(min(20, config.max_steps), ge=1, le=config.max_steps, description="steps of a full trajectory"),
-        ),
-        guidance=(
-            float,
-            Field(min(3.0, config.max_guidance), ge=1.0, le=config.max_guidance, allow_inf_nan=False),
-        ),
         num_images=(int, Field(1, ge=1, le=most_images)),
+        **served_settings(defaults, resolution, config.max_steps, config.max_guidance),
     )
