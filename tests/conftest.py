@@ -31,6 +31,12 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", guarded_connect)
 
 
+@pytest.fixture(autouse=True)
+def run_history_in_tmp(monkeypatch, tmp_path):
+    """Runs recorded by commands under test go to a history of the test's own, not the user's."""
+    monkeypatch.setenv("FRACTALFLOW_HISTORY", str(tmp_path / "history.sqlite"))
+
+
 def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
     """Perturb every parameter so zero-initialised outputs become informative."""
     generator = torch.Generator().manual_seed(seed)

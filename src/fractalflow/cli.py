@@ -1,4 +1,5 @@
-"""The ``fractalflow`` command: ``generate``, ``train``, ``eval`` and ``data prepare``."""
+"""The ``fractalflow`` command: ``generate``, ``train``, ``eval``, ``bench``, ``calibrate``, ``serve``,
+``data`` and ``history``."""
 
 from __future__ import annotations
 
@@ -111,6 +112,44 @@ def _generation_settings(args: argparse.Namespace) -> dict:
     return {name: value for name, value in given.items() if value is not None}
 
 
+def _add_history_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--history",
+        default=None,
+        help="SQLite run history to record this run in (default: $FRACTALFLOW_HISTORY, else history.sqlite "
+        "in the cache folder)",
+    )
+    parser.add_argument("--no-history", action="store_true", help="do not record this run")
+
+
+def _add_history_command(commands) -> None:
+    history = commands.add_parser(
+        "history",
+        help="list, compare and check the recorded bench, eval and train runs",
+        description="Every bench, eval and train run is recorded (commit, model hash, hardware, settings, "
+        "metrics, repeated samples). 'list' shows the newest; 'compare A B' two runs side by side; 'check' tests a "
+        "run (default: the newest) against earlier runs of the same kind, hardware and settings and exits 1 on a "
+        "regression (Mann-Whitney U on repeated timings, a bootstrap test on FD).",
+    )
+    history.add_argument(
+        "action", nargs="?", default="list", choices=("list", "compare", "check"), help="what to do (default: list)"
+    )
+    history.add_argument("runs", nargs="*", type=int, help="run ids: two for compare, at most one for check")
+    history.add_argument("--kind", default=None, choices=("bench", "eval", "train"), help="only runs of this kind")
+    history.add_argument("--last", type=int, default=20, help="runs to list (default: 20)")
+    history.add_argument("--path", default=None, help="history file (default: $FRACTALFLOW_HISTORY or the cache's)")
+    history.add_argument("--alpha", type=float, default=0.01, help="significance level of the check (default: 0.01)")
+    history.add_argument(
+        "--min-change",
+        type=float,
+        default=0.05,
+        help="smallest relative change (in the bad direction) that counts as a regression (default: 0.05)",
+    )
+    history.add_argument(
+        "--baseline-runs", type=int, default=5, help="earlier comparable runs to check against (default: 5)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fractalflow", description="Small, fast pixel-space image generation.")
     commands = parser.add_subparsers(dest="command", required=True, help="what to do")
@@ -152,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     train.add_argument("--no-resume", action="store_true", help="start afresh even if checkpoints exist")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_history_options(train)
     _add_train_config_options(train)
     evaluate = commands.add_parser(
         "eval",
@@ -174,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=32, help="images generated at once (default: 32)")
     _add_generation_options(evaluate)
     evaluate.add_argument("--alignment-model", default=None, help="alignment encoder folder (default: the shipped one)")
+    _add_history_options(evaluate)
     evaluate.add_argument(
         "--out", default=None, help="JSON file to write (default: benchmarks/results/eval-<data>-<model hash>.json)"
     )
@@ -199,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--data", default="data/emoji", help="prepared emoji folder for FD (default: data/emoji)")
     bench.add_argument(
+        "--repeats", type=int, default=3, help="images timed one at a time per case, after a warm-up (default: 3)"
+    )
+    _add_history_options(bench)
+    bench.add_argument(
         "--out", default=None, help="JSON file to write (default: benchmarks/results/bench-<cpu|cuda>.json)"
     )
     calibrate = commands.add_parser(
@@ -223,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument(
         "--out", default=None, help="folder to write adaptive.json into (default: the model's folder)"
     )
+    _add_history_command(commands)
     serve = commands.add_parser(
         "serve",
         help="run the HTTP service (API, event stream, web UI)",
@@ -357,7 +403,7 @@ def run_generate(args: argparse.Namespace) -> None:
 
 def run_train(args: argparse.Namespace) -> None:
     from fractalflow.data import load_dataset
-    from fractalflow.hardware import resolve_device
+    from fractalflow.hardware import describe_device, resolve_device
     from fractalflow.training import Trainer
 
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -398,6 +444,15 @@ def run_train(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
     if trainer.step == train_config.steps:
         print(f"model written to {Path(args.out) / 'model'}")
+    _record(
+        args,
+        kind="train",
+        name=str(args.out),
+        settings={"train": train_config.to_dict(), "model": model_config.to_dict(), "data": args.data},
+        metrics=summary,
+        samples={"loss": [entry["loss"] for entry in trainer.history[-20:]]},
+        hardware=describe_device(device),
+    )
 
 
 def run_eval(args: argparse.Namespace) -> None:
@@ -443,6 +498,17 @@ def run_eval(args: argparse.Namespace) -> None:
     name = "fashion-mnist" if data == "fashion-mnist" else Path(data).name
     out = Path(args.out or f"benchmarks/results/eval-{name}-{report['model_sha256'][:10]}.json")
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+    samples = {"fd_effnet_l0": report["fd_resampled"]} if report["fd_resampled"] else {}
+    _record(
+        args,
+        kind="eval",
+        name=report["model"],
+        settings={"eval": report["settings"], "data": data},
+        metrics=report["metrics"],
+        samples=samples,
+        model=report["model_sha256"],
+        hardware=report["hardware"],
+    )
     print(f"wrote {out}")
 
 
@@ -474,6 +540,7 @@ def run_bench(args: argparse.Namespace) -> None:
     from fractalflow.flow.refine import NAMED_RESOLUTIONS
     from fractalflow.hardware import describe_device
     from fractalflow.inference.bench import default_profiles, format_table, run_bench
+    from fractalflow.monitoring.selfopt import bench_records
 
     profiles = [p for p in args.profiles.split(",") if p] or default_profiles()
     resolutions = [r for r in args.resolutions.split(",") if r]
@@ -482,13 +549,15 @@ def run_bench(args: argparse.Namespace) -> None:
         raise UsageError(f"--resolutions {args.resolutions!r}: choose from {list(NAMED_RESOLUTIONS)}")
     if args.n > 0 and not Path(args.data, "records.jsonl").is_file():
         raise UsageError(f"{args.data} holds no prepared emoji set for FD; run 'make data' or pass --n 0")
-    report = run_bench(profiles, resolutions, args.model, args.n, args.data, args.early_stop)
+    report = run_bench(profiles, resolutions, args.model, args.n, args.data, args.early_stop, args.repeats)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     report.update(hardware=describe_device(device), torch=torch.__version__)
     print(format_table(report["rows"]))
     out = Path(args.out or f"benchmarks/results/bench-{device}.json")
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
+    for record in bench_records(report):
+        _record(args, **record)
 
 
 def run_calibrate(args: argparse.Namespace) -> None:
@@ -530,6 +599,64 @@ def run_serve(args: argparse.Namespace) -> None:
     serve(create_app(config), config)
 
 
+def _record(args: argparse.Namespace, **run) -> None:
+    """Record a finished run in the history unless --no-history."""
+    from fractalflow.monitoring.selfopt import record_run
+
+    if args.no_history:
+        return
+    recorded = record_run(**run, path=args.history)
+    print(f"recorded as run {recorded.id} in {args.history or 'the run history'} (fractalflow history)")
+
+
+def run_history(args: argparse.Namespace) -> int:
+    from fractalflow.monitoring.selfopt import CheckSettings, RunHistory, check_regression, format_runs
+
+    history = RunHistory(args.path)
+    if args.action == "list":
+        if args.runs:
+            raise UsageError("history list takes no run ids (use --kind and --last)")
+        runs = history.runs(args.kind, args.last)
+        print(format_runs(runs) if runs else f"no runs recorded in {history.path}")
+        return 0
+    if args.action == "compare":
+        if len(args.runs) != 2:
+            raise UsageError("history compare needs two run ids, e.g. 'fractalflow history compare 3 7'")
+        first, second = (history.get(run_id) for run_id in args.runs)
+        print(format_runs([first, second]))
+        names = sorted(set(first.metrics) | set(second.metrics))
+        print(f"{'metric':28s} {first.id:>12} {second.id:>12} {'change':>8}")
+        for name in names:
+            a, b = first.metrics.get(name), second.metrics.get(name)
+            change = f"{(b - a) / abs(a):+8.1%}" if a and b is not None else ""
+            shown = [f"{v:12.4g}" if v is not None else f"{'':12s}" for v in (a, b)]
+            print(f"{name:28s} {shown[0]} {shown[1]} {change}")
+        if first.settings != second.settings:
+            print("note: the two runs were made with different settings")
+        return 0
+    if len(args.runs) > 1:
+        raise UsageError("history check takes at most one run id (default: the newest run)")
+    settings = CheckSettings(alpha=args.alpha, min_change=args.min_change, baseline_runs=args.baseline_runs)
+    newest = history.runs(args.kind, 1)
+    if not args.runs and not newest:
+        raise UsageError(f"no runs recorded in {history.path}")
+    run = history.get(args.runs[0]) if args.runs else newest[0]
+    baseline = history.comparable(run, settings.baseline_runs)
+    if not baseline:
+        print(f"run {run.id}: no earlier {run.kind} run with the same hardware and settings to check against")
+        return 0
+    findings = check_regression(run, baseline, settings)
+    ids = ", ".join(str(b.id) for b in baseline)
+    print(f"run {run.id} ({run.kind} {run.name}, commit {run.git_commit}) against runs {ids}:")
+    for finding in findings:
+        print("  " + finding.describe())
+    if not findings:
+        print("  no metric with repeated samples in both to test")
+    regressed = [f.metric for f in findings if f.regressed]
+    print(f"regression in {', '.join(regressed)}" if regressed else "no regression")
+    return 1 if regressed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -541,12 +668,12 @@ def main(argv: list[str] | None = None) -> int:
             "calibrate": run_calibrate,
             "serve": run_serve,
             "data": run_data,
+            "history": run_history,
         }
-        commands[args.command](args)
+        return commands[args.command](args) or 0
     except (UsageError, ValueError, FileNotFoundError, NotADirectoryError) as error:
         print(f"fractalflow {args.command}: error: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from fractalflow.evaluation.alignment import (
 from fractalflow.evaluation.classifier import ImageClassifier
 from fractalflow.evaluation.concepts import ConceptGallery, concept_retrieval, is_emoji_concept
 from fractalflow.evaluation.features import EffNetFeatures
-from fractalflow.evaluation.frechet import frechet_distance_of_features
+from fractalflow.evaluation.frechet import frechet_distance_of_features, frechet_distance_resampled
 from fractalflow.evaluation.manifold import precision_recall
 from fractalflow.events import images_to_tensor
 from fractalflow.flow.refine import resolution_size
@@ -45,13 +45,15 @@ class EvalSettings(JsonConfig):
     """What ``fractalflow eval`` generates and how it measures (saved with every result):
     ``num_images`` images with seeds from ``seed``, sampled as ``generation`` says, in batches
     of ``batch_size``; features at ``feature_size`` px, k-NN precision/recall with
-    ``nearest_neighbours``."""
+    ``nearest_neighbours``; ``fd_resamples`` bootstrap resamples of the generated images'
+    features give the FD's spread (``fd_resampled``, for ``fractalflow history check``)."""
 
     num_images: int = 2000
     seed: int = 0
     batch_size: int = 32
     feature_size: int = 128
     nearest_neighbours: int = 3
+    fd_resamples: int = 20
     generation: GenerationConfig = GenerationConfig()
 
     def __post_init__(self) -> None:
@@ -59,7 +61,10 @@ class EvalSettings(JsonConfig):
             raise ValueError(f"num_images ({self.num_images}) must be >= 2 and batch_size ({self.batch_size}) >= 1")
         check_ranges(
             "EvalSettings",
-            [("num_images", self.num_images, f"at most {MAX_EVAL_IMAGES}", self.num_images <= MAX_EVAL_IMAGES)],
+            [
+                ("num_images", self.num_images, f"at most {MAX_EVAL_IMAGES}", self.num_images <= MAX_EVAL_IMAGES),
+                ("fd_resamples", self.fd_resamples, "from 0 to 1000", 0 <= self.fd_resamples <= 1000),
+            ],
         )
 
     def output_size(self, native_size: int, multiple: int) -> int:
@@ -169,6 +174,7 @@ def evaluate(
         "precision": precision,
         "recall": recall,
     }
+    fd_resampled = frechet_distance_resampled(real_features, fake_features, settings.fd_resamples, settings.seed)
     ceilings: dict[str, float] = {}
     if alignment is not None:
         distinct, own = caption_index(held_out.captions)
@@ -214,6 +220,7 @@ def evaluate(
         "size": size,
         "real_images": real_count,
         "metrics": metrics,
+        "fd_resampled": fd_resampled,
         "real_held_out": ceilings,
         "seconds_per_image": generation_seconds / count,
         "seconds_total": total,

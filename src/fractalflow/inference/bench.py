@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from fractalflow.config import JsonConfig
+from fractalflow.evaluation.evaluate import model_fingerprint
 from fractalflow.flow.refine import resolution_size
 from fractalflow.generation import GenerationConfig
 from fractalflow.inference.engine import InferenceEngine
@@ -75,9 +76,12 @@ def bench_prompt(pipeline: FractalFlowPipeline) -> str:
     return names[0] if names else TEXT_PROMPT
 
 
-def latency(pipeline: FractalFlowPipeline, config: GenerationConfig, repeats: int = 3) -> tuple[float, float]:
-    """Median seconds to the first preview event and to the finished image, one image at a
-    time, after one warm-up run (which also compiles, where the profile compiles)."""
+def latency_samples(
+    pipeline: FractalFlowPipeline, config: GenerationConfig, repeats: int = 3
+) -> tuple[list[float], list[float]]:
+    """Seconds to the first preview event and to the finished image of each of ``repeats``
+    images drawn one at a time, after one warm-up run (which also compiles, where the profile
+    compiles)."""
     first_preview, finished = [], []
     for seed in range(repeats + 1):
         stamps: list[float] = []
@@ -91,6 +95,12 @@ def latency(pipeline: FractalFlowPipeline, config: GenerationConfig, repeats: in
         if seed:
             first_preview.append(stamps[0] - begin)
             finished.append(time.perf_counter() - begin)
+    return first_preview, finished
+
+
+def latency(pipeline: FractalFlowPipeline, config: GenerationConfig, repeats: int = 3) -> tuple[float, float]:
+    """Median seconds to the first preview and to the finished image (see :func:`latency_samples`)."""
+    first_preview, finished = latency_samples(pipeline, config, repeats)
     return statistics.median(first_preview), statistics.median(finished)
 
 
@@ -110,7 +120,7 @@ def measure(case: BenchCase) -> dict:
     load_seconds = time.perf_counter() - started
     config = generation_config(case, pipeline, profile)
 
-    first_preview, finished = latency(pipeline, config, case.repeats)
+    first_previews, finishes = latency_samples(pipeline, config, case.repeats)
     throughput = {}
     for batch in sorted({1, 2, 4, profile.max_batch}):
         if batch > profile.max_batch:
@@ -123,8 +133,10 @@ def measure(case: BenchCase) -> dict:
         "profile": profile.to_dict(),
         "size": pipeline.generate(prompt, seed=0, config=config, steps=1).metadata["size"],
         "load_seconds": load_seconds,
-        "seconds_to_first_preview": first_preview,
-        "seconds_to_image": finished,
+        "seconds_to_first_preview": statistics.median(first_previews),
+        "seconds_to_image": statistics.median(finishes),
+        "samples": {"seconds_to_first_preview": first_previews, "seconds_to_image": finishes},
+        "model_sha256": model_fingerprint(pipeline.model),
         "images_per_s_batch1": throughput[1],
         "images_per_s_best": max(throughput.values()),
         "best_batch": max(throughput, key=throughput.get),
@@ -145,7 +157,8 @@ def evaluate_case(case: BenchCase, pipeline: FractalFlowPipeline, config: Genera
     eval_settings = EvalSettings(num_images=case.eval_images, batch_size=32, generation=config)
     held_out = load_emoji(case.data, image_size=64, split="eval")
     result = evaluate(pipeline, held_out, eval_settings, alignment=load_alignment_encoder(), progress=False)
-    return {**result["metrics"], "seconds_per_image": result["seconds_per_image"]}
+    extra = {"seconds_per_image": result["seconds_per_image"], "fd_resampled": result["fd_resampled"]}
+    return {**result["metrics"], **extra}
 
 
 def run_case_in_subprocess(case: BenchCase) -> dict:
@@ -167,12 +180,13 @@ def run_bench(
     eval_images: int = 0,
     data: str = "data/emoji",
     early_stop: float = 0.0,
+    repeats: int = 3,
 ) -> dict:
     """Every (baseline and profile) x resolution, each in a fresh process; rows carry ratios to the baseline."""
     for name in profiles:
         if name not in PROFILES:
             get_profile(name)  # raises the error that names the allowed profiles
-    BenchCase(early_stop=early_stop, eval_images=eval_images)  # raises on bad settings before any case runs
+    BenchCase(early_stop=early_stop, eval_images=eval_images, repeats=repeats)  # raises before any case runs
     rows = []
     for resolution in resolutions:
         base = None
@@ -184,6 +198,7 @@ def run_bench(
                 early_stop=0.0 if name == BASELINE else early_stop,
                 eval_images=eval_images,
                 data=data,
+                repeats=repeats,
             )
             print(f"bench: {name} at {resolution} ...", file=sys.stderr, flush=True)
             row = run_case_in_subprocess(case)

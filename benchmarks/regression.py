@@ -1,0 +1,124 @@
+"""Does ``fractalflow history check`` catch real regressions and stay quiet otherwise?
+
+On this machine, with the shipped model and the ``cpu`` profile, in one process:
+
+- **speed**: 6 clean bench runs (``--repeats`` images timed one at a time each), then one run
+  whose generation is made 20 % slower (a sleep of a fifth of each call's time);
+- **quality**: 6 clean evals (``--n`` held-out captions, 20 steps), then one whose sampler
+  silently runs half the steps while the recorded settings still say 20;
+
+every run recorded in a fresh history; each clean run after the first five and the injected
+ones are checked against the five before them with the default ``CheckSettings``. Writes
+``results/regression-check.json`` and prints a table.
+
+    python benchmarks/regression.py            # ~6 min on the 2-core CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from fractalflow.data.emoji import load_emoji
+from fractalflow.evaluation.evaluate import EvalSettings, evaluate, model_fingerprint
+from fractalflow.files import atomic_write_text
+from fractalflow.generation import GenerationConfig
+from fractalflow.hardware import describe_device
+from fractalflow.inference import InferenceEngine
+from fractalflow.inference.bench import latency_samples
+from fractalflow.monitoring.selfopt import CheckSettings, RunHistory, RunRecord, check_regression
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results"
+CLEAN_RUNS = 6  # the first five are the baseline of the sixth and of the injected run
+SLOWDOWN = 0.2
+
+
+class Injected:
+    """The pipeline with a fault injected into ``generate``; everything else passes through."""
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+
+    def __getattr__(self, name):
+        return getattr(self.pipeline, name)
+
+
+class Slowed(Injected):
+    """Every generate call made ``SLOWDOWN`` slower."""
+
+    def generate(self, *args, **kwargs):
+        begin = time.perf_counter()
+        result = self.pipeline.generate(*args, **kwargs)
+        time.sleep(SLOWDOWN * (time.perf_counter() - begin))
+        return result
+
+
+class HalfSteps(Injected):
+    """The pipeline sampling half the steps it is asked for: a silent quality regression."""
+
+    def generate(self, *args, config: GenerationConfig, **kwargs):
+        return self.pipeline.generate(*args, config=config.merged(steps=max(1, config.steps // 2)), **kwargs)
+
+
+def checked(history: RunHistory, run: RunRecord, settings: CheckSettings) -> dict:
+    recorded = history.record(run)
+    baseline = history.comparable(recorded, settings.baseline_runs)
+    findings = check_regression(recorded, baseline, settings) if len(baseline) == settings.baseline_runs else []
+    return {
+        "run": recorded.id,
+        "baseline": [b.id for b in baseline],
+        "findings": [f.__dict__ for f in findings],
+        "regressed": any(f.regressed for f in findings),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=10, help="images timed per bench run (default: 10)")
+    parser.add_argument("--n", type=int, default=100, help="held-out captions per eval (default: 100)")
+    parser.add_argument("--data", default=str(REPO / "data" / "emoji"), help="prepared emoji data folder")
+    args = parser.parse_args()
+    engine = InferenceEngine(profile="cpu")
+    pipeline, hardware = engine.pipeline, describe_device("cpu")
+    model = model_fingerprint(pipeline.model)
+    settings = CheckSettings()
+    history = RunHistory(Path(tempfile.mkdtemp()) / "history.sqlite")
+    config = GenerationConfig(resolution="standard", early_stop=0.02, adaptive=engine.profile.adaptive)
+    bench_settings = {"config": config.describe(), "repeats": args.repeats, "profile": engine.profile.to_dict()}
+    rows = []
+    for label, subject in [*[("clean", pipeline)] * CLEAN_RUNS, ("20 % slower", Slowed(pipeline))]:
+        _, finished = latency_samples(subject, config, args.repeats)
+        run = RunRecord("bench", "cpu/standard", bench_settings, {}, {"seconds_to_image": finished}, model, hardware)
+        rows.append({"kind": "bench", "case": label, **checked(history, run, settings)})
+        print(rows[-1]["case"], rows[-1]["regressed"], [f["worse_by"] for f in rows[-1]["findings"]], flush=True)
+
+    held_out = load_emoji(args.data, image_size=64, split="eval")
+    eval_settings = EvalSettings(num_images=args.n, batch_size=32, generation=GenerationConfig())
+    for label, subject in [*[("clean", pipeline)] * CLEAN_RUNS, ("half the steps", HalfSteps(pipeline))]:
+        report = evaluate(subject, held_out, eval_settings, progress=False)
+        samples = {"fd_effnet_l0": report["fd_resampled"]}
+        run = RunRecord("eval", "default", eval_settings.to_dict(), report["metrics"], samples, model, hardware)
+        fd = report["metrics"]["fd_effnet_l0"]
+        rows.append({"kind": "eval", "case": label, "fd": fd, **checked(history, run, settings)})
+        print(rows[-1]["case"], rows[-1]["fd"], rows[-1]["regressed"], flush=True)
+
+    print(f"\n{'kind':5s} {'case':16s} {'run':>3s} {'checked':>7s} {'worse by':>9s} {'p':>8s} verdict")
+    for row in rows:
+        finding = row["findings"][0] if row["findings"] else None
+        worse = f"{finding['worse_by']:+9.1%}" if finding else f"{'':9s}"
+        p_value = f"{finding['p_value']:8.2g}" if finding else f"{'':8s}"
+        verdict = "REGRESSED" if row["regressed"] else ("ok" if finding else "(baseline)")
+        print(f"{row['kind']:5s} {row['case']:16s} {row['run']:>3d} {bool(finding)!s:>7s} {worse} {p_value} {verdict}")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "regression-check.json"
+    payload = {"hardware": hardware, "check_settings": settings.to_dict(), "repeats": args.repeats, "n": args.n}
+    atomic_write_text(out, json.dumps({**payload, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The run history and the regression check (monitoring/selfopt.py, ``fractalflow history``)."""
+
+import numpy as np
+import pytest
+
+from fractalflow.cli import main
+from fractalflow.evaluation.frechet import frechet_distance_of_features, frechet_distance_resampled
+from fractalflow.monitoring.selfopt import (
+    CheckSettings,
+    RunHistory,
+    RunRecord,
+    bench_records,
+    check_regression,
+    record_run,
+)
+
+SETTINGS = {"case": {"profile": "cpu", "resolution": "standard", "steps": 20}}
+
+
+def timings(rng, runs, repeats=10, scale=1.0):
+    """Seconds of ``runs`` bench runs on a noisy machine: each run shifted by up to a few per
+    cent (load from other work), each repeat with 4 % jitter."""
+    return [list(scale * rng.uniform(0.97, 1.03) * rng.lognormal(np.log(0.15), 0.04, repeats)) for _ in range(runs)]
+
+
+def record_timings(history, runs, model="a"):
+    return [
+        history.record(RunRecord("bench", "cpu/standard", SETTINGS, {"seconds_to_image": np.median(t)},
+                                 {"seconds_to_image": t}, model, "cpu-x"))
+        for t in runs
+    ]  # fmt: skip
+
+
+def test_runs_are_kept_and_only_those_of_equal_kind_hardware_and_settings_are_comparable(tmp_path):
+    history = RunHistory(tmp_path / "h.sqlite")
+    first = history.record(RunRecord("eval", "m", {"n": 10}, {"fd_effnet_l0": 300.0}, model="a", hardware="cpu-x"))
+    history.record(RunRecord("eval", "m", {"n": 20}, {"fd_effnet_l0": 310.0}, model="a", hardware="cpu-x"))
+    history.record(RunRecord("eval", "m", {"n": 10}, {"fd_effnet_l0": 320.0}, model="a", hardware="gpu-y"))
+    history.record(RunRecord("bench", "m", {"n": 10}, {"seconds_to_image": 0.1}, hardware="cpu-x"))
+    newest = history.record(RunRecord("eval", "m", {"n": 10}, {"fd_effnet_l0": 330.0}, model="b", hardware="cpu-x"))
+    assert [r.id for r in history.comparable(newest)] == [first.id]  # another model is what a check compares
+    assert history.get(first.id).metrics == {"fd_effnet_l0": 300.0} and history.get(first.id).created > 0
+    assert [r.kind for r in history.runs("eval")] == ["eval"] * 4
+    with pytest.raises(ValueError, match="no run 99 in"):
+        history.get(99)
+
+
+def test_a_twenty_percent_slowdown_is_flagged_and_five_clean_repeats_are_not(tmp_path):
+    rng = np.random.default_rng(0)
+    history = RunHistory(tmp_path / "h.sqlite")
+    record_timings(history, timings(rng, 5))
+    clean = record_timings(history, timings(rng, 5))
+    for run in clean:
+        baseline = history.comparable(run, 5)
+        assert not any(f.regressed for f in check_regression(run, baseline)), run.id
+    slow = record_timings(history, timings(rng, 1, scale=1.2))[0]
+    (finding,) = check_regression(slow, history.comparable(slow, 5))
+    assert finding.regressed and finding.test == "rank" and 0.12 < finding.worse_by < 0.3, finding
+
+
+def test_a_small_but_significant_change_is_below_the_threshold_and_faster_is_never_a_regression(tmp_path):
+    rng = np.random.default_rng(1)
+    baseline = [RunRecord("bench", "x", SETTINGS, {}, {"seconds_to_image": t}) for t in timings(rng, 5, 30)]
+    slightly = RunRecord("bench", "x", SETTINGS, {}, {"seconds_to_image": timings(rng, 1, 30, scale=1.03)[0]})
+    faster = RunRecord("bench", "x", SETTINGS, {}, {"seconds_to_image": timings(rng, 1, 30, scale=0.7)[0]})
+    assert not check_regression(slightly, baseline)[0].regressed  # within min_change (5 %)
+    assert not check_regression(faster, baseline)[0].regressed
+    strict = CheckSettings(min_change=0.0, alpha=0.05)
+    assert check_regression(faster, baseline, strict)[0].worse_by < 0
+
+
+def test_fd_resamples_spread_around_the_fd_and_a_quality_drop_is_flagged_by_the_bootstrap(tmp_path):
+    rng = np.random.default_rng(2)
+    real = rng.normal(size=(300, 8))
+    good = rng.normal(size=(300, 8)) + 0.1
+    worse = rng.normal(size=(300, 8)) * 1.3 + 0.4  # what fewer sampling steps do: off the data
+    resampled = frechet_distance_resampled(real, good, 50, seed=0)
+    assert len(resampled) == 50 and np.std(resampled) > 0
+    assert abs(np.median(resampled) - frechet_distance_of_features(real, good)) < 3 * np.std(resampled)
+    baseline = [RunRecord("eval", "m", {}, {}, {"fd_effnet_l0": frechet_distance_resampled(real, good, 50, seed=s)})
+                for s in range(3)]  # fmt: skip
+    again = RunRecord("eval", "m", {}, {}, {"fd_effnet_l0": frechet_distance_resampled(real, good, 50, seed=9)})
+    dropped = RunRecord("eval", "m", {}, {}, {"fd_effnet_l0": frechet_distance_resampled(real, worse, 50, seed=9)})
+    assert not check_regression(again, baseline)[0].regressed
+    finding = check_regression(dropped, baseline)[0]
+    assert finding.regressed and finding.test == "bootstrap" and finding.p_value < 0.01
+
+
+def test_history_check_exits_1_on_a_regression_with_the_evidence_and_0_otherwise(tmp_path, capsys):
+    path = tmp_path / "h.sqlite"
+    rng = np.random.default_rng(3)
+    history = RunHistory(path)
+    record_timings(history, timings(rng, 5))
+    assert main(["history", "check", "--path", str(path)]) == 0
+    assert "no regression" in capsys.readouterr().out
+    record_timings(history, timings(rng, 1, scale=1.25), model="slow")
+    assert main(["history", "check", "--path", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSED seconds_to_image" in out and "rank p =" in out
+    assert main(["history", "--path", str(path)]) == 0 and "cpu/standard" in capsys.readouterr().out
+    assert main(["history", "compare", "1", "6", "--path", str(path)]) == 0
+    assert "seconds_to_image" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["history", "compare", "1"], "history compare needs two run ids"),
+        (["history", "check", "1", "2"], "history check takes at most one run id"),
+        (["history", "check", "--alpha", "0.9"], "alpha=0.9 must be in (0, 0.5)"),
+        (["history", "compare", "1", "2"], "no run 1 in"),
+    ],
+)
+def test_history_bad_input_is_one_clear_error(tmp_path, capsys, argv, message):
+    record_run("eval", "m", {}, {"fd_effnet_l0": 1.0}, path=tmp_path / "other.sqlite")
+    assert main([*argv, "--path", str(tmp_path / "h.sqlite")]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+
+
+def test_a_bench_report_becomes_one_run_per_profile_and_resolution_without_the_model_path():
+    row = {
+        "case": {"profile": "cpu", "resolution": "standard", "model": "/some/folder", "steps": 20},
+        "profile": {"name": "cpu", "threads": 2},
+        "seconds_to_image": 0.15,
+        "time_ratio": 0.5,
+        "samples": {"seconds_to_image": [0.14, 0.15, 0.16]},
+        "model_sha256": "abc",
+        "eval": {"fd_effnet_l0": 320.0, "fd_resampled": [321.0, 325.0]},
+    }
+    (record,) = bench_records({"rows": [row], "hardware": "cpu-x"})
+    assert record["name"] == "cpu/standard" and "model" not in record["settings"]["case"]
+    assert record["samples"] == {"seconds_to_image": [0.14, 0.15, 0.16], "fd_effnet_l0": [321.0, 325.0]}
+    assert record["metrics"]["fd_effnet_l0"] == 320.0 and record["model"] == "abc" and record["hardware"] == "cpu-x"
+
+
+def test_a_training_run_is_recorded_with_its_settings_and_losses(tmp_path, capsys):
+    argv = ["train", "--data", "digits", "--out", str(tmp_path / "run"), "--preset", "tiny", "--steps", "4"]
+    argv += ["--batch-size", "4", "--image-size", "16", "--log-every", "1", "--checkpoint-every", "0"]
+    assert main([*argv, "--no-progress"]) == 0
+    (run,) = RunHistory().runs()  # the test's own history ($FRACTALFLOW_HISTORY)
+    assert run.kind == "train" and run.settings["train"]["steps"] == 4 and run.settings["data"] == "digits"
+    assert len(run.samples["loss"]) == 4 and run.metrics["step"] == 4 and run.git_commit != ""
+    assert main([*argv[:4], str(tmp_path / "again"), *argv[5:], "--no-progress", "--no-history"]) == 0
+    assert len(RunHistory().runs()) == 1
