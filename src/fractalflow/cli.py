@@ -150,10 +150,7 @@ def _add_history_command(commands) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fractalflow", description="Small, fast pixel-space image generation.")
-    commands = parser.add_subparsers(dest="command", required=True, help="what to do")
-
+def _add_generate_command(commands) -> None:
     generate = commands.add_parser(
         "generate",
         help="generate an image from a prompt",
@@ -174,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="enlarge the saved PNG by this integer factor, 1 to 16, with nearest-neighbour pixels (default: 1)",
     )
 
+
+def _add_train_command(commands) -> None:
     train = commands.add_parser(
         "train",
         help="train a model on a captioned dataset",
@@ -193,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_history_options(train)
     _add_train_config_options(train)
+
+
+def _add_eval_command(commands) -> None:
     evaluate = commands.add_parser(
         "eval",
         help="measure a model on the held-out split",
@@ -218,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--out", default=None, help="JSON file to write (default: benchmarks/results/eval-<data>-<model hash>.json)"
     )
+
+
+def _add_bench_command(commands) -> None:
     bench = commands.add_parser(
         "bench",
         help="measure inference profiles against the plain pipeline",
@@ -246,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--out", default=None, help="JSON file to write (default: benchmarks/results/bench-<cpu|cuda>.json)"
     )
+
+
+def _add_calibrate_command(commands) -> None:
     calibrate = commands.add_parser(
         "calibrate",
         help="choose step-caching settings for target speed-ups (adaptive.json)",
@@ -268,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument(
         "--out", default=None, help="folder to write adaptive.json into (default: the model's folder)"
     )
-    _add_history_command(commands)
+
+
+def _add_serve_command(commands) -> None:
     serve = commands.add_parser(
         "serve",
         help="run the HTTP service (API, event stream, web UI)",
@@ -285,8 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None, help="port (default: 8000)")
     serve.add_argument("--model", default=None, help="model folder or hub id (default: the shipped model)")
     serve.add_argument("--profile", default=None, help="inference profile: auto, gpu, cpu, edge (default: auto)")
+
+
+def _add_data_command(commands) -> None:
     data = commands.add_parser("data", help="prepare datasets", description="Prepare datasets from packaged sources.")
     data_commands = data.add_subparsers(dest="data_command", required=True, help="which data step")
+    _add_prepare_command(data_commands)
+    _add_pack_command(data_commands)
+
+
+def _add_prepare_command(data_commands) -> None:
     prepare = data_commands.add_parser(
         "prepare",
         help="build the emoji and icon set",
@@ -318,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="at most N images of SOURCE, repeatable; replaces the default caps "
         f"({', '.join(f'{k}={v}' for k, v in DEFAULT_CAPS.items())})",
     )
+
+
+def _add_pack_command(data_commands) -> None:
     pack = data_commands.add_parser(
         "pack",
         help="pack the training split and the text encoder for a GPU machine with no network",
@@ -330,6 +351,25 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument(
         "--max-mib", type=float, default=DEFAULT_PACK_MIB, help=f"size limit in MiB (default: {DEFAULT_PACK_MIB})"
     )
+
+
+SUBCOMMANDS = (
+    _add_generate_command,
+    _add_train_command,
+    _add_eval_command,
+    _add_bench_command,
+    _add_calibrate_command,
+    _add_history_command,
+    _add_serve_command,
+    _add_data_command,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fractalflow", description="Small, fast pixel-space image generation.")
+    commands = parser.add_subparsers(dest="command", required=True, help="what to do")
+    for add in SUBCOMMANDS:
+        add(commands)
     return parser
 
 
