@@ -36,6 +36,7 @@ from fractalflow.model.conditioning import Conditioning
 from fractalflow.model.text import TextEncoder
 from fractalflow.model.transformer import FractalTransformer
 from fractalflow.model.weights import load_model, save_model
+from fractalflow.monitoring.hallucination import HallucinationCheck
 from fractalflow.monitoring.health import image_health
 
 DEFAULT_MODEL = "default"
@@ -123,6 +124,8 @@ class FractalFlowPipeline:
         self._text_encoder = text_encoder
         self.adaptive_policies: AdaptivePolicies | None = None  # from the model folder's adaptive.json
         self.generation_config = GenerationConfig()  # this model's defaults (its generation_config.json)
+        # when set (HallucinationCheck.shipped()), each image's health says how well it matches its prompt
+        self.hallucination_check: HallucinationCheck | None = None
         self.autocast_dtype: torch.dtype | None = None  # run the network in bf16/fp16 (set by InferenceEngine)
 
     @property
@@ -188,6 +191,15 @@ class FractalFlowPipeline:
                 "or use adaptive='off'"
             )
         return self.adaptive_policies.choose(adaptive)
+
+    def image_health(self, images: torch.Tensor, cond: Conditioning) -> list[dict]:
+        """Per image: :func:`image_health`, and with :attr:`hallucination_check` (text models)
+        its alignment with the prompt and whether it is a probable hallucination."""
+        reports = image_health(images)
+        if self.hallucination_check is None or cond.pooled is None:
+            return reports
+        unit = (images.float().clamp(-1, 1) + 1) / 2  # (B, C, H, W) in [0, 1]
+        return [{**a, **b} for a, b in zip(reports, self.hallucination_check.report(unit, cond.pooled))]
 
     @torch.no_grad()
     def generate(
@@ -279,7 +291,7 @@ class FractalFlowPipeline:
                 "settings": None if cache is OFF else cache.to_dict(),
                 **caching.report(),
             },
-            "health": image_health(images),
+            "health": self.image_health(images, cond),
             "seconds": time.perf_counter() - started,
             "model": self.source,
         }

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import threading
 from collections import deque
 from dataclasses import dataclass
 
@@ -109,6 +110,7 @@ class TrainingHealth:
 
 BLANK_STD = 0.01  # a picture whose pixels spread less than this (on [-1, 1]) is flat
 OUT_OF_RANGE = 1.1  # sampled values beyond this (before clamping to [-1, 1]) mean an overshoot
+MAX_OUT_OF_RANGE_SHARE = 0.05  # an image with more of its values overshooting is flagged
 
 
 def image_health(images: Tensor) -> list[dict]:
@@ -124,5 +126,55 @@ def image_health(images: Tensor) -> list[dict]:
     for ok, std, share in zip(finite.tolist(), spread.tolist(), overshoot.tolist()):
         blank = ok and std < BLANK_STD
         report = {"finite": ok, "blank": blank, "out_of_range": round(share, 4)}
-        reports.append({**report, "flagged": not ok or blank or share > 0.05})
+        reports.append({**report, "flagged": not ok or blank or share > MAX_OUT_OF_RANGE_SHARE})
     return reports
+
+
+IMAGE_FLAGS = ("non_finite", "blank", "out_of_range", "probable_hallucination")
+
+
+class ImageHealthWindow:
+    """The health reports of the last ``size`` generated images, summarised for a server's
+    ``/v1/health``: the share with each flag, and alerts where a share passes its limit
+    (``limits``: flag -> largest share that is still healthy)."""
+
+    def __init__(self, size: int, limits: dict[str, float]):
+        unknown = sorted(set(limits) - set(IMAGE_FLAGS))
+        if unknown:
+            raise ValueError(f"unknown image flags {unknown}; allowed: {list(IMAGE_FLAGS)}")
+        self.reports: deque[dict] = deque(maxlen=size)
+        self.limits = limits
+        self._lock = threading.Lock()
+
+    def add(self, reports: list[dict]) -> None:
+        with self._lock:
+            self.reports.extend(reports)
+
+    @staticmethod
+    def flagged(report: dict, flag: str) -> bool:
+        """Whether one image's health ``report`` carries ``flag`` (one of IMAGE_FLAGS)."""
+        if flag == "non_finite":
+            return not report.get("finite", True)
+        if flag == "out_of_range":
+            return report.get("out_of_range", 0.0) > MAX_OUT_OF_RANGE_SHARE
+        return bool(report.get(flag))
+
+    def summary(self) -> dict:
+        with self._lock:
+            reports = list(self.reports)
+        shares = {
+            flag: sum(self.flagged(r, flag) for r in reports) / len(reports) if reports else 0.0 for flag in IMAGE_FLAGS
+        }
+        alerts = [
+            f"{flag}: {shares[flag]:.1%} of the last {len(reports)} images, above {limit:.1%}"
+            for flag, limit in self.limits.items()
+            if reports and shares[flag] > limit
+        ]
+        return {
+            "status": "alert" if alerts else "ok",
+            "images": len(reports),
+            "window": self.reports.maxlen,
+            "shares": shares,
+            "limits": self.limits,
+            "alerts": alerts,
+        }

@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fractalflow.flow.refine import NAMED_RESOLUTIONS, resolution_size
 from fractalflow.inference import InferenceEngine
+from fractalflow.monitoring.hallucination import HallucinationCheck
 from fractalflow.pipeline import public_name
 from fractalflow.serving.config import ServerConfig
 from fractalflow.serving.jobs import Job, JobManager, QueueFull
@@ -71,6 +72,8 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
     manager = JobManager(engine, config, metrics)
     metrics.queue_length.set_function(manager.unfinished)  # read at each scrape
     model = engine.pipeline.config  # loads the model: the request's limits depend on it
+    if config.check_alignment and not model.is_class_conditional:
+        engine.pipeline.hallucination_check = HallucinationCheck.shipped()
     sizes = {name: resolution_size(name, model.sample_size, model.downsampling) for name in NAMED_RESOLUTIONS}
     WithinLimits = request_model(
         config, engine.defaults, sizes, model.downsampling, min(config.max_images, engine.profile.max_batch)
@@ -218,6 +221,14 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
                 profile=engine.profile.to_dict(),
             )
         ]
+
+    @api.get("/health", operation_id="getHealth")
+    async def health() -> dict:
+        """The health of the last images generated: the share with each flag (non-finite, blank,
+        overshooting, probable hallucination), the alert limits, and the alerts that hold now."""
+        check = engine.pipeline.hallucination_check
+        calibration = None if check is None else check.threshold.to_dict()
+        return {**manager.health.summary(), "hallucination_check": calibration}
 
     app.include_router(api)
     app.include_router(images)

@@ -24,6 +24,11 @@ class ServerConfig(JsonConfig):
     stops waiting for connections after all of it, so every followed stream gets a final event.
     ``stored_images``: finished images kept in memory for ``/v1/images`` (oldest dropped).
     ``max_body_bytes``: larger request bodies get 413 before they are read into memory.
+    ``check_alignment``: score every image against its prompt with the shipped alignment
+    encoder and flag probable hallucinations (where a threshold was calibrated). ``/v1/health``
+    summarises the last ``health_window`` images and alerts when the share of technically
+    flagged images (non-finite, blank, overshooting) passes ``alert_flagged_share`` or that of
+    probable hallucinations passes ``alert_hallucination_share``.
 
     Memory the jobs hold is bounded by these: at most ``max_queue`` unfinished jobs and
     ``stored_images`` finished ones are kept; each keeps its events (about 200 bytes each, at
@@ -49,6 +54,10 @@ class ServerConfig(JsonConfig):
     shutdown_seconds: float = 30.0
     max_body_bytes: int = 65536
     ui_folder: str = ""
+    check_alignment: bool = True
+    health_window: int = 200
+    alert_flagged_share: float = 0.05
+    alert_hallucination_share: float = 0.5
 
     def __post_init__(self) -> None:
         problems = []
@@ -61,6 +70,7 @@ class ServerConfig(JsonConfig):
             "stored_images",
             "image_url_seconds",
             "max_body_bytes",
+            "health_window",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} must be >= 1")
@@ -74,6 +84,9 @@ class ServerConfig(JsonConfig):
             problems.append(f"port={self.port} must be in 1..65535")
         if not 1 <= self.max_guidance <= MAX_GUIDANCE:
             problems.append(f"max_guidance={self.max_guidance} must be from 1 to {MAX_GUIDANCE}")
+        for name in ("alert_flagged_share", "alert_hallucination_share"):
+            if not 0 <= getattr(self, name) <= 1:  # also refuses NaN
+                problems.append(f"{name}={getattr(self, name)} must be from 0 to 1")
         if not 1 <= self.shutdown_seconds <= 600:  # also refuses NaN
             problems.append(f"shutdown_seconds={self.shutdown_seconds} must be from 1 to 600")
         if problems:

@@ -21,6 +21,7 @@ from PIL import Image, PngImagePlugin
 
 from fractalflow.events import ProgressEvent
 from fractalflow.inference import GenerationCancelled, GenerationRequest, InferenceEngine
+from fractalflow.monitoring.health import IMAGE_FLAGS, ImageHealthWindow
 from fractalflow.pipeline import GenerationResult
 from fractalflow.serving.auth import ApiKeys
 from fractalflow.serving.config import ServerConfig
@@ -161,6 +162,9 @@ class JobManager:
         self.keys = ApiKeys(config.api_key, config.image_url_seconds)
         self._lock = threading.Lock()
         self._mean_job_seconds = 1.0
+        limits = dict.fromkeys(("non_finite", "blank", "out_of_range"), config.alert_flagged_share)
+        limits["probable_hallucination"] = config.alert_hallucination_share
+        self.health = ImageHealthWindow(config.health_window, limits)
 
     def unfinished(self) -> int:
         with self._lock:
@@ -224,11 +228,21 @@ class JobManager:
             if not job.finish("done"):  # cancelled while its batch was finishing: results dropped
                 return
             job.images, job.metadata = images, metadata
+            self._count_health(metadata.get("health", []))
             seconds = job.finished - job.created
             self._mean_job_seconds = 0.8 * self._mean_job_seconds + 0.2 * seconds
             self.metrics.job_seconds.observe(seconds)
             job.publish("done", images=job.images, metadata=metadata)
         self._count_finished(job)
+
+    def _count_health(self, reports: list[dict]) -> None:
+        self.health.add(reports)
+        self.metrics.images.inc(len(reports))
+        for flag in IMAGE_FLAGS:
+            count = sum(ImageHealthWindow.flagged(report, flag) for report in reports)
+            if count:
+                self.metrics.flagged_images.labels(flag).inc(count)
+        self.metrics.health_alert.set(self.health.summary()["status"] == "alert")
 
     def _mark_cancelled(self, job: Job) -> None:
         if job.finish("cancelled"):

@@ -8,7 +8,8 @@ SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 
 
 class ServerMetrics:
-    """Queue length, job and first-preview latency histograms, jobs by final state, refusals."""
+    """Queue length, job and first-preview latency histograms, jobs by final state, refusals,
+    images generated and flagged (by flag), and whether the image health is in alert."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -24,6 +25,13 @@ class ServerMetrics:
         )
         self.jobs = Counter("fractalflow_jobs", "jobs by final state", ["state"], registry=self.registry)
         self.errors = Counter("fractalflow_errors", "jobs that failed", registry=self.registry)
+        self.images = Counter("fractalflow_images", "images generated", registry=self.registry)
+        self.flagged_images = Counter(
+            "fractalflow_flagged_images", "images flagged by their health report", ["flag"], registry=self.registry
+        )
+        self.health_alert = Gauge(
+            "fractalflow_health_alert", "1 while /v1/health reports an alert", registry=self.registry
+        )
         self.refused = Counter(
             "fractalflow_refused_requests",
             "requests refused (queue full, bad input, no key)",
