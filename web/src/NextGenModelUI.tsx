@@ -1,6 +1,6 @@
 import { type CSSProperties, type FormEvent, useCallback, useEffect, useReducer, useRef, useState } from "react";
 import { cancelJob, createJob, followEvents, type GenerateSettings } from "./api";
-import { type JobEvent, initialState, isFinal, uiReducer } from "./events";
+import { healthWarning, type JobEvent, initialState, isFinal, uiReducer } from "./events";
 
 export type StyleSlot = "root" | "form" | "progress" | "preview" | "gallery" | "item";
 
@@ -125,7 +125,7 @@ export function NextGenModelUI({ serverUrl, onImageGenerated, styles = {}, apiKe
         </label>
         <label>
           Guidance
-          <input aria-label="guidance" type="number" min={1} step={0.5} value={settings.guidance}
+          <input aria-label="guidance" type="number" min={0} step={0.5} value={settings.guidance}
             onChange={number("guidance")} style={{ display: "block", width: 64 }} />
         </label>
         <label>
@@ -167,6 +167,12 @@ export function NextGenModelUI({ serverUrl, onImageGenerated, styles = {}, apiKe
           <figure key={item.imageUrl} style={{ ...style("item"), margin: 0 }}>
             <img alt={String((item.metadata.prompts as string[] | undefined)?.[0] ?? "image")} src={item.imageUrl}
               style={{ width: 128, height: 128, imageRendering: "pixelated" }} />
+            {healthWarning(item.health) && (
+              <span data-testid="health-badge" role="status" title={healthWarning(item.health) ?? ""}
+                style={{ display: "block", color: "#9a3412", fontSize: 12 }}>
+                ⚠ {healthWarning(item.health)}
+              </span>
+            )}
             <figcaption>
               {String((item.metadata.prompts as string[] | undefined)?.[0] ?? "")} · seed{" "}
               {String((item.metadata.seeds as number[] | undefined)?.[0] ?? "")} · {String(item.metadata.size)} px ·{" "}

@@ -39,10 +39,34 @@ export interface ActiveJob {
   lastEventId: number;
 }
 
+/** One image's health report from the server's metadata (``metadata.health[i]``). */
+export interface ImageHealth {
+  finite: boolean;
+  blank: boolean;
+  out_of_range: number;
+  flagged: boolean;
+  alignment?: number;
+  probable_hallucination?: boolean;
+}
+
 export interface GalleryItem {
   jobId: string;
   imageUrl: string;
   metadata: Record<string, unknown>;
+  health?: ImageHealth;
+}
+
+/** What is wrong with an image, in words for a badge, or null when nothing is. */
+export function healthWarning(health: ImageHealth | undefined): string | null {
+  if (!health) return null;
+  const problems: string[] = [];
+  if (!health.finite) problems.push("non-finite values");
+  if (health.blank) problems.push("blank");
+  if (health.flagged && health.finite && !health.blank) problems.push("colours out of range");
+  if (health.probable_hallucination) {
+    problems.push(`may not show the prompt (alignment ${(health.alignment ?? 0).toFixed(2)})`);
+  }
+  return problems.length ? problems.join("; ") : null;
 }
 
 export interface UiState {
@@ -110,10 +134,12 @@ export function uiReducer(state: UiState, action: UiAction): UiState {
             },
           };
         case "done": {
-          const items = event.images.map((path) => ({
+          const health = event.metadata.health as ImageHealth[] | undefined;
+          const items = event.images.map((path, index) => ({
             jobId: event.job,
             imageUrl: absoluteUrl(action.serverUrl, path),
             metadata: event.metadata,
+            health: health?.[index],
           }));
           return { job: { ...job, state: "done", step: job.total || job.step }, gallery: [...items, ...state.gallery] };
         }

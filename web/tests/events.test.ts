@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { type JobEvent, type UiState, initialState, uiReducer } from "../src/events";
+import { healthWarning, type JobEvent, type UiState, initialState, uiReducer } from "../src/events";
 
 const server = "http://localhost:8000";
 
@@ -78,5 +78,30 @@ describe("uiReducer", () => {
     expect(state.job).toMatchObject({ state: "error", error: "unknown resolution" });
     const refused = uiReducer(initialState, { type: "failed", message: "steps: 500 steps is over the limit" });
     expect(refused.job).toMatchObject({ state: "error", error: "steps: 500 steps is over the limit" });
+  });
+});
+
+describe("image health", () => {
+  const healthy = { finite: true, blank: false, out_of_range: 0, flagged: false };
+
+  it("gives each gallery image its own health report", () => {
+    const event: JobEvent = {
+      id: 1,
+      job: "h",
+      type: "done",
+      images: ["/v1/images/a.png", "/v1/images/b.png"],
+      metadata: { health: [healthy, { ...healthy, alignment: 0.05, probable_hallucination: true }] },
+    };
+    const state = apply(uiReducer(initialState, { type: "submitted", id: "h" }), event);
+    expect(state.gallery.map((item) => item.health?.probable_hallucination ?? false)).toEqual([false, true]);
+  });
+
+  it("words a warning only for an image with something wrong", () => {
+    expect(healthWarning(healthy)).toBeNull();
+    expect(healthWarning(undefined)).toBeNull();
+    expect(healthWarning({ ...healthy, blank: true, flagged: true })).toBe("blank");
+    expect(healthWarning({ ...healthy, alignment: 0.123, probable_hallucination: true })).toBe(
+      "may not show the prompt (alignment 0.12)",
+    );
   });
 });
