@@ -10,6 +10,7 @@ from fractalflow import FractalFlowPipeline, FractalTransformer, model_preset
 from fractalflow.evaluation.alignment import load_alignment_encoder
 from fractalflow.inference import InferenceEngine
 from fractalflow.inference.profiles import PROFILES
+from fractalflow.monitoring.drift import PromptDrift, build_reference
 from fractalflow.monitoring.hallucination import (
     HallucinationCheck,
     HallucinationThreshold,
@@ -69,7 +70,8 @@ def test_the_window_shares_each_flag_and_alerts_past_its_limit():
     assert window.summary()["status"] == "ok" and window.summary()["shares"]["blank"] == 0.25  # at the limit
     window.add([{**clean, "blank": True}, {**clean, "finite": False, "out_of_range": 0.2}])
     summary = window.summary()
-    assert summary["shares"] == {"non_finite": 0.25, "blank": 0.5, "out_of_range": 0.25, "probable_hallucination": 0.0}
+    shares = {"non_finite": 0.25, "blank": 0.5, "out_of_range": 0.25, "probable_hallucination": 0.0}
+    assert summary["shares"] == {**shares, "prompt_drifted": 0.0}
     assert summary["status"] == "alert" and summary["alerts"] == ["blank: 50.0% of the last 4 images, above 25.0%"]
     window.add([clean] * 4)  # the window slides: old flags age out
     assert window.summary()["status"] == "ok"
@@ -93,6 +95,26 @@ def test_the_server_summarises_image_health_alerts_and_counts_flags_for_promethe
     assert "fractalflow_images_total 2.0" in metrics
     assert 'fractalflow_flagged_images_total{flag="out_of_range"} 2.0' in metrics
     assert "fractalflow_health_alert 1.0" in metrics
+
+
+def test_the_drift_threshold_flags_the_chosen_share_of_held_back_captions_and_round_trips(tmp_path):
+    vectors = torch.randn(400, 16, generator=torch.Generator().manual_seed(0))
+    drift, others = build_reference(vectors, size=100, quantile=0.9)
+    assert abs(float((others > drift.threshold).double().mean()) - 0.1) < 0.01
+    assert drift.distances(drift.reference[:3]).abs().max() < 1e-5  # a reference caption is at distance 0
+    drift.save(tmp_path)
+    loaded = PromptDrift.for_model(tmp_path)
+    assert abs(loaded.threshold - drift.threshold) < 1e-5 and loaded.reference.shape == (100, 16)
+    assert PromptDrift.for_model(tmp_path / "nowhere") is None
+
+
+def test_a_prompt_far_from_the_training_captions_is_flagged_in_the_image_health(text_pipeline, encoder):
+    captions = ["red heart", "blue heart", "cat face", "dog face", "bell icon", "rocket", "pizza", "grinning face"]
+    reference = encoder.encode(captions).pooled
+    text_pipeline.prompt_drift = PromptDrift(reference, threshold=0.3)
+    health = text_pipeline.generate(["green heart", "a photo of a mountain lake at dawn"], steps=1).metadata["health"]
+    assert [h["prompt_drifted"] for h in health] == [False, True]
+    assert health[0]["prompt_distance"] < health[1]["prompt_distance"]
 
 
 def test_health_limits_of_the_server_config_are_checked():

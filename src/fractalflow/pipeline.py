@@ -36,6 +36,7 @@ from fractalflow.model.conditioning import Conditioning
 from fractalflow.model.text import TextEncoder
 from fractalflow.model.transformer import FractalTransformer
 from fractalflow.model.weights import load_model, save_model
+from fractalflow.monitoring.drift import PromptDrift
 from fractalflow.monitoring.hallucination import HallucinationCheck
 from fractalflow.monitoring.health import image_health
 
@@ -126,6 +127,7 @@ class FractalFlowPipeline:
         self.generation_config = GenerationConfig()  # this model's defaults (its generation_config.json)
         # when set (HallucinationCheck.shipped()), each image's health says how well it matches its prompt
         self.hallucination_check: HallucinationCheck | None = None
+        self.prompt_drift: PromptDrift | None = None  # from the model folder's prompt_reference.safetensors
         self.autocast_dtype: torch.dtype | None = None  # run the network in bf16/fp16 (set by InferenceEngine)
 
     @property
@@ -148,6 +150,7 @@ class FractalFlowPipeline:
         pipeline = cls(load_model(folder, dtype=dtype, device=device), device=device, source=public_name(name_or_path))
         pipeline.adaptive_policies = AdaptivePolicies.read(folder)
         pipeline.generation_config = GenerationConfig.for_model(folder)
+        pipeline.prompt_drift = PromptDrift.for_model(folder)
         return pipeline
 
     @classmethod
@@ -193,13 +196,18 @@ class FractalFlowPipeline:
         return self.adaptive_policies.choose(adaptive)
 
     def image_health(self, images: torch.Tensor, cond: Conditioning) -> list[dict]:
-        """Per image: :func:`image_health`, and with :attr:`hallucination_check` (text models)
-        its alignment with the prompt and whether it is a probable hallucination."""
+        """Per image: :func:`image_health`; for text models with :attr:`hallucination_check`, its
+        alignment with the prompt and whether it is a probable hallucination; with
+        :attr:`prompt_drift`, how far its prompt lies from the training captions."""
         reports = image_health(images)
-        if self.hallucination_check is None or cond.pooled is None:
+        if cond.pooled is None:
             return reports
-        unit = (images.float().clamp(-1, 1) + 1) / 2  # (B, C, H, W) in [0, 1]
-        return [{**a, **b} for a, b in zip(reports, self.hallucination_check.report(unit, cond.pooled))]
+        if self.hallucination_check is not None:
+            unit = (images.float().clamp(-1, 1) + 1) / 2  # (B, C, H, W) in [0, 1]
+            reports = [{**a, **b} for a, b in zip(reports, self.hallucination_check.report(unit, cond.pooled))]
+        if self.prompt_drift is not None:
+            reports = [{**a, **b} for a, b in zip(reports, self.prompt_drift.report(cond.pooled))]
+        return reports
 
     @torch.no_grad()
     def generate(

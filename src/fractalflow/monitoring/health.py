@@ -130,7 +130,7 @@ def image_health(images: Tensor) -> list[dict]:
     return reports
 
 
-IMAGE_FLAGS = ("non_finite", "blank", "out_of_range", "probable_hallucination")
+IMAGE_FLAGS = ("non_finite", "blank", "out_of_range", "probable_hallucination", "prompt_drifted")
 
 
 class ImageHealthWindow:

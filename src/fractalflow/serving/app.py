@@ -225,10 +225,14 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
     @api.get("/health", operation_id="getHealth")
     async def health() -> dict:
         """The health of the last images generated: the share with each flag (non-finite, blank,
-        overshooting, probable hallucination), the alert limits, and the alerts that hold now."""
-        check = engine.pipeline.hallucination_check
-        calibration = None if check is None else check.threshold.to_dict()
-        return {**manager.health.summary(), "hallucination_check": calibration}
+        overshooting, probable hallucination, prompt drifted from the training captions), the
+        alert limits, and the alerts that hold now."""
+        check, drift = engine.pipeline.hallucination_check, engine.pipeline.prompt_drift
+        return {
+            **manager.health.summary(),
+            "hallucination_check": None if check is None else check.threshold.to_dict(),
+            "prompt_drift_threshold": None if drift is None else drift.threshold,
+        }
 
     app.include_router(api)
     app.include_router(images)

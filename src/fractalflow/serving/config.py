@@ -28,7 +28,8 @@ class ServerConfig(JsonConfig):
     encoder and flag probable hallucinations (where a threshold was calibrated). ``/v1/health``
     summarises the last ``health_window`` images and alerts when the share of technically
     flagged images (non-finite, blank, overshooting) passes ``alert_flagged_share`` or that of
-    probable hallucinations passes ``alert_hallucination_share``.
+    probable hallucinations passes ``alert_hallucination_share``, or that of prompts far from the
+    training captions (where the model carries a prompt reference) ``alert_drift_share``.
 
     Memory the jobs hold is bounded by these: at most ``max_queue`` unfinished jobs and
     ``stored_images`` finished ones are kept; each keeps its events (about 200 bytes each, at
@@ -58,6 +59,7 @@ class ServerConfig(JsonConfig):
     health_window: int = 200
     alert_flagged_share: float = 0.05
     alert_hallucination_share: float = 0.5
+    alert_drift_share: float = 0.25
 
     def __post_init__(self) -> None:
         problems = []
@@ -84,7 +86,7 @@ class ServerConfig(JsonConfig):
             problems.append(f"port={self.port} must be in 1..65535")
         if not 1 <= self.max_guidance <= MAX_GUIDANCE:
             problems.append(f"max_guidance={self.max_guidance} must be from 1 to {MAX_GUIDANCE}")
-        for name in ("alert_flagged_share", "alert_hallucination_share"):
+        for name in ("alert_flagged_share", "alert_hallucination_share", "alert_drift_share"):
             if not 0 <= getattr(self, name) <= 1:  # also refuses NaN
                 problems.append(f"{name}={getattr(self, name)} must be from 0 to 1")
         if not 1 <= self.shutdown_seconds <= 600:  # also refuses NaN

@@ -164,6 +164,7 @@ class JobManager:
         self._mean_job_seconds = 1.0
         limits = dict.fromkeys(("non_finite", "blank", "out_of_range"), config.alert_flagged_share)
         limits["probable_hallucination"] = config.alert_hallucination_share
+        limits["prompt_drifted"] = config.alert_drift_share
         self.health = ImageHealthWindow(config.health_window, limits)
 
     def unfinished(self) -> int:
