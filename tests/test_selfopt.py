@@ -1,5 +1,7 @@
 """The run history and the regression check (monitoring/selfopt.py, ``fractalflow history``)."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -143,3 +145,27 @@ def test_a_training_run_is_recorded_with_its_settings_and_losses(tmp_path, capsy
     assert len(run.samples["loss"]) == 4 and run.metrics["step"] == 4 and run.git_commit != ""
     assert main([*argv[:4], str(tmp_path / "again"), *argv[5:], "--no-progress", "--no-history"]) == 0
     assert len(RunHistory().runs()) == 1
+
+
+def test_the_health_report_draws_the_losses_lists_health_events_and_checks_the_history(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "logs").mkdir(parents=True)
+    (run / "logs" / "scalars.jsonl").write_text(
+        "".join(json.dumps({"tag": "train/loss", "value": 1.0 / (s + 1), "step": s}) + "\n" for s in range(10))
+    )
+    events = [
+        {"step": 4, "event": "skipped", "reason": "loss is nan"},
+        {"step": 9, "event": "rolled back", "to_step": 5},
+    ]
+    (run / "logs" / "health.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    rng = np.random.default_rng(4)
+    history = RunHistory()  # the test's own ($FRACTALFLOW_HISTORY)
+    record_timings(history, timings(rng, 5))
+    record_timings(history, timings(rng, 1, scale=1.3))
+    assert main(["health", "report", "--run", str(run), "--out", str(tmp_path / "h.html")]) == 0
+    page = (tmp_path / "h.html").read_text()
+    assert page.count("<polyline") == 1 and 'aria-label="train/loss"' in page
+    assert "1 skipped, 1 rolled back" in page and "loss is nan" in page
+    assert "Newest bench run (6) against 5 earlier: regression" in page and "REGRESSED" in page
+    assert main(["health", "report", "--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.html")]) == 2
+    assert "has no logs/ folder" in capsys.readouterr().err and not (tmp_path / "x.html").exists()

@@ -353,6 +353,19 @@ def _add_pack_command(data_commands) -> None:
     )
 
 
+def _add_health_command(commands) -> None:
+    health = commands.add_parser(
+        "health",
+        help="report on training health and the run history",
+        description="Write one HTML page: a training run's loss and learning-rate curves and its health events "
+        "(skipped steps, rollbacks), the newest recorded runs and the regression check of the newest of each kind.",
+    )
+    health.add_argument("action", choices=("report",), help="what to do")
+    health.add_argument("--run", default=None, help="training run folder (the --out of train) to include")
+    health.add_argument("--path", default=None, help="run history file (default: $FRACTALFLOW_HISTORY or the cache's)")
+    health.add_argument("-o", "--out", default="health.html", help="HTML file to write (default: health.html)")
+
+
 SUBCOMMANDS = (
     _add_generate_command,
     _add_train_command,
@@ -360,6 +373,7 @@ SUBCOMMANDS = (
     _add_bench_command,
     _add_calibrate_command,
     _add_history_command,
+    _add_health_command,
     _add_serve_command,
     _add_data_command,
 )
@@ -697,6 +711,18 @@ def run_history(args: argparse.Namespace) -> int:
     return 1 if regressed else 0
 
 
+def run_health(args: argparse.Namespace) -> None:
+    from fractalflow.files import atomic_write_text
+    from fractalflow.monitoring.report import health_report
+    from fractalflow.monitoring.selfopt import RunHistory
+
+    if not args.out.endswith(".html"):
+        raise UsageError(f"--out {args.out!r} must end in .html")
+    run = Path(args.run) if args.run else None
+    atomic_write_text(Path(args.out), health_report(run, RunHistory(args.path)))
+    print(f"wrote {args.out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -709,6 +735,7 @@ def main(argv: list[str] | None = None) -> int:
             "serve": run_serve,
             "data": run_data,
             "history": run_history,
+            "health": run_health,
         }
         return commands[args.command](args) or 0
     except (UsageError, ValueError, FileNotFoundError, NotADirectoryError) as error:
