@@ -31,6 +31,7 @@ from fractalflow.hardware import describe_device, resolve_device
 from fractalflow.inference.calibrate import CalibrationSettings, calibrate, training_captions, write_policies
 from fractalflow.model.text import TextEncoder
 from fractalflow.model.weights import load_model, save_model
+from fractalflow.monitoring.drift import PROMPT_REFERENCE_FILE
 from fractalflow.pipeline import default_model_folder
 from fractalflow.training import Trainer
 
@@ -133,17 +134,21 @@ def main() -> None:
 
 def install(model: torch.nn.Module, device: torch.device, data: str) -> None:
     """Write ``model`` as fp16 into the package as the default model (keeping its hand-written
-    card), calibrate its step caching (``adaptive.json``, on training captions of ``data``)
+    card and its prompt reference), calibrate its step caching (``adaptive.json``, on training captions of ``data``)
     and redraw the card's sample grids."""
     target = default_model_folder()
     card = target / "MODEL_CARD.md"
     card_text = card.read_text() if card.is_file() else None
+    reference = target / PROMPT_REFERENCE_FILE  # built from the training captions, not the weights: kept
+    reference_bytes = reference.read_bytes() if reference.is_file() else None
     # snapshots exported before FractalConfig recorded the sizes trained at: this run trains at 64 px
     config = replace(model.config, trained_sizes=model.config.trained_sizes or (TRAIN.image_size,))
     save_model(model, target, torch.float16, config=config)
     GenerationConfig().save(target)  # the library's sampling defaults, stated in the folder
     if card_text is not None:
         card.write_text(card_text)
+    if reference_bytes is not None:
+        reference.write_bytes(reference_bytes)
     pipeline = FractalFlowPipeline.from_pretrained(target, device=device)
     settings = CalibrationSettings()
     write_policies(target, calibrate(pipeline, training_captions(data, settings.captions), settings))
