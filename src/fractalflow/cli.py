@@ -52,7 +52,7 @@ def _add_train_config_options(parser: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + field.name.replace("_", "-")
         kind = _size_list if isinstance(field.default, tuple) else type(field.default)
-        shown = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
+        shown = "unset" if field.default is None else field.default
         parser.add_argument(flag, type=kind, default=field.default, help=f"{helps[field.name]} (default: {shown})")
 
 
@@ -94,7 +94,7 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(GenerationConfig):
         kind = parse.get(field.name) or (int if str(field.type).startswith("int") else float)
         limits = field.metadata.keys() & {"ge", "gt", "le"}
-        shown = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
+        shown = "unset" if field.default is None else field.default
         rule = f", {range_text(field.metadata)}" if limits else ""
         parser.add_argument(
             "--" + field.name.replace("_", "-"),
