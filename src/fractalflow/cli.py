@@ -366,12 +366,33 @@ def _add_health_command(commands) -> None:
     health.add_argument("-o", "--out", default="health.html", help="HTML file to write (default: health.html)")
 
 
+def _add_tune_command(commands) -> None:
+    tune = commands.add_parser(
+        "tune",
+        help="search sampling settings for speed and quality (Optuna)",
+        description="Multi-objective search (seconds per image, FD-EffNetL0) over steps, guidance, sampler, early "
+        "stop and step caching, on training captions only; the first trial is the model's defaults. Writes every "
+        "trial, the Pareto front and the chosen config (the fastest within --fd-tolerance of the defaults' FD) as "
+        "JSON and the front as SVG; --write stores the chosen config as the model's generation_config.json.",
+    )
+    tune.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    tune.add_argument("--data", default="data/emoji", help="prepared emoji folder (default: data/emoji)")
+    tune.add_argument("--trials", type=int, default=30, help="configs to try (default: 30)")
+    tune.add_argument("--captions", type=int, default=200, help="training captions per trial (default: 200)")
+    tune.add_argument(
+        "--fd-tolerance", type=float, default=0.02, help="FD the chosen config may lose, relative (default: 0.02)"
+    )
+    tune.add_argument("--out", default="benchmarks/results/tune.json", help="JSON to write; the SVG goes beside it")
+    tune.add_argument("--write", action="store_true", help="store the chosen config in the model folder")
+
+
 SUBCOMMANDS = (
     _add_generate_command,
     _add_train_command,
     _add_eval_command,
     _add_bench_command,
     _add_calibrate_command,
+    _add_tune_command,
     _add_history_command,
     _add_health_command,
     _add_serve_command,
@@ -723,6 +744,44 @@ def run_health(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def run_tune(args: argparse.Namespace) -> None:
+    import torch
+
+    from fractalflow.data.emoji import load_emoji
+    from fractalflow.files import atomic_write_text
+    from fractalflow.generation import GenerationConfig
+    from fractalflow.hub import resolve_model_folder
+    from fractalflow.monitoring.tune import TuneSettings, pareto_svg, tune
+    from fractalflow.pipeline import FractalFlowPipeline, default_model_folder
+
+    settings = TuneSettings(trials=args.trials, captions=args.captions, fd_tolerance=args.fd_tolerance)
+    if not args.out.endswith(".json"):
+        raise UsageError(f"--out {args.out!r} must end in .json")
+    require_prepared(args.data)
+    folder = resolve_model_folder(args.model) if args.model else default_model_folder()
+    pipeline = FractalFlowPipeline.from_pretrained(folder, device="cpu")
+    if pipeline.config.is_class_conditional:
+        raise UsageError("tune needs a text-conditional model (it draws training captions)")
+    size = pipeline.config.sample_size
+    train = load_emoji(args.data, image_size=size, split="train")
+    rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(settings.seed))[: settings.captions]
+    real = torch.round((train.pixels(rows, size) + 1) * 127.5).clamp(0, 255).byte()
+    try:
+        result = tune(pipeline, [train.captions[i] for i in rows.tolist()], real, settings)
+    except ImportError as error:
+        raise UsageError(str(error)) from None
+    out = Path(args.out)
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out.with_suffix(".svg"), pareto_svg(result))
+    defaults, chosen = result["trials"][0], result["chosen"]
+    print(f"defaults: {defaults['seconds']:.3f} s per image, FD {defaults['fd']:.1f}")
+    print(f"chosen (trial {chosen['trial']}): {chosen['seconds']:.3f} s, FD {chosen['fd']:.1f}: {chosen['config']}")
+    print(f"wrote {out} and {out.with_suffix('.svg')}")
+    if args.write:
+        GenerationConfig.from_dict(chosen["config"]).save(folder)
+        print(f"wrote the chosen config to {folder}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -735,6 +794,7 @@ def main(argv: list[str] | None = None) -> int:
             "serve": run_serve,
             "data": run_data,
             "history": run_history,
+            "tune": run_tune,
             "health": run_health,
         }
         return commands[args.command](args) or 0
