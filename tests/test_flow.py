@@ -7,10 +7,12 @@ import torch
 
 from fractalflow import Conditioning
 from fractalflow.flow import (
+    euler_step,
     guided_velocity,
     interpolate,
     logit_normal_timesteps,
     rectified_flow_loss,
+    sample,
     sample_euler,
     sample_heun,
     time_grid,
@@ -58,6 +60,21 @@ def test_last_x0_estimate_of_euler_is_the_sample_and_callback_runs_every_step():
     result = sample_euler(mixture_velocity, noise, time_grid(7), states.append)
     assert [s.step for s in states] == list(range(7)) and all(s.total == 7 for s in states)
     torch.testing.assert_close(states[-1].x0_estimate, result)
+
+
+def test_a_new_sampler_is_one_step_function_driven_by_the_shared_loop():
+    def midpoint_step(velocity, x, t, t_next):  # explicit midpoint (RK2): what a sampler plugin writes
+        half = x + (t_next - t) / 2 * velocity(x, t.expand(len(x)))
+        v = velocity(half, ((t + t_next) / 2).expand(len(x)))
+        return x + (t_next - t) * v, x - t * velocity(x, t.expand(len(x)))
+
+    noise = torch.randn(500, 2, generator=torch.Generator().manual_seed(1))
+    exact = sample_heun(mixture_velocity, noise, time_grid(400))
+    midpoint_error = (sample(midpoint_step, mixture_velocity, noise, time_grid(10)) - exact).norm(dim=1).mean()
+    euler_error = (sample(euler_step, mixture_velocity, noise, time_grid(10)) - exact).norm(dim=1).mean()
+    assert midpoint_error < 0.5 * euler_error
+    assert torch.equal(sample(euler_step, mixture_velocity, noise, time_grid(5)),
+                       sample_euler(mixture_velocity, noise, time_grid(5)))  # fmt: skip
 
 
 def test_time_grid_runs_from_noise_to_data_and_shift_moves_steps_to_high_noise():

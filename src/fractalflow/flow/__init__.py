@@ -3,9 +3,13 @@
 from fractalflow.flow.objective import interpolate, logit_normal_timesteps, rectified_flow_loss
 from fractalflow.flow.samplers import (
     SAMPLERS,
+    SamplerStep,
     StepState,
+    euler_step,
     get_sampler,
     guided_velocity,
+    heun_step,
+    sample,
     sample_euler,
     sample_heun,
     time_grid,
@@ -13,12 +17,16 @@ from fractalflow.flow.samplers import (
 
 __all__ = [
     "SAMPLERS",
+    "SamplerStep",
     "StepState",
+    "euler_step",
     "get_sampler",
     "guided_velocity",
+    "heun_step",
     "interpolate",
     "logit_normal_timesteps",
     "rectified_flow_loss",
+    "sample",
     "sample_euler",
     "sample_heun",
     "time_grid",

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from fractalflow.config import JsonConfig
 from fractalflow.events import ProgressEvent
-from fractalflow.flow.samplers import StepState, Velocity, get_sampler, time_grid
+from fractalflow.flow.samplers import Velocity, get_sampler, time_grid
 
 # final scale of each named resolution, relative to the size the model was trained at
 NAMED_RESOLUTIONS = {"preview": 0.25, "standard": 1.0, "high": 2.0, "ultra": 4.0}
@@ -219,10 +219,8 @@ class ProgressiveRefiner:
             times = time_grid(stage.steps, device=x.device) * stage.start
             settled, ran, settled_at = None, 0, 0  # the last exact clean-image estimate, and its step
             for i in range(stage.steps):
-                states: list[StepState] = []
-                x = self.sample_step(velocity, x, times[i : i + 2], states.append)
+                x, x0 = self.sample_step(velocity, x, times[i], times[i + 1])
                 ran += 1
-                x0 = states[-1].x0_estimate
                 if callback is not None:
                     elapsed = time.perf_counter() - started
                     callback(ProgressEvent(f"{stage.size}px", done + ran, total, elapsed, self.preview(x0)))

@@ -1,8 +1,11 @@
 """Samplers for rectified flow: integrate dx/dt = v(x, t) from noise (t = 1) to data (t = 0).
 
-Samplers are plain functions over a velocity callable, as in k-diffusion:
-``sample_euler(velocity, x, times, callback)``. The callback gets a :class:`StepState`
-after every step, with the current estimate of the clean image.
+A sampler is one step function, ``step(velocity, x, t, t_next) -> (x_next, x0_estimate)``
+(:data:`SAMPLERS`); :func:`sample` is the one loop that drives any of them, for the plain
+path and the coarse-to-fine refiner alike, as k-diffusion's samplers drive a denoiser. The
+callback gets a :class:`StepState` after every step, with the current estimate of the clean
+image. ``sample_euler(velocity, x, times, callback)`` and ``sample_heun`` are the loop with
+each step.
 """
 
 from __future__ import annotations
@@ -46,42 +49,53 @@ def _batch_time(t: Tensor, x: Tensor) -> Tensor:
     return t.expand(x.shape[0]).to(x.device)
 
 
-def sample_euler(velocity: Velocity, x: Tensor, times: Tensor, callback: StepCallback | None = None) -> Tensor:
-    """First-order Euler: one velocity evaluation per step."""
+# one step of a sampler: (velocity, x at time t, t, t_next) -> (x at t_next, clean-image estimate)
+SamplerStep = Callable[[Velocity, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def euler_step(velocity: Velocity, x: Tensor, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor]:
+    """First-order Euler: one velocity evaluation."""
+    v = velocity(x, _batch_time(t, x))
+    return x + (t_next - t) * v, x - t * v
+
+
+def heun_step(velocity: Velocity, x: Tensor, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor]:
+    """Second-order Heun: Euler predictor, trapezoid corrector (two evaluations, one on the
+    final step to t = 0)."""
+    v = velocity(x, _batch_time(t, x))
+    if t_next > 0:
+        v_next = velocity(x + (t_next - t) * v, _batch_time(t_next, x))
+        v = (v + v_next) / 2
+    return x + (t_next - t) * v, x - t * v
+
+
+def sample(
+    step: SamplerStep, velocity: Velocity, x: Tensor, times: Tensor, callback: StepCallback | None = None
+) -> Tensor:
+    """The one sampling loop: ``step`` from ``times[0]`` down to ``times[-1]``, ``callback``
+    after every step with the state before it and that step's clean-image estimate."""
     total = len(times) - 1
     for i in range(total):
-        t, t_next = times[i], times[i + 1]
-        v = velocity(x, _batch_time(t, x))
+        x_next, x0 = step(velocity, x, times[i], times[i + 1])
         if callback is not None:
-            callback(StepState(i, total, float(t), x, x - t * v))
-        x = x + (t_next - t) * v
+            callback(StepState(i, total, float(times[i]), x, x0))
+        x = x_next
     return x
+
+
+def sample_euler(velocity: Velocity, x: Tensor, times: Tensor, callback: StepCallback | None = None) -> Tensor:
+    return sample(euler_step, velocity, x, times, callback)
 
 
 def sample_heun(velocity: Velocity, x: Tensor, times: Tensor, callback: StepCallback | None = None) -> Tensor:
-    """Second-order Heun: Euler predictor, trapezoid corrector (two evaluations per step,
-    one on the final step to t = 0)."""
-    total = len(times) - 1
-    for i in range(total):
-        t, t_next = times[i], times[i + 1]
-        v = velocity(x, _batch_time(t, x))
-        x_euler = x + (t_next - t) * v
-        if t_next > 0:
-            v_next = velocity(x_euler, _batch_time(t_next, x))
-            v = (v + v_next) / 2
-        if callback is not None:
-            callback(StepState(i, total, float(t), x, x - t * v))
-        x = x + (t_next - t) * v
-    return x
+    return sample(heun_step, velocity, x, times, callback)
 
 
-SAMPLERS: dict[str, Callable[[Velocity, Tensor, Tensor, StepCallback | None], Tensor]] = {
-    "euler": sample_euler,
-    "heun": sample_heun,
-}
+SAMPLERS: dict[str, SamplerStep] = {"euler": euler_step, "heun": heun_step}
 
 
-def get_sampler(name: str) -> Callable[[Velocity, Tensor, Tensor, StepCallback | None], Tensor]:
+def get_sampler(name: str) -> SamplerStep:
+    """The step function of the sampler called ``name``."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
     return SAMPLERS[name]
