@@ -81,6 +81,10 @@ def _adaptive(text: str) -> str | float:
         raise argparse.ArgumentTypeError(f"{text!r}: give off, auto or a speed-up such as 2") from None
 
 
+def _name_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def _resolution(text: str) -> str | int:
     return int(text) if text.isdigit() else text
 
@@ -90,7 +94,13 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     default (its generation_config.json, else GenerationConfig's)."""
     from fractalflow.generation import GenerationConfig, range_text
 
-    parse = {"scales": _scale_list, "adaptive": _adaptive, "resolution": _resolution, "sampler": str}
+    parse = {
+        "scales": _scale_list,
+        "adaptive": _adaptive,
+        "resolution": _resolution,
+        "sampler": str,
+        "postprocess": _name_list,
+    }
     for field in dataclasses.fields(GenerationConfig):
         kind = parse.get(field.name) or (int if str(field.type).startswith("int") else float)
         limits = field.metadata.keys() & {"ge", "gt", "le"}
@@ -386,6 +396,17 @@ def _add_tune_command(commands) -> None:
     tune.add_argument("--write", action="store_true", help="store the chosen config in the model folder")
 
 
+def _add_plugins_command(commands) -> None:
+    plugins = commands.add_parser(
+        "plugins",
+        help="list the installed plugins",
+        description="List every sampler, guidance, prompt, postprocess, event_sink and loss plugin: the built-ins "
+        "and those installed packages declare in the 'fractalflow.plugins' entry-point group, with their version "
+        "and distribution, and any entry point that failed to load.",
+    )
+    plugins.add_argument("action", choices=("list",), help="what to do")
+
+
 SUBCOMMANDS = (
     _add_generate_command,
     _add_train_command,
@@ -395,6 +416,7 @@ SUBCOMMANDS = (
     _add_tune_command,
     _add_history_command,
     _add_health_command,
+    _add_plugins_command,
     _add_serve_command,
     _add_data_command,
 )
@@ -782,6 +804,17 @@ def run_tune(args: argparse.Namespace) -> None:
         print(f"wrote the chosen config to {folder}")
 
 
+def run_plugins(args: argparse.Namespace) -> None:
+    from fractalflow.plugins import registry
+
+    found = registry()
+    print(f"{'kind':12s} {'name':16s} {'version':9s} {'from':30s} description")
+    for plugin in found.plugins():
+        print(f"{plugin.kind:12s} {plugin.name:16s} {plugin.version:9s} {plugin.distribution:30s} {plugin.description}")
+    for error in found.load_errors:
+        print(f"not loaded: {error}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -794,6 +827,7 @@ def main(argv: list[str] | None = None) -> int:
             "serve": run_serve,
             "data": run_data,
             "history": run_history,
+            "plugins": run_plugins,
             "tune": run_tune,
             "health": run_health,
         }

@@ -22,9 +22,11 @@ from fractalflow.config import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, JsonConfig
 from fractalflow.flow.refine import NAMED_RESOLUTIONS, RefineSettings
 from fractalflow.flow.samplers import SAMPLERS
 from fractalflow.model.adaptive import check_adaptive
+from fractalflow.plugins import registry
 
 GENERATION_CONFIG_NAME = "generation_config.json"
 MAX_SCALES = 8  # scales one coarse-to-fine generation may pass through
+MAX_POSTPROCESSORS = 4
 
 
 def setting(default: Any, help: str, **limits: float) -> Any:
@@ -48,7 +50,7 @@ class GenerationConfig(JsonConfig):
     guidance: float = setting(
         3.0, "classifier-free guidance scale (1: none, 0: unconditional)", ge=0.0, le=MAX_GUIDANCE
     )
-    sampler: str = setting("euler", f"sampler: {', '.join(SAMPLERS)}")
+    sampler: str = setting("euler", f"sampler: {', '.join(SAMPLERS)} or a sampler plugin (fractalflow plugins list)")
     size: int | None = setting(
         None, "sample at one scale of this side in pixels (a multiple of the model's downsampling)", ge=1, le=MAX_SIDE
     )
@@ -69,6 +71,9 @@ class GenerationConfig(JsonConfig):
     upscale_strength: float | None = setting(
         None, "how much of the image each scale above the model's size redraws", gt=0.0, le=1.0
     )
+    postprocess: tuple[str, ...] = setting(
+        (), "image postprocessor plugins to apply in order, comma-separated (fractalflow plugins list)"
+    )
     adaptive: str | float = setting(
         "off",
         "spend less compute on steps that need less: off, auto (the model's calibrated default) or a target "
@@ -81,6 +86,13 @@ class GenerationConfig(JsonConfig):
             problems.append("give size (one scale) or resolution (coarse to fine), not both")
         if self.scales is not None and not 1 <= len(self.scales) <= MAX_SCALES:
             problems.append(f"scales={self.scales}: give 1 to {MAX_SCALES} scales")
+        if len(self.postprocess) > MAX_POSTPROCESSORS:
+            problems.append(f"postprocess={self.postprocess}: at most {MAX_POSTPROCESSORS} postprocessors")
+        for name in self.postprocess[:MAX_POSTPROCESSORS]:
+            try:
+                registry().get("postprocess", name)
+            except ValueError as error:
+                problems.append(str(error))
         try:
             check_adaptive(self.adaptive)
             if not problems:  # the sampler's own rules for resolution, scales and sampler name

@@ -39,6 +39,7 @@ from fractalflow.model.weights import load_model, save_model
 from fractalflow.monitoring.drift import PromptDrift
 from fractalflow.monitoring.hallucination import HallucinationCheck
 from fractalflow.monitoring.health import image_health
+from fractalflow.plugins.core import postprocess
 
 DEFAULT_MODEL = "default"
 
@@ -282,7 +283,8 @@ class FractalFlowPipeline:
             # a preview is a copy to the CPU every step (a device sync on a GPU): only when someone listens
             listener = on_event if callback is not None or progress else None
             velocity = guided_velocity(self.model, cond, config.guidance)
-            images, report = refiner.run(velocity, noise, listener, caching.exact_since_last_asked)
+            sampled, report = refiner.run(velocity, noise, listener, caching.exact_since_last_asked)
+        images = postprocess(sampled, config.postprocess)
         bar.close()
         metadata = {
             "prompts": prompts,
@@ -299,7 +301,7 @@ class FractalFlowPipeline:
                 "settings": None if cache is OFF else cache.to_dict(),
                 **caching.report(),
             },
-            "health": self.image_health(images, cond),
+            "health": self.image_health(sampled, cond),  # what the model drew, before postprocessors
             "seconds": time.perf_counter() - started,
             "model": self.source,
         }

@@ -91,14 +91,17 @@ def sample_heun(velocity: Velocity, x: Tensor, times: Tensor, callback: StepCall
     return sample(heun_step, velocity, x, times, callback)
 
 
-SAMPLERS: dict[str, SamplerStep] = {"euler": euler_step, "heun": heun_step}
+SAMPLERS: dict[str, SamplerStep] = {"euler": euler_step, "heun": heun_step}  # built-ins; more come as plugins
 
 
 def get_sampler(name: str) -> SamplerStep:
-    """The step function of the sampler called ``name``."""
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
-    return SAMPLERS[name]
+    """The step function of the sampler called ``name``: a built-in, or a sampler plugin
+    (installed plugins are loaded only when a name is not a built-in's)."""
+    if name in SAMPLERS:
+        return SAMPLERS[name]
+    from fractalflow.plugins import registry
+
+    return registry().get("sampler", name)
 
 
 def guided_velocity(model: torch.nn.Module, cond: Conditioning, guidance: float) -> Velocity:

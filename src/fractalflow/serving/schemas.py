@@ -10,9 +10,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, create_model, model_validator
 
 from fractalflow.config import MAX_GUIDANCE, MAX_STEPS
-from fractalflow.flow.samplers import SAMPLERS
-from fractalflow.generation import GenerationConfig
+from fractalflow.generation import MAX_POSTPROCESSORS, GenerationConfig
 from fractalflow.model.adaptive import MAX_SPEEDUP
+from fractalflow.plugins import registry
 from fractalflow.serving.config import ServerConfig
 
 JobState = Literal["queued", "running", "done", "error", "cancelled"]
@@ -20,7 +20,7 @@ JobState = Literal["queued", "running", "done", "error", "cancelled"]
 
 # the GenerationConfig fields a request may set; the others (size, scales, upscale_strength)
 # keep the served model's defaults: the server draws at named resolutions or pixel sizes
-SERVED_SETTINGS = ("resolution", "steps", "guidance", "early_stop", "sampler", "adaptive")
+SERVED_SETTINGS = ("resolution", "steps", "guidance", "early_stop", "sampler", "postprocess", "adaptive")
 
 
 class RequestBase(BaseModel):
@@ -52,7 +52,8 @@ class RequestBase(BaseModel):
 
     def generation_config(self, defaults: GenerationConfig) -> GenerationConfig:
         """``defaults`` with this request's settings over them."""
-        return defaults.merged(**{name: getattr(self, name) for name in SERVED_SETTINGS})
+        values = {name: getattr(self, name) for name in SERVED_SETTINGS}
+        return defaults.merged(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def setting_field(name: str, default: Any, **limits: float) -> tuple[Any, Any]:
@@ -66,15 +67,22 @@ def setting_field(name: str, default: Any, **limits: float) -> tuple[Any, Any]:
 
 
 GENERATION_FIELDS = {spec.name: spec for spec in dataclasses.fields(GenerationConfig)}
-SAMPLER_NAME = Literal[tuple(SAMPLERS)]
 SPEEDUP = Annotated[float, Field(ge=1.0, le=MAX_SPEEDUP, allow_inf_nan=False)]
 
 
 def served_settings(
-    defaults: GenerationConfig, resolution: Any, max_steps: int = MAX_STEPS, max_guidance: float = MAX_GUIDANCE
+    defaults: GenerationConfig,
+    resolution: Any,
+    max_steps: int = MAX_STEPS,
+    max_guidance: float = MAX_GUIDANCE,
+    samplers: Any = str,
+    postprocessors: Any = str,
 ) -> dict[str, tuple[Any, Any]]:
     """The request fields of ``SERVED_SETTINGS``: GenerationConfig's with ``defaults`` and the
-    given upper limits; ``resolution`` is the type a resolution must have."""
+    given upper limits; ``resolution``, ``samplers`` and ``postprocessors`` are the types a
+    resolution, a sampler name and a postprocessor name must have (``postprocessors`` None:
+    none is installed, the list must be empty)."""
+    most = MAX_POSTPROCESSORS if postprocessors is not None else 0
     return dict(
         resolution=(
             resolution,
@@ -83,7 +91,15 @@ def served_settings(
         steps=setting_field("steps", min(defaults.steps, max_steps), le=max_steps),
         guidance=setting_field("guidance", min(defaults.guidance, max_guidance), le=max_guidance),
         early_stop=setting_field("early_stop", defaults.early_stop),
-        sampler=(SAMPLER_NAME, Field(defaults.sampler, description=GENERATION_FIELDS["sampler"].metadata["help"])),
+        sampler=(samplers, Field(defaults.sampler, description=GENERATION_FIELDS["sampler"].metadata["help"])),
+        postprocess=(
+            list[postprocessors or str],
+            Field(
+                list(defaults.postprocess),
+                max_length=most,
+                description=GENERATION_FIELDS["postprocess"].metadata["help"],
+            ),
+        ),
         adaptive=(
             Literal["off", "auto"] | SPEEDUP,
             Field(defaults.adaptive, description=GENERATION_FIELDS["adaptive"].metadata["help"]),
@@ -160,5 +176,12 @@ def request_model(
             Field(min_length=1, max_length=config.max_prompt_length, pattern=r"\S", description="what to draw"),
         ),
         num_images=(int, Field(1, ge=1, le=most_images)),
-        **served_settings(defaults, resolution, config.max_steps, config.max_guidance),
+        **served_settings(
+            defaults,
+            resolution,
+            config.max_steps,
+            config.max_guidance,
+            samplers=Literal[tuple(registry().names("sampler"))],
+            postprocessors=Literal[tuple(names)] if (names := registry().names("postprocess")) else None,
+        ),
     )
