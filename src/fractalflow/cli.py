@@ -407,6 +407,27 @@ def _add_plugins_command(commands) -> None:
     plugins.add_argument("action", choices=("list",), help="what to do")
 
 
+def _add_models_command(commands) -> None:
+    models = commands.add_parser(
+        "models",
+        help="register model versions and move aliases (production, canary)",
+        description="A local model registry: 'register FOLDER --name N' copies a model folder in as N's next "
+        "version (with its sha256, parent, data, commit and eval metrics); 'list' shows versions and aliases; "
+        "'alias A REF' and 'promote REF' point an alias at a version (name:N, name for its newest, or an alias); "
+        "'rollback' moves an alias back. A server serving an alias follows it without a restart.",
+    )
+    models.add_argument("action", choices=("register", "list", "alias", "promote", "rollback"), help="what to do")
+    models.add_argument("args", nargs="*", help="register: FOLDER; alias: ALIAS REF; promote: REF")
+    models.add_argument("--name", default=None, help="register: the model's name")
+    models.add_argument("--parent", default="", help="register: the version it was trained from (name:N)")
+    models.add_argument("--data", default="", help="register: the data it was trained on")
+    models.add_argument("--eval", default=None, help="register: an eval JSON whose metrics to keep")
+    models.add_argument("--alias", default="production", help="promote / rollback: the alias (default: production)")
+    models.add_argument(
+        "--registry", default=None, help="registry folder (default: $FRACTALFLOW_REGISTRY or the cache's registry)"
+    )
+
+
 SUBCOMMANDS = (
     _add_generate_command,
     _add_train_command,
@@ -417,6 +438,7 @@ SUBCOMMANDS = (
     _add_history_command,
     _add_health_command,
     _add_plugins_command,
+    _add_models_command,
     _add_serve_command,
     _add_data_command,
 )
@@ -815,6 +837,35 @@ def run_plugins(args: argparse.Namespace) -> None:
         print(f"not loaded: {error}")
 
 
+def run_models(args: argparse.Namespace) -> None:
+    from fractalflow.monitoring.selfopt import git_commit, numeric
+    from fractalflow.serving.registry import ModelRegistry
+
+    registry = ModelRegistry(args.registry)
+    expected = {"register": 1, "list": 0, "alias": 2, "promote": 1, "rollback": 0}[args.action]
+    if len(args.args) != expected:
+        raise UsageError(f"models {args.action} takes {expected} argument(s), got {len(args.args)}")
+    if args.action == "register":
+        if not args.name:
+            raise UsageError("models register needs --name")
+        metrics = numeric(read_json_object(args.eval).get("metrics", {})) if args.eval else {}
+        version = registry.register(args.args[0], args.name, args.parent, args.data, git_commit(), metrics)
+        print(f"registered {version.ref} (sha256 {version.sha256[:12]}) in {registry.root}")
+    elif args.action == "alias":
+        print(f"{args.args[0]} -> {registry.alias(args.args[0], args.args[1]).ref}")
+    elif args.action == "promote":
+        print(f"{args.alias} -> {registry.alias(args.alias, args.args[0]).ref}")
+    elif args.action == "rollback":
+        print(f"{args.alias} -> {registry.rollback(args.alias).ref}")
+    else:
+        aliases = registry.aliases()
+        print(f"{'version':24s} {'sha256':12s} {'parent':16s} {'aliases':20s} metrics")
+        for version in registry.versions():
+            named = ",".join(a for a, ref in aliases.items() if ref == version.ref)
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in list(version.metrics.items())[:3])
+            print(f"{version.ref:24s} {version.sha256[:12]:12s} {version.parent:16s} {named:20s} {shown}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -828,6 +879,7 @@ def main(argv: list[str] | None = None) -> int:
             "data": run_data,
             "history": run_history,
             "plugins": run_plugins,
+            "models": run_models,
             "tune": run_tune,
             "health": run_health,
         }
