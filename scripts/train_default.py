@@ -107,7 +107,11 @@ def main() -> None:
     dataset = load_emoji(data, image_size=64, split="train")
     encoder = TextEncoder.from_pretrained(device=device, cache_size=len(dataset) * 4 + 1024)
     overrides = dict(
-        steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, curriculum=args.curriculum
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        curriculum=args.curriculum,
+        init=args.init or "",
     )
     train_config = TrainConfig(**{**TRAIN.to_dict(), **overrides})
     model_config = model_preset(args.preset, **MODEL)
@@ -115,8 +119,6 @@ def main() -> None:
         model_config = replace(load_model(args.init).config, trained_sizes=())
     trainer = Trainer(model_config, train_config, dataset, args.out, device=device, text_encoder=encoder)
     resumed_from = trainer.step if trainer.resume() else 0
-    if args.init and not resumed_from:
-        trainer.warm_start(args.init)
     started = time.perf_counter()
     summary = trainer.train(max_seconds=None if args.max_minutes is None else args.max_minutes * 60)
     summary.update(

@@ -5,6 +5,7 @@ import itertools
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -235,11 +236,12 @@ def test_exported_config_names_the_sizes_trained_at_so_far(tmp_path):
     assert load_model(tmp_path / "model").config.trained_sizes == (8, 16)
 
 
-def test_a_warm_start_continues_from_a_model_folder_with_a_fresh_schedule(tmp_path):
+def test_a_run_can_start_from_a_model_folder_with_a_fresh_schedule(tmp_path):
     first = make_trainer(tmp_path / "first", digits(32), steps=30, checkpoint_every=0)
     first.train()
-    second = make_trainer(tmp_path / "second", digits(32), steps=10, checkpoint_every=0)
-    second.warm_start(tmp_path / "first" / "model")
+    second = make_trainer(
+        tmp_path / "second", digits(32), steps=10, checkpoint_every=0, init=str(tmp_path / "first" / "model")
+    )
     for name, value in load_model(tmp_path / "first" / "model").state_dict().items():
         assert torch.equal(second.model.state_dict()[name], value), name
         assert torch.equal(second.ema.module.state_dict()[name], value), name
@@ -248,17 +250,34 @@ def test_a_warm_start_continues_from_a_model_folder_with_a_fresh_schedule(tmp_pa
     assert second.scheduler.last_epoch == 1  # its own schedule, from the start
 
 
-def test_a_warm_start_needs_the_same_network_and_an_unstarted_run(tmp_path):
+def test_a_start_needs_the_same_network(tmp_path):
     make_trainer(tmp_path / "first", digits(32), steps=2, checkpoint_every=0).train()
     dataset = digits(32)
     wider = model_preset("tiny", in_channels=1, class_names=dataset.class_names, sample_size=16, widths=(48, 64))
-    other = Trainer(wider, TrainConfig(steps=2, batch_size=8, image_size=16), dataset, tmp_path / "o", progress=False)
-    with pytest.raises(ValueError, match="its network differs from this run.s in widths"):
-        other.warm_start(tmp_path / "first" / "model")
-    started = make_trainer(tmp_path / "started", dataset, steps=4, checkpoint_every=0)
-    started.train(stop_at=1)
-    with pytest.raises(RuntimeError, match="warm_start must come before training"):
-        started.warm_start(tmp_path / "first" / "model")
+    config = TrainConfig(steps=2, batch_size=8, image_size=16, init=str(tmp_path / "first" / "model"))
+    with pytest.raises(ValueError, match="its network differs from this run's in widths"):
+        Trainer(wider, config, dataset, tmp_path / "o", progress=False)
+
+
+def test_a_lora_run_trains_only_the_adapters_and_exports_them_as_an_adapter_folder(tmp_path):
+    from fractalflow.training.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, base_state
+
+    make_trainer(tmp_path / "base", digits(32), steps=10, checkpoint_every=0).train()
+    base = load_model(tmp_path / "base" / "model")
+    trainer = make_trainer(
+        tmp_path / "lora", digits(32), steps=6, checkpoint_every=3, init=str(tmp_path / "base" / "model"), lora_rank=4
+    )
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    trainer.train()
+    for name, value in base.state_dict().items():  # the base weights did not move
+        assert torch.equal(base_state(trainer.model)[name], value), name
+    assert (tmp_path / "lora" / "model" / ADAPTER_CONFIG).is_file()
+    assert (tmp_path / "lora" / "model" / ADAPTER_WEIGHTS).is_file()
+    resumed = make_trainer(
+        tmp_path / "lora", digits(32), steps=6, checkpoint_every=3, init=str(tmp_path / "base" / "model"), lora_rank=4
+    )
+    assert resumed.resume() and resumed.step == 6
 
 
 def test_data_with_other_channels_than_the_model_is_rejected(tmp_path):
@@ -307,3 +326,34 @@ def test_snapshots_export_the_ema_model_once_training_has_run_so_many_minutes_ov
 def test_snapshot_minutes_must_be_positive():
     with pytest.raises(ValueError, match="snapshot_minutes"):
         TrainConfig(snapshot_minutes=(0,))
+
+
+def test_an_adapter_folder_loads_into_a_pipeline_and_changes_what_it_draws(tmp_path, capsys):
+    from fractalflow import FractalFlowPipeline
+    from fractalflow.cli import main
+
+    make_trainer(tmp_path / "base", digits(32), steps=10, checkpoint_every=0).train()
+    base_folder = str(tmp_path / "base" / "model")
+    make_trainer(tmp_path / "lora", digits(32), steps=20, checkpoint_every=0, init=base_folder, lora_rank=4).train()
+    base = FractalFlowPipeline.from_pretrained(base_folder, device="cpu")
+    adapted = FractalFlowPipeline.from_pretrained(base_folder, device="cpu")
+    adapted.load_adapter(tmp_path / "lora" / "model")
+    before = base.generate("three", steps=3, seed=0)
+    after = adapted.generate("three", steps=3, seed=0)
+    assert after.metadata["adapter"] == "model" and before.metadata["adapter"] is None
+    assert not torch.equal(torch.tensor(np.asarray(before.images[0])), torch.tensor(np.asarray(after.images[0])))
+    with pytest.raises(ValueError, match="already has the adapter 'model'"):
+        adapted.load_adapter(tmp_path / "lora" / "model")
+    with pytest.raises(FileNotFoundError, match="is not an adapter folder"):
+        base.load_adapter(tmp_path / "base")
+    out = tmp_path / "a.png"
+    argv = ["generate", "three", "--model", base_folder, "--adapter", str(tmp_path / "lora" / "model"), "--steps", "2"]
+    assert main([*argv, "-o", str(out)]) == 0 and out.is_file()
+
+
+def test_train_init_takes_the_network_from_the_folder_and_checks_it_fits_the_data(tmp_path, capsys):
+    from fractalflow.cli import main
+
+    argv = ["train", "--data", "digits", "--out", str(tmp_path / "r"), "--init", "default", "--no-progress"]
+    assert main(argv) == 2
+    assert "--init default: the model has 3 channels, the data 1" in capsys.readouterr().err

@@ -46,6 +46,10 @@ def _add_train_config_options(parser: argparse.ArgumentParser) -> None:
         "curriculum_pacing": "'fixed' (each stage its share) or 'plateau' (move on when the loss stops falling)",
         "snapshot_minutes": "comma-separated training minutes (summed over resumes) at which to export the EMA "
         "model to OUT/snapshots/<M>min, e.g. 30,60,120",
+        "init": "start from this model folder ('default': the shipped model) and continue training it; the network "
+        "comes from the folder",
+        "lora_rank": "train only LoRA adapters of this rank on the attention and MLP linears and export them as an "
+        "adapter folder (load with --adapter); 0 trains every weight",
     }
     for field in dataclasses.fields(TrainConfig):
         if field.name not in helps:
@@ -169,6 +173,9 @@ def _add_generate_command(commands) -> None:
     generate.add_argument("prompt", nargs="+", help="what to draw; for a class-conditional model, a class name")
     generate.add_argument("-o", "--output", default="out.png", help="PNG file to write (default: out.png)")
     generate.add_argument("--model", default=None, help="model folder or hub id (default: the shipped model)")
+    generate.add_argument(
+        "--adapter", default=None, help="a LoRA adapter folder (fractalflow train --lora-rank) to apply"
+    )
     generate.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     generate.add_argument(
         "--num-images", type=int, default=1, help="images per prompt, shown side by side (default: 1)"
@@ -213,6 +220,9 @@ def _add_eval_command(commands) -> None:
         "accuracy (Fashion-MNIST models). Writes JSON with the model hash, settings, hardware and time.",
     )
     evaluate.add_argument("--model", default=None, help="model folder or hub id (default: the shipped model)")
+    evaluate.add_argument(
+        "--adapter", default=None, help="a LoRA adapter folder (fractalflow train --lora-rank) to apply"
+    )
     evaluate.add_argument(
         "--data",
         default=None,
@@ -304,6 +314,7 @@ def _add_serve_command(commands) -> None:
     serve.add_argument("--host", default=None, help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default: 8000)")
     serve.add_argument("--model", default=None, help="model folder or hub id (default: the shipped model)")
+    serve.add_argument("--adapter", default=None, help="LoRA adapter folder to apply (train --lora-rank)")
     serve.add_argument("--profile", default=None, help="inference profile: auto, gpu, cpu, edge (default: auto)")
 
 
@@ -500,10 +511,13 @@ def require_prepared(data: str | Path) -> None:
         raise UsageError(f"{data} holds no prepared emoji set; run 'make data' or 'fractalflow data prepare'")
 
 
-def _load_pipeline(model: str | None):
+def _load_pipeline(model: str | None, adapter: str | None = None):
     from fractalflow.pipeline import FractalFlowPipeline
 
-    return FractalFlowPipeline.from_pretrained(model) if model else FractalFlowPipeline.default()
+    pipeline = FractalFlowPipeline.from_pretrained(model) if model else FractalFlowPipeline.default()
+    if adapter:
+        pipeline.load_adapter(adapter)
+    return pipeline
 
 
 def run_generate(args: argparse.Namespace) -> None:
@@ -512,7 +526,7 @@ def run_generate(args: argparse.Namespace) -> None:
     if args.num_images < 1:
         raise UsageError(f"--num-images={args.num_images}: must be >= 1")
     check_png_target(Path(args.output), args.upscale)
-    pipeline = _load_pipeline(args.model)
+    pipeline = _load_pipeline(args.model, args.adapter)
     result = pipeline.generate(
         args.prompt, num_images_per_prompt=args.num_images, seed=args.seed, progress=True, **_generation_settings(args)
     )
@@ -539,6 +553,16 @@ def run_train(args: argparse.Namespace) -> None:
             **overrides,
         },
     )
+    if train_config.init:  # the network is the one being continued
+        from fractalflow.config import FractalConfig
+        from fractalflow.hub import resolve_model_folder
+        from fractalflow.pipeline import default_model_folder
+
+        init = default_model_folder() if train_config.init == "default" else resolve_model_folder(train_config.init)
+        model_config = dataclasses.replace(FractalConfig.load_json(init / "config.json"), trained_sizes=())
+        if model_config.in_channels != dataset.channels:
+            channels = f"the model has {model_config.in_channels} channels, the data {dataset.channels}"
+            raise UsageError(f"--init {train_config.init}: {channels}")
     text_encoder = None
     if not model_config.is_class_conditional:
         from fractalflow.model.text import TextEncoder
@@ -583,7 +607,7 @@ def run_eval(args: argparse.Namespace) -> None:
     from fractalflow.evaluation.evaluate import EvalSettings, eval_rows, evaluate
     from fractalflow.files import atomic_write_text
 
-    pipeline = _load_pipeline(args.model)
+    pipeline = _load_pipeline(args.model, args.adapter)
     settings = EvalSettings(
         num_images=args.num_images,
         seed=args.seed,
@@ -710,7 +734,7 @@ def run_serve(args: argparse.Namespace) -> None:
     from fractalflow.serving import ServerConfig, create_app, serve
 
     config = ServerConfig.load_json(args.config) if args.config else ServerConfig()
-    overrides = {name: getattr(args, name) for name in ("host", "port", "model", "profile")}
+    overrides = {name: getattr(args, name) for name in ("host", "port", "model", "adapter", "profile")}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if os.environ.get("FRACTALFLOW_API_KEY"):  # a key in argv would show in ps
         config = dataclasses.replace(config, api_key=os.environ["FRACTALFLOW_API_KEY"])

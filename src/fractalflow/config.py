@@ -255,6 +255,10 @@ class TrainConfig(JsonConfig):
     # export the EMA model to out_dir/snapshots/<M>min once training has run M minutes (summed
     # over resumed runs), to measure quality against wall-clock
     snapshot_minutes: tuple[int, ...] = ()
+    # start from this model folder's weights ("default": the shipped model) instead of afresh
+    init: str = ""
+    # > 0: train only LoRA adapters of this rank on the attention and MLP linears (exported as an adapter folder)
+    lora_rank: int = 0
 
     def __post_init__(self) -> None:
         if self.curriculum_pacing not in ("fixed", "plateau"):
@@ -284,5 +288,6 @@ class TrainConfig(JsonConfig):
                 ("keep_checkpoints", self.keep_checkpoints, ">= 1", self.keep_checkpoints >= 1),
                 ("sample_every", self.sample_every, ">= 0 (0 = never)", self.sample_every >= 0),
                 ("log_every", self.log_every, ">= 1", self.log_every >= 1),
+                ("lora_rank", self.lora_rank, "from 0 (off) to 256", 0 <= self.lora_rank <= 256),
             ],
         )

@@ -129,6 +129,7 @@ class FractalFlowPipeline:
         # when set (HallucinationCheck.shipped()), each image's health says how well it matches its prompt
         self.hallucination_check: HallucinationCheck | None = None
         self.prompt_drift: PromptDrift | None = None  # from the model folder's prompt_reference.safetensors
+        self.adapter = ""  # the name of the LoRA adapter loaded into the model, if any
         self.autocast_dtype: torch.dtype | None = None  # run the network in bf16/fp16 (set by InferenceEngine)
 
     @property
@@ -157,6 +158,17 @@ class FractalFlowPipeline:
     @classmethod
     def default(cls, device: str | torch.device | None = None) -> FractalFlowPipeline:
         return cls.from_pretrained(default_model_folder(), device=device)
+
+    def load_adapter(self, folder: str | Path) -> None:
+        """Apply the LoRA adapter in ``folder`` (``fractalflow train --lora-rank``) to this
+        model; the metadata of every image then names it. One adapter per pipeline."""
+        from fractalflow.training.lora import load_adapter
+
+        if self.adapter:
+            raise ValueError(f"this pipeline already has the adapter {self.adapter!r}; load the model again first")
+        load_adapter(self.model, folder)
+        self.model.eval()
+        self.adapter = Path(folder).name
 
     def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> None:
         """The model folder: weights, config.json and the generation defaults (generation_config.json)."""
@@ -304,5 +316,6 @@ class FractalFlowPipeline:
             "health": self.image_health(sampled, cond),  # what the model drew, before postprocessors
             "seconds": time.perf_counter() - started,
             "model": self.source,
+            "adapter": self.adapter or None,
         }
         return GenerationResult(tensor_to_images(images.cpu()), metadata)

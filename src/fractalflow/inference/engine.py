@@ -70,9 +70,11 @@ class InferenceEngine:
         model: str | Path | None = None,
         profile: str | InferenceProfile = "auto",
         pipeline: FractalFlowPipeline | None = None,
+        adapter: str | Path | None = None,
     ):
         self.profile = get_profile(profile)
         self.model_source = model or default_model_folder()
+        self.adapter = adapter
         self._pipeline = pipeline
         if pipeline is not None:
             self.prepare(pipeline)
@@ -94,6 +96,8 @@ class InferenceEngine:
         if profile.threads:
             torch.set_num_threads(profile.threads)
         pipeline = FractalFlowPipeline.from_pretrained(self.model_source, device=profile.device)
+        if self.adapter:  # before quantization and compilation, which the adapter layers must go through
+            pipeline.load_adapter(self.adapter)
         self.prepare(pipeline)
         return pipeline
 

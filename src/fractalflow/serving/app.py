@@ -67,7 +67,7 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
     """The service for ``config`` (default ``ServerConfig()``), running its model on ``engine``
     (default: an InferenceEngine for ``config.model`` under ``config.profile``)."""
     config = config or ServerConfig()
-    engine = engine or InferenceEngine(config.model or None, profile=config.profile)
+    engine = engine or InferenceEngine(config.model or None, profile=config.profile, adapter=config.adapter or None)
     metrics = ServerMetrics()
     manager = JobManager(engine, config, metrics)
     metrics.queue_length.set_function(manager.unfinished)  # read at each scrape

@@ -12,7 +12,8 @@ from fractalflow.inference.profiles import PROFILES
 class ServerConfig(JsonConfig):
     """Settings of the service, saved as JSON (``fractalflow serve --config server.json``).
 
-    ``model``: a model folder or hub id ("" = the shipped default); ``profile``: an inference
+    ``model``: a model folder or hub id ("" = the shipped default), with the LoRA ``adapter``
+    folder applied if one is given; ``profile``: an inference
     profile name (``auto``, ``gpu``, ``cpu``, ``edge``). ``max_queue``: jobs waiting or running
     before new ones get 429. The ``max_*`` limits are enforced per request with a 422 that
     names the allowed range. ``api_key``: when set, every ``/v1`` call needs it in the
@@ -40,6 +41,7 @@ class ServerConfig(JsonConfig):
     host: str = "127.0.0.1"
     port: int = 8000
     model: str = ""
+    adapter: str = ""
     profile: str = "auto"
     max_queue: int = 32
     max_size: int = 256

@@ -36,6 +36,7 @@ from fractalflow.training.checkpoint import (
     save_checkpoint,
 )
 from fractalflow.training.curriculum import CurriculumScheduler, parse_curriculum
+from fractalflow.training.lora import add_lora, save_adapter
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, floor: float = 0.05):
@@ -94,7 +95,7 @@ class TrainingDiverged(ValueError):
 
 # TrainConfig fields a resumed run must share with its checkpoints (others, such as steps,
 # may change between sessions)
-RUN_SHAPE_FIELDS = ("image_size", "resolutions", "curriculum")
+RUN_SHAPE_FIELDS = ("image_size", "resolutions", "curriculum", "lora_rank")
 
 
 class Trainer:
@@ -142,9 +143,13 @@ class Trainer:
         self.text_encoder = text_encoder
         torch.manual_seed(train_config.seed)
         self.model = model_class(model_config).to(self.device)
+        if train_config.init:
+            self.start_from(train_config.init)
+        if train_config.lora_rank:
+            add_lora(self.model, train_config.lora_rank)
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_with_warmup(train_config.ema_decay), use_buffers=True)
         decay, no_decay = [], []
-        for param in self.model.parameters():
+        for param in (p for p in self.model.parameters() if p.requires_grad):
             (decay if param.dim() >= 2 else no_decay).append(param)
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": train_config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -213,13 +218,15 @@ class Trainer:
         self.step = state.step
         return True
 
-    def warm_start(self, folder: str | Path) -> None:
-        """Start from the weights of the model folder ``folder`` (model and EMA) instead of a
-        fresh initialisation, with this run's own optimizer, schedule and data: fine-tuning, or
-        a further schedule for a finished run. The folder must hold the same network (sizes
-        trained at aside); call before the first step, and not after :meth:`resume`."""
-        if self.step:
-            raise RuntimeError(f"warm_start must come before training (this run is at step {self.step})")
+    def start_from(self, folder: str | Path) -> None:
+        """Load the weights of the model folder ``folder`` (``default``: the shipped model) in
+        place of the fresh initialisation (``TrainConfig.init``), before the adapters, EMA and
+        optimizer are made: fine-tuning, or a further schedule for a finished run. The folder
+        must hold the same network (sizes trained at aside)."""
+        if str(folder) == "default":
+            from fractalflow.pipeline import default_model_folder
+
+            folder = default_model_folder()
         source = load_model(folder, model_class=type(self.model))
         ignored = {"trained_sizes"}
         theirs, ours = source.config.to_dict(), self.model_config.to_dict()
@@ -229,7 +236,6 @@ class Trainer:
                 f"cannot start from {folder}: its network differs from this run's in {', '.join(sorted(differ))}"
             )
         self.model.load_state_dict(source.state_dict())
-        self.ema.module.load_state_dict(source.state_dict())
 
     def check_same_run(self, info: dict) -> None:
         """Refuse to resume a checkpoint written with another network or image sizes."""
@@ -469,7 +475,10 @@ class Trainer:
 
     def export(self, folder: Path, dtype: torch.dtype | None = None) -> None:
         """Write the EMA weights as a model folder (config.json with the sizes trained at, and
-        model.safetensors)."""
+        model.safetensors), or, for a LoRA run, as an adapter folder of the LoRA weights."""
+        if self.config.lora_rank:
+            save_adapter(self.ema.module, folder, self.config.lora_rank, 2 * self.config.lora_rank, self.config.init)
+            return
         config = self.model_config
         if isinstance(config, FractalConfig):
             config = replace(config, trained_sizes=self.trained_sizes)
