@@ -28,7 +28,10 @@ MAX_RANK = 256
 
 
 def lora_config(rank: int, alpha: float | None = None):
-    from peft import LoraConfig
+    try:
+        from peft import LoraConfig
+    except ImportError as error:
+        raise ImportError("LoRA adapters need peft: pip install 'fractalflow[lora]'") from error
 
     if not 1 <= rank <= MAX_RANK:
         raise ValueError(f"LoRA rank={rank} must be from 1 to {MAX_RANK}")
