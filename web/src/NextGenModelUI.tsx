@@ -1,6 +1,6 @@
 import { type CSSProperties, type FormEvent, useCallback, useEffect, useReducer, useRef, useState } from "react";
 import { cancelJob, createJob, followEvents, type GenerateSettings } from "./api";
-import { healthWarning, type JobEvent, initialState, isFinal, uiReducer } from "./events";
+import { healthWarning, type JobEvent, initialState, isFinal, madeBy, uiReducer } from "./events";
 
 export type StyleSlot = "root" | "form" | "progress" | "preview" | "gallery" | "item";
 
@@ -176,7 +176,7 @@ export function NextGenModelUI({ serverUrl, onImageGenerated, styles = {}, apiKe
             <figcaption>
               {String((item.metadata.prompts as string[] | undefined)?.[0] ?? "")} · seed{" "}
               {String((item.metadata.seeds as number[] | undefined)?.[0] ?? "")} · {String(item.metadata.size)} px ·{" "}
-              {Number(item.metadata.seconds ?? 0).toFixed(2)} s
+              {Number(item.metadata.seconds ?? 0).toFixed(2)} s · {madeBy(item.metadata)}
             </figcaption>
           </figure>
         ))}

@@ -56,6 +56,13 @@ export interface GalleryItem {
   health?: ImageHealth;
 }
 
+/** Which model made an image: its A/B variant and version where the server routes, else its name. */
+export function madeBy(metadata: Record<string, unknown>): string {
+  const variant = metadata.variant as string | undefined;
+  if (variant && variant !== "default") return `${variant} (${String(metadata.model_version ?? "")})`;
+  return String(metadata.model ?? "");
+}
+
 /** What is wrong with an image, in words for a badge, or null when nothing is. */
 export function healthWarning(health: ImageHealth | undefined): string | null {
   if (!health) return null;

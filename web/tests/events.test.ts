@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { healthWarning, type JobEvent, type UiState, initialState, uiReducer } from "../src/events";
+import { healthWarning, madeBy, type JobEvent, type UiState, initialState, uiReducer } from "../src/events";
 
 const server = "http://localhost:8000";
 
@@ -103,5 +103,12 @@ describe("image health", () => {
     expect(healthWarning({ ...healthy, alignment: 0.123, probable_hallucination: true })).toBe(
       "may not show the prompt (alignment 0.12)",
     );
+  });
+});
+
+describe("madeBy", () => {
+  it("names the A/B variant and version, or the single model", () => {
+    expect(madeBy({ variant: "canary", model_version: "emoji:2", model: "v2" })).toBe("canary (emoji:2)");
+    expect(madeBy({ variant: "default", model_version: "", model: "default" })).toBe("default");
   });
 });

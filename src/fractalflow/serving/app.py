@@ -29,6 +29,8 @@ from fractalflow.serving.config import ServerConfig
 from fractalflow.serving.jobs import Job, JobManager, QueueFull
 from fractalflow.serving.limits import BodyLimit
 from fractalflow.serving.metrics import ServerMetrics
+from fractalflow.serving.registry import ModelRegistry
+from fractalflow.serving.routing import DEFAULT_VARIANT, EngineRouter
 from fractalflow.serving.schemas import ERROR_RESPONSES, JobCreated, JobInfo, ModelInfo, Problem, request_model
 
 PACKAGED_UI = Path(__file__).parent / "ui"
@@ -63,21 +65,40 @@ def sse(event: dict) -> str:
     return f"id: {event['id']}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n"
 
 
+def make_router(config: ServerConfig, engine: InferenceEngine | None) -> EngineRouter:
+    """One engine (``engine``, or one for ``config.model``), or, with ``config.routes``, an A/B
+    router over the registered models, each engine with the server's health checks."""
+
+    def prepared(new: InferenceEngine) -> InferenceEngine:
+        if config.check_alignment and not new.pipeline.config.is_class_conditional:
+            new.pipeline.hallucination_check = HallucinationCheck.shipped()
+        return new
+
+    if config.routes:
+        return EngineRouter(
+            registry=ModelRegistry(config.registry),
+            routes=config.routes,
+            make_engine=lambda folder: prepared(InferenceEngine(folder, profile=config.profile)),
+            max_loaded=config.max_loaded_models,
+        )
+    default = engine or InferenceEngine(config.model or None, profile=config.profile, adapter=config.adapter or None)
+    return EngineRouter(default=prepared(default))
+
+
 def create_app(config: ServerConfig | None = None, engine: InferenceEngine | None = None) -> FastAPI:
     """The service for ``config`` (default ``ServerConfig()``), running its model on ``engine``
     (default: an InferenceEngine for ``config.model`` under ``config.profile``)."""
     config = config or ServerConfig()
-    engine = engine or InferenceEngine(config.model or None, profile=config.profile, adapter=config.adapter or None)
     metrics = ServerMetrics()
-    manager = JobManager(engine, config, metrics)
+    router = make_router(config, engine)
+    engine = router.primary
+    manager = JobManager(router, config, metrics)
     metrics.queue_length.set_function(manager.unfinished)  # read at each scrape
     model = engine.pipeline.config  # loads the model: the request's limits depend on it
-    if config.check_alignment and not model.is_class_conditional:
-        engine.pipeline.hallucination_check = HallucinationCheck.shipped()
     sizes = {name: resolution_size(name, model.sample_size, model.downsampling) for name in NAMED_RESOLUTIONS}
-    WithinLimits = request_model(
-        config, engine.defaults, sizes, model.downsampling, min(config.max_images, engine.profile.max_batch)
-    )
+    variants = tuple(router.routes) or (DEFAULT_VARIANT,)
+    most_images = min(config.max_images, engine.profile.max_batch)
+    WithinLimits = request_model(config, engine.defaults, sizes, model.downsampling, most_images, variants)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -135,13 +156,19 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
             429: {"model": Problem, "description": "the queue is full: retry after Retry-After seconds"},
         },
     )
-    async def generate(request: WithinLimits) -> JobCreated:
+    async def generate(
+        request: WithinLimits,
+        x_client_id: Annotated[str | None, Header(max_length=128, description="sticky A/B variant per client")] = None,
+    ) -> JobCreated:
         """Queue a generation; follow it at ``events_url`` (server-sent events) or ``job_url``."""
         try:
-            job = manager.submit(request, asyncio.get_running_loop())
+            job = await run_in_threadpool(manager.submit, request, asyncio.get_running_loop(), x_client_id)
         except QueueFull as full:
             metrics.refused.labels("429").inc()
             raise HTTPException(429, detail=str(full), headers={"Retry-After": str(full.retry_after)}) from None
+        except ValueError as error:  # a variant the router cannot serve
+            metrics.refused.labels("422").inc()
+            raise HTTPException(422, detail=str(error)) from None
         return JobCreated(
             id=job.id, state=job.state, events_url=f"/v1/jobs/{job.id}/events", job_url=f"/v1/jobs/{job.id}"
         )

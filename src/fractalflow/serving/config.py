@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from fractalflow.config import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, JsonConfig
@@ -25,6 +26,9 @@ class ServerConfig(JsonConfig):
     stops waiting for connections after all of it, so every followed stream gets a final event.
     ``stored_images``: finished images kept in memory for ``/v1/images`` (oldest dropped).
     ``max_body_bytes``: larger request bodies get 413 before they are read into memory.
+    ``registry`` and ``routes`` (variant -> weight, e.g. ``{"production": 9, "canary": 1}``)
+    serve several registered models as an A/B test, sticky per ``X-Client-Id``; at most
+    ``max_loaded_models`` are kept loaded (``serving/routing.py``).
     ``check_alignment``: score every image against its prompt with the shipped alignment
     encoder and flag probable hallucinations (where a threshold was calibrated). ``/v1/health``
     summarises the last ``health_window`` images and alerts when the share of technically
@@ -62,6 +66,9 @@ class ServerConfig(JsonConfig):
     alert_flagged_share: float = 0.05
     alert_hallucination_share: float = 0.5
     alert_drift_share: float = 0.25
+    registry: str = ""
+    routes: dict = dataclasses.field(default_factory=dict)
+    max_loaded_models: int = 2
 
     def __post_init__(self) -> None:
         problems = []
@@ -75,6 +82,7 @@ class ServerConfig(JsonConfig):
             "image_url_seconds",
             "max_body_bytes",
             "health_window",
+            "max_loaded_models",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} must be >= 1")
@@ -93,5 +101,9 @@ class ServerConfig(JsonConfig):
                 problems.append(f"{name}={getattr(self, name)} must be from 0 to 1")
         if not 1 <= self.shutdown_seconds <= 600:  # also refuses NaN
             problems.append(f"shutdown_seconds={self.shutdown_seconds} must be from 1 to 600")
+        if self.routes and not self.registry:
+            problems.append("routes need a registry folder (registry)")
+        if any(not isinstance(w, (int, float)) or isinstance(w, bool) or not w > 0 for w in self.routes.values()):
+            problems.append(f"routes={self.routes}: each variant needs a weight > 0")
         if problems:
             raise ValueError("invalid ServerConfig: " + "; ".join(problems))

@@ -26,6 +26,7 @@ from fractalflow.pipeline import GenerationResult
 from fractalflow.serving.auth import ApiKeys
 from fractalflow.serving.config import ServerConfig
 from fractalflow.serving.metrics import ServerMetrics
+from fractalflow.serving.routing import EngineRouter
 from fractalflow.serving.schemas import GenerateRequest, JobInfo
 
 TERMINAL = ("done", "error", "cancelled")
@@ -69,6 +70,8 @@ class Job:
         self.metadata: dict[str, Any] = {}
         self.error: str | None = None
         self.future: Future | None = None
+        self.engine: InferenceEngine | None = None  # the engine of its variant, set when submitted
+        self.variant, self.model_version = "default", ""
         self.events: list[dict[str, Any]] = []
         self.stage: str | None = None
         self._preview_index: int | None = None
@@ -153,8 +156,8 @@ class JobManager:
     """Admits jobs up to ``max_queue`` unfinished ones, submits them to the engine, turns its
     progress into events, and keeps the last ``stored_images`` images (and their jobs)."""
 
-    def __init__(self, engine: InferenceEngine, config: ServerConfig, metrics: ServerMetrics):
-        self.engine = engine
+    def __init__(self, router: EngineRouter, config: ServerConfig, metrics: ServerMetrics):
+        self.router = router
         self.config = config
         self.metrics = metrics
         self.jobs: OrderedDict[str, Job] = OrderedDict()
@@ -171,22 +174,28 @@ class JobManager:
         with self._lock:
             return sum(not job.is_finished for job in self.jobs.values())
 
-    def submit(self, request: GenerateRequest, loop: asyncio.AbstractEventLoop) -> Job:
+    def submit(self, request: GenerateRequest, loop: asyncio.AbstractEventLoop, client_id: str | None = None) -> Job:
+        """Queue ``request`` on the engine of its variant (chosen by the router: the model it
+        names, else the client's sticky share of the routes); raises QueueFull, or ValueError
+        for a model the server does not serve."""
+        variant = self.router.choose(request.model, client_id)
+        version, engine = self.router.engine(variant)
         waiting = self.unfinished()
         if waiting >= self.config.max_queue:
-            per_batch = max(1, self.engine.profile.max_batch)
+            per_batch = max(1, self.router.primary.profile.max_batch)
             raise QueueFull(max(1, round(self._mean_job_seconds * waiting / per_batch)))
         seed = request.seed if request.seed is not None else random.randrange(2**31)
         job = Job(request, seed, loop)
+        job.engine, job.variant, job.model_version = engine, variant, version
         with self._lock:
             self.jobs[job.id] = job
         job.publish("queued", position=waiting)
-        job.future = self.engine.submit(
+        job.future = engine.submit(
             GenerationRequest(
                 request.prompt,
                 seed=seed,
                 num_images=request.num_images,
-                config=request.generation_config(self.engine.defaults),
+                config=request.generation_config(engine.defaults),
                 callback=lambda event: self._on_progress(job, event),
             )
         )
@@ -224,7 +233,7 @@ class JobManager:
             job.publish("error", message=job.error)
         else:
             result: GenerationResult = future.result()
-            metadata = {**result.metadata, "job": job.id}
+            metadata = {**result.metadata, "job": job.id, "variant": job.variant, "model_version": job.model_version}
             images = [self._store(image, metadata) for image in result.images]
             if not job.finish("done"):  # cancelled while its batch was finishing: results dropped
                 return
@@ -253,6 +262,7 @@ class JobManager:
 
     def _count_finished(self, job: Job) -> None:
         self.metrics.jobs.labels(job.state).inc()
+        self.metrics.variant_jobs.labels(job.variant, job.state).inc()
         self._forget_old_jobs()
 
     def _store(self, image: Image.Image, metadata: dict[str, Any]) -> str:
@@ -276,7 +286,7 @@ class JobManager:
     def cancel(self, job: Job) -> bool:
         """Cancel a queued or running job at once (a running one's batch drops its images);
         False if it had already finished."""
-        if job.is_finished or job.future is None or not self.engine.cancel(job.future):
+        if job.is_finished or job.future is None or not job.engine.cancel(job.future):
             return False
         self._mark_cancelled(job)
         return True
@@ -304,4 +314,5 @@ class JobManager:
             waiting = [job for job in self.jobs.values() if job.state == "queued" and job.future is not None]
         for job in waiting:
             job.future.cancel()
-        self.engine.close()
+        for engine in self.router.engines():
+            engine.close()

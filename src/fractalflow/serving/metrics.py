@@ -25,6 +25,12 @@ class ServerMetrics:
         )
         self.jobs = Counter("fractalflow_jobs", "jobs by final state", ["state"], registry=self.registry)
         self.errors = Counter("fractalflow_errors", "jobs that failed", registry=self.registry)
+        self.variant_jobs = Counter(
+            "fractalflow_variant_jobs",
+            "jobs by model variant (A/B) and final state",
+            ["variant", "state"],
+            registry=self.registry,
+        )
         self.images = Counter("fractalflow_images", "images generated", registry=self.registry)
         self.flagged_images = Counter(
             "fractalflow_flagged_images", "images flagged by their health report", ["flag"], registry=self.registry

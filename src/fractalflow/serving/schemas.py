@@ -31,6 +31,9 @@ class RequestBase(BaseModel):
     prompt: str = Field(min_length=1, description="what to draw")
     seed: int | None = Field(None, ge=0, lt=2**31, description="random when left out; returned in metadata")
     num_images: int = Field(1, ge=1)
+    model: str | None = Field(
+        None, max_length=100, description="the served variant to use (A/B servers); left out: the client's share"
+    )
 
     model_config = {"extra": "forbid"}
 
@@ -157,7 +160,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def request_model(
-    config: ServerConfig, defaults: GenerationConfig, sizes: dict[str, int], multiple: int, most_images: int
+    config: ServerConfig,
+    defaults: GenerationConfig,
+    sizes: dict[str, int],
+    multiple: int,
+    most_images: int,
+    variants: tuple[str, ...] = ("default",),
 ) -> type[GenerateRequest]:
     """:class:`GenerateRequest` with this server's limits and the served model's ``defaults``
     in its fields (``sizes``: the named resolutions in pixels for the served model, whose sizes
@@ -176,6 +184,10 @@ def request_model(
             Field(min_length=1, max_length=config.max_prompt_length, pattern=r"\S", description="what to draw"),
         ),
         num_images=(int, Field(1, ge=1, le=most_images)),
+        model=(
+            Literal[variants] | None,
+            Field(None, description="the served variant to use; left out: the client's sticky share of the routes"),
+        ),
         **served_settings(
             defaults,
             resolution,
