@@ -511,6 +511,20 @@ def require_prepared(data: str | Path) -> None:
         raise UsageError(f"{data} holds no prepared emoji set; run 'make data' or 'fractalflow data prepare'")
 
 
+def _text_model_and_data(args: argparse.Namespace, command: str):
+    """(folder, pipeline) of ``--model`` (default: the shipped one) for a command that draws
+    training captions of the prepared ``--data``: refuses a class model or missing data."""
+    from fractalflow.hub import resolve_model_folder
+    from fractalflow.pipeline import FractalFlowPipeline, default_model_folder
+
+    require_prepared(args.data)
+    folder = resolve_model_folder(args.model) if args.model else default_model_folder()
+    pipeline = FractalFlowPipeline.from_pretrained(folder, device="cpu")
+    if pipeline.config.is_class_conditional:
+        raise UsageError(f"{command} needs a text-conditional model (it draws training captions)")
+    return folder, pipeline
+
+
 def _load_pipeline(model: str | None, adapter: str | None = None):
     from fractalflow.pipeline import FractalFlowPipeline
 
@@ -704,9 +718,7 @@ def run_bench(args: argparse.Namespace) -> None:
 
 
 def run_calibrate(args: argparse.Namespace) -> None:
-    from fractalflow.hub import resolve_model_folder
     from fractalflow.inference.calibrate import CalibrationSettings, calibrate, training_captions, write_policies
-    from fractalflow.pipeline import FractalFlowPipeline, default_model_folder
 
     settings = CalibrationSettings(
         captions=args.captions,
@@ -715,11 +727,7 @@ def run_calibrate(args: argparse.Namespace) -> None:
         targets=args.targets,
         auto=None if args.auto == "off" else args.auto,
     )
-    require_prepared(args.data)
-    folder = resolve_model_folder(args.model) if args.model else default_model_folder()
-    pipeline = FractalFlowPipeline.from_pretrained(folder, device="cpu")
-    if pipeline.config.is_class_conditional:
-        raise UsageError("calibrate needs a text-conditional model (it draws training captions)")
+    folder, pipeline = _text_model_and_data(args, "calibrate")
     result = calibrate(pipeline, training_captions(args.data, settings.captions, settings.seed), settings)
     path = write_policies(Path(args.out or folder), result)
     rows = {json.dumps(row["settings"], sort_keys=True): row for row in result["calibration"]["rows"]}
@@ -818,18 +826,12 @@ def run_tune(args: argparse.Namespace) -> None:
     from fractalflow.data.emoji import load_emoji
     from fractalflow.files import atomic_write_text
     from fractalflow.generation import GenerationConfig
-    from fractalflow.hub import resolve_model_folder
     from fractalflow.monitoring.tune import TuneSettings, pareto_svg, tune
-    from fractalflow.pipeline import FractalFlowPipeline, default_model_folder
 
     settings = TuneSettings(trials=args.trials, captions=args.captions, fd_tolerance=args.fd_tolerance)
     if not args.out.endswith(".json"):
         raise UsageError(f"--out {args.out!r} must end in .json")
-    require_prepared(args.data)
-    folder = resolve_model_folder(args.model) if args.model else default_model_folder()
-    pipeline = FractalFlowPipeline.from_pretrained(folder, device="cpu")
-    if pipeline.config.is_class_conditional:
-        raise UsageError("tune needs a text-conditional model (it draws training captions)")
+    folder, pipeline = _text_model_and_data(args, "tune")
     size = pipeline.config.sample_size
     train = load_emoji(args.data, image_size=size, split="train")
     rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(settings.seed))[: settings.captions]
