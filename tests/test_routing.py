@@ -98,6 +98,8 @@ def test_an_alias_switch_under_load_fails_no_job_and_each_job_names_its_variant(
     assert canary["metadata"]["variant"] == "canary" and canary["metadata"]["model_version"] == "digits:2"
     assert refused.status_code == 422
     assert 'fractalflow_variant_jobs_total{state="done",variant="canary"}' in metrics
+    assert 'fractalflow_variant_job_seconds_count{variant="production"}' in metrics
+    assert 'fractalflow_variant_flagged_images_total{flag="out_of_range",variant="canary"}' in metrics  # random
 
 
 def test_a_single_model_server_names_its_jobs_default(tiny_model_folder):

@@ -238,20 +238,22 @@ class JobManager:
             if not job.finish("done"):  # cancelled while its batch was finishing: results dropped
                 return
             job.images, job.metadata = images, metadata
-            self._count_health(metadata.get("health", []))
+            self._count_health(metadata.get("health", []), job.variant)
             seconds = job.finished - job.created
+            self.metrics.variant_job_seconds.labels(job.variant).observe(seconds)
             self._mean_job_seconds = 0.8 * self._mean_job_seconds + 0.2 * seconds
             self.metrics.job_seconds.observe(seconds)
             job.publish("done", images=job.images, metadata=metadata)
         self._count_finished(job)
 
-    def _count_health(self, reports: list[dict]) -> None:
+    def _count_health(self, reports: list[dict], variant: str) -> None:
         self.health.add(reports)
         self.metrics.images.inc(len(reports))
         for flag in IMAGE_FLAGS:
             count = sum(ImageHealthWindow.flagged(report, flag) for report in reports)
             if count:
                 self.metrics.flagged_images.labels(flag).inc(count)
+                self.metrics.variant_flagged_images.labels(variant, flag).inc(count)
         self.metrics.health_alert.set(self.health.summary()["status"] == "alert")
 
     def _mark_cancelled(self, job: Job) -> None:

@@ -31,6 +31,19 @@ class ServerMetrics:
             ["variant", "state"],
             registry=self.registry,
         )
+        self.variant_job_seconds = Histogram(
+            "fractalflow_variant_job_seconds",
+            "submit to finished images, by model variant (A/B)",
+            ["variant"],
+            buckets=SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.variant_flagged_images = Counter(
+            "fractalflow_variant_flagged_images",
+            "images flagged by their health report, by model variant (A/B) and flag",
+            ["variant", "flag"],
+            registry=self.registry,
+        )
         self.images = Counter("fractalflow_images", "images generated", registry=self.registry)
         self.flagged_images = Counter(
             "fractalflow_flagged_images", "images flagged by their health report", ["flag"], registry=self.registry
