@@ -10,8 +10,8 @@ import pytest
 from fractalflow import FractalFlowPipeline, GenerationConfig
 from fractalflow.cli import build_parser
 from fractalflow.config import MAX_GUIDANCE, MAX_STEPS
-from fractalflow.flow.samplers import SAMPLERS
 from fractalflow.generation import GENERATION_CONFIG_NAME
+from fractalflow.plugins import registry
 from fractalflow.serving.config import ServerConfig
 from fractalflow.serving.schemas import SERVED_SETTINGS, request_model
 
@@ -87,7 +87,7 @@ def test_the_http_schema_takes_limits_defaults_and_help_from_the_config():
     help_of = {f.name: f.metadata["help"] for f in dataclasses.fields(GenerationConfig)}
     assert schema["steps"]["maximum"] == 50 and schema["steps"]["default"] == 12
     assert schema["guidance"]["maximum"] == 10.0 and schema["guidance"]["minimum"] == 0.0
-    assert schema["sampler"]["default"] == "heun" and set(schema["sampler"]["enum"]) == set(SAMPLERS)
+    assert schema["sampler"]["default"] == "heun" and set(schema["sampler"]["enum"]) == set(registry().names("sampler"))
     assert schema["adaptive"]["default"] == "auto"
     assert all(schema[name]["description"] == help_of[name] for name in SERVED_SETTINGS)
 
