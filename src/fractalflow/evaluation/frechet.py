@@ -32,7 +32,11 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         raise ValueError(
             f"shapes do not match: means {mu1.shape} and {mu2.shape}, covariances {sigma1.shape} and {sigma2.shape}"
         )
-    root1 = _psd_sqrt(sigma1)
+    return _frechet_distance(mu1, sigma1, _psd_sqrt(sigma1), mu2, sigma2)
+
+
+def _frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, root1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray):
+    """:func:`frechet_distance` with ``root1 = S1^(1/2)`` given (computed once for many ``S2``)."""
     middle = root1 @ sigma2 @ root1
     trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None)).sum()
     diff = mu1 - mu2
@@ -52,7 +56,8 @@ def frechet_distance_resampled(real: np.ndarray, fake: np.ndarray, resamples: in
     fake = np.asarray(fake, dtype=np.float64)
     rng = np.random.default_rng(seed)
     mean, covariance = feature_statistics(real)
+    root = _psd_sqrt(covariance)  # the real side is the same in every resample
     return [
-        frechet_distance(mean, covariance, *feature_statistics(fake[rng.integers(0, len(fake), len(fake))]))
+        _frechet_distance(mean, covariance, root, *feature_statistics(fake[rng.integers(0, len(fake), len(fake))]))
         for _ in range(resamples)
     ]
