@@ -77,6 +77,7 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
     engine = router.primary
     manager = JobManager(router, config, metrics)
     metrics.queue_length.set_function(manager.unfinished)  # read at each scrape
+    metrics.health_alert.set_function(lambda: manager.health.summary()["status"] == "alert")
     model = engine.pipeline.config  # loads the model: the request's limits depend on it
     sizes = {name: resolution_size(name, model.sample_size, model.downsampling) for name in NAMED_RESOLUTIONS}
     variants = tuple(router.routes) or (DEFAULT_VARIANT,)

@@ -254,7 +254,6 @@ class JobManager:
             if count:
                 self.metrics.flagged_images.labels(flag).inc(count)
                 self.metrics.variant_flagged_images.labels(variant, flag).inc(count)
-        self.metrics.health_alert.set(self.health.summary()["status"] == "alert")
 
     def _mark_cancelled(self, job: Job) -> None:
         if job.finish("cancelled"):
