@@ -65,6 +65,20 @@ def test_captions_name_style_and_a_random_subset_of_tags():
     assert {emoji.caption(rng).startswith("grinning face, openmoji style") for _ in range(50)} == {True, False}
 
 
+def test_monochrome_emoji_styles_always_name_their_style_so_a_bare_name_means_colour():
+    outline = EmojiRecord("openmoji-outline", "2764", "red heart", ["love"], style="openmoji outline style")
+    colour = EmojiRecord("openmoji", "2764", "red heart", ["love"], style="openmoji style")
+    rng = random.Random(0)
+    assert all(outline.caption(rng).startswith("red heart, openmoji outline style") for _ in range(200))
+    assert not all(colour.caption(rng).startswith("red heart, openmoji style") for _ in range(200))
+    assert {s.name for s in SOURCES if s.monochrome} == {
+        "openmoji-outline",
+        "fluent-high-contrast",
+        "emojione-monotone",
+        "noto-mono",
+    }
+
+
 def fake_emojibase(root):
     """A two-emoji emojibase-data: CLDR names, keywords, the old Unicode names and shortcodes."""
     base = root / "emojibase-data"

@@ -52,9 +52,11 @@ class EmojiRecord:
         Without ``rng`` the full caption with no tags: "red heart, noto style", "bell icon,
         tabler style". With ``rng`` the style phrase is kept 3 times in 4 and 0 to 3 CLDR
         keywords (or icon tags) follow, so "red heart" and "bell icon, alarm" both mean something.
+        Monochrome emoji styles always keep their style phrase: a bare "red heart" is drawn in
+        colour, as a user means it, not as the black outline of a monochrome set.
         """
         head = f"{self.name} icon" if self.kind == "icon" else self.name
-        if rng is None or rng.random() < 0.75:
+        if rng is None or self.source in MONOCHROME_EMOJI_SOURCES or rng.random() < 0.75:
             head = f"{head}, {self.style or f'{self.source} style'}"
         if rng is None or not self.tags:
             return head
@@ -75,6 +77,7 @@ class Source:
     args: tuple = ()
     art_licence: str = ""
     art_author: str = ""
+    monochrome: bool = False  # an emoji style drawn in one colour (outline or glyph)
 
     def find(self, root: Path, names: EmojiNames) -> Iterator[EmojiRecord]:
         """The source's records, given its package folder and the CLDR names."""
@@ -294,7 +297,9 @@ SOURCES: tuple[Source, ...] = (
         art_author="Twitter and Twemoji contributors (packaged by Cal Henderson)",
     ),
     Source("openmoji", "openmoji", "emoji", "openmoji style", find_openmoji, ("color",)),
-    Source("openmoji-outline", "openmoji", "emoji", "openmoji outline style", find_openmoji, ("black",)),
+    Source(
+        "openmoji-outline", "openmoji", "emoji", "openmoji outline style", find_openmoji, ("black",), monochrome=True
+    ),
     Source(
         "fluent-3d",
         "@lobehub/fluent-emoji-3d",
@@ -318,15 +323,21 @@ SOURCES: tuple[Source, ...] = (
         "emoji",
         "fluent high contrast style",
         find_iconify_emoji,
+        monochrome=True,
     ),
     Source("emojione", "@iconify-json/emojione", "emoji", "emojione style", find_iconify_emoji),
     Source(
-        "emojione-monotone", "@iconify-json/emojione-monotone", "emoji", "emojione monotone style", find_iconify_emoji
+        "emojione-monotone",
+        "@iconify-json/emojione-monotone",
+        "emoji",
+        "emojione monotone style",
+        find_iconify_emoji,
+        monochrome=True,
     ),
     Source("noto-blob", "@iconify-json/noto-v1", "emoji", "noto blob style", find_iconify_emoji),
     Source("firefox-os", "@iconify-json/fxemoji", "emoji", "firefox os style", find_iconify_emoji),
     Source("streamline", "@iconify-json/streamline-emojis", "emoji", "streamline style", find_iconify_emoji),
-    Source("noto-mono", "@fontsource/noto-emoji", "emoji", "noto monochrome style", find_noto_font),
+    Source("noto-mono", "@fontsource/noto-emoji", "emoji", "noto monochrome style", find_noto_font, monochrome=True),
     Source("tabler", "@tabler/icons", "icon", "tabler style", find_tabler),
     Source(
         "phosphor",
@@ -340,6 +351,7 @@ SOURCES: tuple[Source, ...] = (
     Source("material", "@iconify-json/material-symbols", "icon", "material symbols style", find_material_symbols),
 )
 SOURCE_NAMES = tuple(s.name for s in SOURCES)
+MONOCHROME_EMOJI_SOURCES = frozenset(s.name for s in SOURCES if s.kind == "emoji" and s.monochrome)
 NAMES_PACKAGE = "emojibase-data"
 # The default budget: every emoji style whole, the large icon sets cut so that emoji are not
 # outnumbered (Material Symbols has 16.5k icons, mostly outline/rounded/sharp variants).
