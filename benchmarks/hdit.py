@@ -171,9 +171,9 @@ class HDiT(TextConditionedPeer):
         self.patch_out = zero_linear(config.widths[0], patch_dim)
 
     def forward(self, x: Tensor, t: Tensor, cond: Conditioning, drop: Tensor | None = None) -> Tensor:
-        channels, height, width = x.shape[1:]
+        height, width = x.shape[2:]
         self.check_size(height, width)
         pooled, tokens, mask = self.text(cond, drop)
         vector = self.mapping(self.time_in(timestep_features(t, self.config.mapping_width)) + self.text_in(pooled))
         tokens_out = self.body(self.patch_in(patchify(x, self.config.patch_size)), vector, tokens, mask)
-        return unpatchify(self.patch_out(self.out_norm(tokens_out)), channels)
+        return unpatchify(self.patch_out(self.out_norm(tokens_out)), self.config.patch_size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import sys
@@ -439,6 +440,21 @@ def _add_models_command(commands) -> None:
     )
 
 
+def _add_export_command(commands) -> None:
+    export = commands.add_parser(
+        "export",
+        help="export the model to ONNX (onnxruntime, onnxruntime-web)",
+        description="Write the transformer (at one image size, batch and prompt length dynamic) and the text "
+        "encoder as ONNX graphs with the tokenizer and the model's settings, and check each against torch on "
+        "random inputs (the largest difference is printed and kept in onnx_export.json). Needs the extra "
+        "fractalflow[onnx].",
+    )
+    export.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
+    export.add_argument("--model", default=None, help="model folder or hub id (default: the shipped model)")
+    export.add_argument("--out", required=True, help="folder to write (replaced whole)")
+    export.add_argument("--size", type=int, default=0, help="image side the graph takes (default: the trained size)")
+
+
 SUBCOMMANDS = (
     _add_generate_command,
     _add_train_command,
@@ -451,6 +467,7 @@ SUBCOMMANDS = (
     _add_plugins_command,
     _add_models_command,
     _add_serve_command,
+    _add_export_command,
     _add_data_command,
 )
 
@@ -892,6 +909,23 @@ def run_models(args: argparse.Namespace) -> None:
             print(f"{version.ref:24s} {version.sha256[:12]:12s} {version.parent:16s} {named:20s} {shown}")
 
 
+def run_export(args: argparse.Namespace) -> None:
+    from fractalflow.export import ExportSettings, export_onnx
+    from fractalflow.pipeline import FractalFlowPipeline, default_model_folder
+
+    for module in ("onnx", "onnxruntime", "onnxscript"):
+        if importlib.util.find_spec(module) is None:
+            raise UsageError(f"export needs {module}: pip install 'fractalflow[onnx]'")
+    if args.size < 0:
+        raise UsageError(f"--size {args.size}: give a positive image side, or 0 for the trained size")
+    pipeline = FractalFlowPipeline.from_pretrained(args.model or default_model_folder(), device="cpu")
+    report = export_onnx(pipeline, args.out, ExportSettings(size=args.size))
+    for name, size in report.files.items():
+        print(f"{name:24s} {size / 2**20:8.1f} MiB")
+    parity = ", ".join(f"{graph} {difference:.1e}" for graph, difference in report.parity.items())
+    print(f"wrote {report.folder} ({report.size} px, opset {report.opset}); max |onnxruntime - torch|: {parity}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -908,6 +942,7 @@ def main(argv: list[str] | None = None) -> int:
             "models": run_models,
             "tune": run_tune,
             "health": run_health,
+            "export": run_export,
         }
         return commands[args.command](args) or 0
     except (UsageError, ValueError, FileNotFoundError, NotADirectoryError) as error:

@@ -103,7 +103,6 @@ def text_with_null(
     if drop is not None:
         pooled = torch.where(drop[:, None], null_pooled.to(pooled.dtype), pooled)
         tokens = torch.where(drop[:, None, None], null_token.to(tokens.dtype), tokens)
-        first_only = torch.zeros_like(mask)
-        first_only[:, 0] = True
-        mask = torch.where(drop[:, None], first_only, mask)
+        first = torch.arange(mask.shape[1], device=mask.device) == 0  # (L,): the null text is one token
+        mask = (mask & ~drop[:, None]) | (first[None, :] & drop[:, None])  # logic, not where: ONNX Where has no bool
     return pooled, tokens, mask

@@ -52,9 +52,8 @@ def patchify(x: Tensor, patch: int) -> Tensor:
     return merge_tokens(x.permute(0, 2, 3, 1), patch)  # (B, C, H, W) -> (B, H, W, C) -> tokens
 
 
-def unpatchify(tokens: Tensor, channels: int) -> Tensor:
-    """The inverse of :func:`patchify`."""
-    patch = int(round((tokens.shape[-1] // channels) ** 0.5))
+def unpatchify(tokens: Tensor, patch: int) -> Tensor:
+    """The inverse of :func:`patchify`: ``(B, H/patch, W/patch, patch*patch*C)`` -> ``(B, C, H, W)``."""
     return split_tokens(tokens, patch).permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
 
 
@@ -270,12 +269,12 @@ class FractalTransformer(nn.Module):
         self.config.check_size(height, width)
 
     def forward(self, x: Tensor, t: Tensor, cond: Conditioning, drop: Tensor | None = None) -> Tensor:
-        channels, height, width = x.shape[1:]
+        height, width = x.shape[2:]
         self.check_size(height, width)
         vector, text_tokens, mask = self.condition(t, cond, drop)  # (B, mapping), (B, L, cond_dim), (B, L)
         tokens = self.patch_embed(patchify(x, self.config.patch_size))  # (B, H/patch, W/patch, widths[0])
         tokens = self.body(tokens, vector, text_tokens, mask)
-        out = unpatchify(self.final(tokens, vector), channels)  # (B, H/patch, W/patch, patch_dim) -> (B, C, H, W)
+        out = unpatchify(self.final(tokens, vector), self.config.patch_size)  # -> (B, C, H, W)
         if self.config.prediction == "x0":
             return velocity_from_x0(x, out, t)
         return out

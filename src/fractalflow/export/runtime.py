@@ -1,0 +1,81 @@
+"""Text to image from an exported ONNX folder with onnxruntime and numpy only (no torch).
+
+:class:`OnnxGenerator` follows the torch pipeline's plain path step for step (one scale at
+the exported size, Euler steps from t = 1 to 0 on an even grid, classifier-free guidance with
+the conditional and null rows in one batch), so with the same noise it draws the same image;
+the browser's generator is written after it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fractalflow.export.onnx import MANIFEST_FILE, TEXT_ENCODER_FILE, TRANSFORMER_FILE, open_session
+
+
+class OnnxGenerator:
+    """``OnnxGenerator(folder).generate(prompts, noise)`` -> ``(B, S, S, 3)`` uint8 images.
+
+    ``noise``: ``(B, C, S, S)`` float32 standard normal, one row per prompt (the torch
+    pipeline's ``seeded_noise`` gives the same draws as its ``generate(seeds=...)``).
+    """
+
+    def __init__(self, folder: str | Path, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
+        from tokenizers import Tokenizer
+
+        from fractalflow.generation import GenerationConfig
+
+        self.folder = Path(folder)
+        if not (self.folder / MANIFEST_FILE).is_file():
+            raise FileNotFoundError(f"{folder} is not an ONNX export: {MANIFEST_FILE} is missing (fractalflow export)")
+        self.manifest = json.loads((self.folder / MANIFEST_FILE).read_text())
+        self.size = int(self.manifest["size"])
+        self.defaults = GenerationConfig.for_model(self.folder)
+        self.transformer = open_session(self.folder / TRANSFORMER_FILE, providers)
+        self.text_encoder = open_session(self.folder / TEXT_ENCODER_FILE, providers)
+        self.tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        self.tokenizer.enable_truncation(int(self.manifest["max_length"]))
+        self.tokenizer.no_padding()
+
+    def encode(self, prompts: list[str]) -> dict[str, np.ndarray]:
+        """The transformer's text inputs: pooled ``(B, 384)``, tokens ``(B, L, 384)``, mask ``(B, L)``."""
+        encodings = self.tokenizer.encode_batch(prompts)
+        length = max(len(e.ids) for e in encodings)
+        ids = np.zeros((len(prompts), length), dtype=np.int64)
+        mask = np.zeros((len(prompts), length), dtype=bool)
+        for row, encoding in enumerate(encodings):
+            ids[row, : len(encoding.ids)] = encoding.ids
+            mask[row, : len(encoding.ids)] = True
+        tokens, pooled = self.text_encoder.run(None, {"ids": ids, "mask": mask})
+        return {"pooled": pooled, "tokens": tokens * mask[..., None], "mask": mask}
+
+    def velocity(self, x: np.ndarray, t: float, text: dict[str, np.ndarray], guidance: float) -> np.ndarray:
+        """The guided velocity at time ``t``: conditional and null rows in one batch unless ``guidance`` is 1."""
+        batch = x.shape[0]
+        times = np.full(batch, t, dtype=np.float32)
+        if guidance == 1.0:
+            return self.transformer.run(None, {"x": x, "t": times, **text, "drop": np.zeros(batch, dtype=bool)})[0]
+        both = {name: np.concatenate([value, value]) for name, value in text.items()}
+        drop = np.arange(2 * batch) >= batch
+        feeds = {"x": np.concatenate([x, x]), "t": np.concatenate([times, times]), **both, "drop": drop}
+        conditional, unconditional = np.split(self.transformer.run(None, feeds)[0], 2)
+        return unconditional + guidance * (conditional - unconditional)
+
+    def generate(
+        self, prompts: list[str], noise: np.ndarray, steps: int | None = None, guidance: float | None = None
+    ) -> np.ndarray:
+        steps = self.defaults.steps if steps is None else steps
+        guidance = self.defaults.guidance if guidance is None else guidance
+        expected = (len(prompts), self.transformer.get_inputs()[0].shape[1], self.size, self.size)
+        if noise.shape != expected:
+            raise ValueError(f"noise of shape {noise.shape}: this export takes {expected} for {len(prompts)} prompt(s)")
+        text = self.encode(prompts)
+        times = np.linspace(1.0, 0.0, steps + 1, dtype=np.float32)
+        x = noise.astype(np.float32)
+        for t, t_next in zip(times[:-1], times[1:]):
+            x = x + (t_next - t) * self.velocity(x, float(t), text, guidance)
+        pixels = np.clip((x + 1) * 127.5, 0, 255).round().astype(np.uint8)  # [-1, 1] -> [0, 255]
+        return pixels.transpose(0, 2, 3, 1)  # (B, C, S, S) -> (B, S, S, C)
