@@ -33,7 +33,7 @@ web/node_modules/.installed: web/package.json web/package-lock.json
 	npm ci --prefix web --no-audit --no-fund --loglevel=error
 	touch $@
 
-$(UI): web/node_modules/.installed web/index.html web/vite.config.ts web/tsconfig.json $(wildcard web/src/*)
+$(UI): web/node_modules/.installed web/index.html web/vite.config.ts web/tsconfig.json $(wildcard web/src/* web/src/local/*)
 	npm run --prefix web build
 
 data/emoji/records.jsonl: data/node_modules/.installed | $(VENV)/.installed

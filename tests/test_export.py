@@ -3,6 +3,7 @@ pipeline's image for the same noise, and a failed export leaves nothing behind."
 
 import json
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from fractalflow.cli import main
 from fractalflow.export import onnx as onnx_export
 from fractalflow.export.onnx import MANIFEST_FILE, TEXT_ENCODER_FILE, TRANSFORMER_FILE, ExportSettings, export_onnx
-from fractalflow.export.runtime import OnnxGenerator
+from fractalflow.export.runtime import OnnxGenerator, browser_noise
 from fractalflow.flow.refine import seeded_noise
 from fractalflow.pipeline import FractalFlowPipeline
 
@@ -77,3 +78,12 @@ def test_export_cli_rejects_a_negative_size_in_one_line(tmp_path, capsys):
     assert main(["export", "--out", str(tmp_path / "out"), "--size", "-8"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "--size -8" in error
+
+
+def test_browser_noise_is_the_web_uis_noise_for_the_same_seed():
+    """web/tests/sampler.test.ts checks the browser's seededNoise against the same fixture."""
+    fixture = json.loads((Path(__file__).parents[1] / "web/tests/fixtures/browser-noise.json").read_text())
+    for seed, values in fixture["seeds"].items():
+        assert browser_noise(int(seed), (len(values),)).tolist() == values
+    noise = browser_noise(3, (3, 64, 64))
+    assert noise.dtype == np.float32 and abs(noise.mean()) < 0.05 and abs(noise.std() - 1) < 0.05

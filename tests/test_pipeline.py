@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from fractalflow import FractalFlowPipeline
+from fractalflow.flow.refine import seeded_noise
 from fractalflow.pipeline import default_model_folder, save_png
 
 
@@ -42,6 +43,19 @@ def test_image_does_not_depend_on_the_rest_of_the_batch(tiny_model_folder):
     alone = pipeline.generate("two", steps=3, seed=11)
     assert batch.metadata["seeds"] == [10, 11]
     assert np.abs(pixels(batch.images[1]) - pixels(alone.images[0])).max() <= 1
+
+
+def test_latents_replace_the_seeded_starting_noise_and_must_fit_the_first_scale(tiny_model_folder):
+    pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    size = pipeline.config.sample_size
+    seeded = pipeline.generate(["one", "two"], steps=3, seeds=[4, 5])
+    start = seeded_noise([4, 5], pipeline.config.in_channels, "cpu")(size)
+    given = pipeline.generate(["one", "two"], steps=3, seeds=[0, 0], latents=start)
+    assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(seeded.images, given.images))
+    other = pipeline.generate(["one", "two"], steps=3, seeds=[4, 5], latents=-start)
+    assert not np.array_equal(pixels(seeded.images[0]), pixels(other.images[0]))
+    with pytest.raises(ValueError, match=r"latents of shape \(1, 1, 8, 8\): this call starts from \(2, 1, 16, 16\)"):
+        pipeline.generate(["one", "two"], steps=3, latents=torch.zeros(1, 1, 8, 8))
 
 
 def test_callback_gets_a_finite_preview_every_step(tiny_model_folder):

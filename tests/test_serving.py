@@ -430,3 +430,37 @@ def test_sigterm_ends_every_followed_stream_with_a_final_event(tiny_model_folder
     finals = [re.findall(r"^event: (\w+)", streams[job["id"]], re.M)[-1] for job in jobs]
     assert set(finals) <= {"done", "cancelled"} and "cancelled" in finals, finals
     assert time.monotonic() - stopped < 3 + 5  # within shutdown_seconds, plus start-up slack
+
+
+def fake_export(folder):
+    """A folder with the files of an ONNX export (their contents do not matter to the server)."""
+    folder.mkdir()
+    for name in ("onnx_export.json", "generation_config.json", "tokenizer.json"):
+        (folder / name).write_text('{"size": 64}')
+    for name in ("transformer.onnx", "text_encoder.onnx"):
+        (folder / name).write_bytes(b"onnx-" + name.encode())
+    (folder / "secret.txt").write_text("not for browsers")
+    return folder
+
+
+def test_the_browser_model_serves_only_its_export_files_behind_the_api_key(pipeline, tmp_path):
+    folder = fake_export(tmp_path / "export")
+    config = ServerConfig(api_key="s3cret", browser_model=str(folder))
+    with TestClient(create_app(config, engine_for(pipeline))) as client:
+        key = {"X-API-Key": "s3cret"}
+        assert client.get("/v1/browser/transformer.onnx").status_code == 401
+        served = client.get("/v1/browser/transformer.onnx", headers=key)
+        assert served.status_code == 200 and served.content == b"onnx-transformer.onnx"
+        assert client.get("/v1/browser/onnx_export.json", headers=key).json() == {"size": 64}
+        for name in ("secret.txt", "config.json"):
+            refused = client.get(f"/v1/browser/{name}", headers=key)
+            assert refused.status_code == 404 and "allowed: onnx_export.json" in refused.json()["detail"]
+        assert client.get("/v1/browser/..%2Fsecret.txt", headers=key).status_code == 404
+
+
+def test_without_a_browser_model_the_files_are_404_and_a_bad_folder_is_refused_at_start(pipeline, tmp_path):
+    with TestClient(create_app(ServerConfig(), engine_for(pipeline))) as client:
+        missing = client.get("/v1/browser/transformer.onnx")
+        assert missing.status_code == 404 and "browser_model" in missing.json()["detail"]
+    with pytest.raises(ValueError, match="not an ONNX export \\(missing onnx_export.json"):
+        create_app(ServerConfig(browser_model=str(tmp_path)), engine_for(pipeline))

@@ -1,6 +1,8 @@
 """The MiniLM text encoder and text-conditioned models."""
 
+import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +27,14 @@ def test_encoder_matches_sentence_transformers(encoder):
     for row, expected in enumerate(tokens):
         assert int(ours.mask[row].sum()) == len(expected)
         torch.testing.assert_close(ours.tokens[row, : len(expected)], expected, atol=1e-4, rtol=0)
+
+
+def test_the_browsers_token_fixture_is_what_the_python_tokenizer_gives(encoder):
+    """web/tests/tokens.test.ts checks the browser's tokenizer against this fixture."""
+    fixture = json.loads((Path(__file__).parents[1] / "web/tests/fixtures/prompt-tokens.json").read_text())
+    assert fixture["max_length"] == encoder.max_length
+    assert [e.ids for e in encoder.tokenizer.encode_batch(fixture["prompts"])] == fixture["ids"]
+    assert max(len(ids) for ids in fixture["ids"]) == encoder.max_length  # the fixture covers truncation
 
 
 def test_encoding_is_cached_per_prompt_and_padding_is_masked(encoder):

@@ -317,6 +317,11 @@ def _add_serve_command(commands) -> None:
     serve.add_argument("--model", default=None, help="model folder or hub id (default: the shipped model)")
     serve.add_argument("--adapter", default=None, help="LoRA adapter folder to apply (train --lora-rank)")
     serve.add_argument("--profile", default=None, help="inference profile: auto, gpu, cpu, edge (default: auto)")
+    serve.add_argument(
+        "--browser-model",
+        default=None,
+        help="ONNX export folder (fractalflow export) the web UI may run on the user's device",
+    )
 
 
 def _add_data_command(commands) -> None:
@@ -759,7 +764,8 @@ def run_serve(args: argparse.Namespace) -> None:
     from fractalflow.serving import ServerConfig, create_app, serve
 
     config = ServerConfig.load_json(args.config) if args.config else ServerConfig()
-    overrides = {name: getattr(args, name) for name in ("host", "port", "model", "adapter", "profile")}
+    names = ("host", "port", "model", "adapter", "profile", "browser_model")
+    overrides = {name: getattr(args, name) for name in names}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if os.environ.get("FRACTALFLOW_API_KEY"):  # a key in argv would show in ps
         config = dataclasses.replace(config, api_key=os.environ["FRACTALFLOW_API_KEY"])

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from fractalflow.config import MAX_CALL_PIXELS, MAX_SIDE
 from fractalflow.events import ProgressEvent, tensor_to_images
 from fractalflow.files import atomic_path
-from fractalflow.flow.refine import ProgressiveRefiner, default_scales, seeded_noise
+from fractalflow.flow.refine import ProgressiveRefiner, default_scales, seeded_noise, starting_with
 from fractalflow.flow.samplers import guided_velocity
 from fractalflow.generation import GenerationConfig
 from fractalflow.hub import resolve_model_folder
@@ -232,6 +232,7 @@ class FractalFlowPipeline:
         callback: Callable[[ProgressEvent], None] | None = None,
         progress: bool = False,
         config: GenerationConfig | None = None,
+        latents: torch.Tensor | None = None,
         **settings: Any,
     ) -> GenerationResult:
         """Generate ``num_images_per_prompt`` images for each prompt.
@@ -240,7 +241,9 @@ class FractalFlowPipeline:
         ``generation_config``, from its folder) with any of its fields given as keywords over
         it, e.g. ``generate("red heart", steps=10, resolution="high", adaptive="auto")``.
         Image ``i`` draws its noise from a generator seeded with ``seed + i`` (or ``seeds[i]``),
-        so an image does not depend on what else is in the batch. ``callback`` gets a
+        so an image does not depend on what else is in the batch; ``latents``
+        ``(images, C, S, S)``, at the first scale's size ``S``, replace that first draw (as in
+        diffusers: to start from noise made elsewhere, e.g. in the browser). ``callback`` gets a
         :class:`ProgressEvent` after every step; the metadata and the events say how many
         blocks ran (step caching, ``adaptive``).
         """
@@ -277,6 +280,12 @@ class FractalFlowPipeline:
         started = time.perf_counter()
         cond = self.encode_prompts(prompts).repeat(num_images_per_prompt).to(self.device)
         noise = seeded_noise(seeds, self.config.in_channels, self.device)
+        if latents is not None:
+            start = refiner.stages[0].size
+            expected = (count, self.config.in_channels, start, start)
+            if tuple(latents.shape) != expected or not latents.is_floating_point():
+                raise ValueError(f"latents of shape {tuple(latents.shape)}: this call starts from {expected} floats")
+            noise = starting_with(latents.to(self.device, torch.float32), noise)
         bar = tqdm(total=refiner.total_steps, desc="generate", unit="step", disable=not progress)
 
         def on_event(event: ProgressEvent) -> None:

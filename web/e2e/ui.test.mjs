@@ -1,12 +1,16 @@
 // End to end: `fractalflow serve` with the shipped model and an API key, the demo page in
 // headless Chromium. Types a prompt, sees previews and the finished image, cancels a second
 // job and sees it cancelled (on the page and on the server); the key never shows in the
-// server's log; saves docs/images/ui.png.
+// server's log; saves docs/images/ui.png. Then draws on "this device" (the model's ONNX export in
+// onnxruntime-web) with no request to /v1/generate, and compares the image with the Python
+// pipeline's for the same noise.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createServer } from "node:net";
 import path from "node:path";
-import { existsSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
@@ -29,6 +33,7 @@ const skip = existsSync(browserPath) ? false : `no Chromium at ${browserPath} (m
 
 let server;
 let serverLog = "";
+let exported;
 let browser;
 let base;
 const apiKey = "e2e-key-4f9c21";
@@ -62,7 +67,10 @@ before(async () => {
   if (skip) return;
   const port = await freePort();
   base = `http://127.0.0.1:${port}`;
-  server = spawn(fractalflow, ["serve", "--port", String(port), "--profile", "cpu"], {
+  exported = mkdtempSync(path.join(tmpdir(), "fractalflow-onnx-"));
+  execFileSync(fractalflow, ["export", "--format", "onnx", "--out", exported], { cwd: repo, stdio: "pipe" });
+  const serveArgs = ["serve", "--port", String(port), "--profile", "cpu", "--browser-model", exported];
+  server = spawn(fractalflow, serveArgs, {
     cwd: repo,
     env: { ...process.env, FRACTALFLOW_API_KEY: apiKey, PYTHONUNBUFFERED: "1" },
   });
@@ -79,6 +87,7 @@ after(async () => {
     server.kill("SIGTERM");
     await exited;
   }
+  if (exported) rmSync(exported, { recursive: true, force: true });
 });
 
 test("generate with live previews, then cancel a running job", { timeout: 180_000, skip }, async () => {
@@ -124,3 +133,66 @@ test("generate with live previews, then cancel a running job", { timeout: 180_00
 
   await page.screenshot({ path: path.join(repo, "docs/images/ui.png"), fullPage: true });
 });
+
+/** The Python pipeline's 64 px image for `prompt` started from the browser's noise for `seed`: RGB bytes. */
+function pythonPixels(prompt, seed, steps, guidance) {
+  const script = [
+    "import sys, json, numpy as np, torch",
+    "from fractalflow import FractalFlowPipeline",
+    "from fractalflow.export.runtime import browser_noise",
+    "prompt, seed, steps, guidance = json.loads(sys.argv[1])",
+    "latents = torch.from_numpy(browser_noise(seed, (1, 3, 64, 64)))",
+    "image = FractalFlowPipeline.default(device='cpu').generate(prompt, latents=latents, steps=steps, guidance=guidance)",
+    "sys.stdout.write(json.dumps(np.asarray(image.images[0]).reshape(-1).tolist()))",
+  ].join("\n");
+  const python = path.join(path.dirname(fractalflow), "python");
+  const args = ["-c", script, JSON.stringify([prompt, seed, steps, guidance])];
+  return JSON.parse(execFileSync(python, args, { cwd: repo, maxBuffer: 1 << 24 }));
+}
+
+test("generate on this device: no request to /v1/generate, the pipeline's image", { timeout: 300_000, skip }, async () => {
+  const page = await browser.newPage({ viewport: { width: 900, height: 720 } });
+  const pageErrors = [];
+  page.on("pageerror", (error) => pageErrors.push(error.message));
+  const generateCalls = [];
+  page.on("request", (request) => request.url().includes("/v1/generate") && generateCalls.push(request.url()));
+  await page.goto(`${base}/#key=${apiKey}`);
+
+  const device = page.getByLabel("run on").locator("option[value=device]");
+  await page.waitForFunction((option) => !option.disabled, await device.elementHandle(), { timeout: 10_000 });
+  await page.getByLabel("run on").selectOption("device");
+  const [prompt, seed, steps, guidance] = ["red heart", 5, 8, 3];
+  await page.getByLabel("prompt").fill(prompt);
+  await page.getByLabel("seed").fill(String(seed));
+  await page.getByLabel("steps").fill(String(steps));
+  await page.getByRole("button", { name: "Generate" }).click();
+  await page.getByTestId("preview").waitFor({ timeout: 240_000 });
+  const gallery = page.getByTestId("gallery").locator("figure");
+  await gallery.first().waitFor({ timeout: 120_000 });
+  assert.match(await page.getByTestId("status").innerText(), /^done/);
+  const caption = await gallery.first().locator("figcaption").innerText();
+  assert.match(caption, /this device \((wasm|webgpu)\)/);
+  assert.deepEqual(generateCalls, [], "nothing was sent to /v1/generate");
+
+  const browserPixels = await gallery.first().locator("img").evaluate(async (img) => {
+    await img.decode();
+    const canvas = document.createElement("canvas");
+    canvas.width = img.naturalWidth;
+    canvas.height = img.naturalHeight;
+    const context = canvas.getContext("2d");
+    context.drawImage(img, 0, 0);
+    const rgba = context.getImageData(0, 0, canvas.width, canvas.height).data;
+    return Array.from(rgba).filter((_, i) => i % 4 !== 3); // RGB
+  });
+  const expected = pythonPixels(prompt, seed, steps, guidance);
+  assert.equal(browserPixels.length, expected.length);
+  const differences = browserPixels.map((value, i) => Math.abs(value - expected[i]));
+  const largest = Math.max(...differences);
+  const mean = differences.reduce((a, b) => a + b, 0) / differences.length;
+  const seconds = Number(/([0-9.]+) s/.exec(caption)?.[1]);
+  console.log(`in-browser image: ${caption}; |browser - pipeline| largest ${largest}/255, mean ${mean.toFixed(4)}`);
+  assert.ok(largest <= 4 && mean < 0.1, `the browser's image is the pipeline's (largest ${largest}, mean ${mean})`);
+  assert.ok(seconds > 0);
+  assert.deepEqual(pageErrors, []);
+});
+

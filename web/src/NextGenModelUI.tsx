@@ -1,6 +1,10 @@
 import { type CSSProperties, type FormEvent, useCallback, useEffect, useReducer, useRef, useState } from "react";
 import { cancelJob, createJob, followEvents, type GenerateSettings } from "./api";
-import { healthWarning, type JobEvent, initialState, isFinal, madeBy, uiReducer } from "./events";
+import { absoluteUrl, healthWarning, type JobEvent, initialState, isFinal, madeBy, uiReducer } from "./events";
+import type { LocalGenerator } from "./local/generator";
+
+/** Where images are drawn: by the server, or on this device with the server's ONNX export. */
+export type RunOn = "server" | "device";
 
 export type StyleSlot = "root" | "form" | "progress" | "preview" | "gallery" | "item";
 
@@ -13,6 +17,17 @@ export interface NextGenModelUIProps {
   styles?: Partial<Record<StyleSlot, CSSProperties>>;
   /** The server's API key, when it has one. */
   apiKey?: string;
+}
+
+async function offersBrowserModel(serverUrl: string, apiKey?: string): Promise<boolean> {
+  try {
+    const response = await fetch(absoluteUrl(serverUrl, "v1/browser/onnx_export.json"), {
+      headers: apiKey ? { "X-API-Key": apiKey } : {},
+    });
+    return response.ok;
+  } catch {
+    return false;
+  }
 }
 
 const RESOLUTIONS = ["preview", "standard", "high", "ultra"];
@@ -37,8 +52,11 @@ export function NextGenModelUI({ serverUrl, onImageGenerated, styles = {}, apiKe
     seed: null,
     early_stop: 0.02,
   });
+  const [runOn, setRunOn] = useState<RunOn>("server");
+  const [deviceOffered, setDeviceOffered] = useState(false);
   const listening = useRef<AbortController | null>(null);
   const notified = useRef(new Set<string>());
+  const local = useRef<Promise<LocalGenerator> | null>(null);
   const style = (slot: StyleSlot) => ({ ...base[slot], ...styles[slot] });
 
   const stopListening = useCallback(() => {
@@ -46,6 +64,13 @@ export function NextGenModelUI({ serverUrl, onImageGenerated, styles = {}, apiKe
     listening.current = null;
   }, []);
   useEffect(() => stopListening, [stopListening]);
+  useEffect(() => {
+    let current = true;
+    offersBrowserModel(serverUrl, apiKey).then((offered) => current && setDeviceOffered(offered));
+    return () => {
+      current = false;
+    };
+  }, [serverUrl, apiKey]);
 
   useEffect(() => {
     if (!onImageGenerated) return;
@@ -58,10 +83,37 @@ export function NextGenModelUI({ serverUrl, onImageGenerated, styles = {}, apiKe
 
   const running = state.job !== null && !isFinal(state.job.state);
 
+  /** Draws on this device: the same events, through the same reducer, with no request to /v1/generate. */
+  async function generateHere(controller: AbortController) {
+    const { LocalGenerator, newLocalJobId } = await import("./local/generator");
+    const id = newLocalJobId();
+    dispatch({ type: "submitted", id });
+    local.current ??= LocalGenerator.load(absoluteUrl(serverUrl, "v1/browser/"), apiKey);
+    const generator = await local.current.catch((error) => {
+      local.current = null; // try again on the next click
+      throw error;
+    });
+    const seed = settings.seed ?? Math.floor(Math.random() * 2 ** 31);
+    const request = { prompt: settings.prompt, steps: settings.steps, guidance: settings.guidance, seed };
+    const onEvent = (event: JobEvent) => dispatch({ type: "event", event, serverUrl });
+    await generator.generate(request, id, onEvent, controller.signal);
+  }
+
   async function submit(event: FormEvent) {
     event.preventDefault();
     if (running || !settings.prompt.trim()) return;
     stopListening();
+    if (runOn === "device") {
+      const controller = new AbortController();
+      listening.current = controller;
+      try {
+        await generateHere(controller);
+      } catch (error) {
+        if ((error as Error).name === "AbortError") return;
+        dispatch({ type: "failed", message: (error as Error).message });
+      }
+      return;
+    }
     try {
       const job = await createJob(serverUrl, settings, apiKey);
       dispatch({ type: "submitted", id: job.id });
@@ -80,6 +132,7 @@ export function NextGenModelUI({ serverUrl, onImageGenerated, styles = {}, apiKe
     const id = state.job.id;
     dispatch({ type: "cancelled-locally", id });
     stopListening();
+    if (runOn === "device") return; // nothing runs on the server
     try {
       await cancelJob(serverUrl, id, apiKey);
     } catch (error) {
@@ -106,9 +159,25 @@ export function NextGenModelUI({ serverUrl, onImageGenerated, styles = {}, apiKe
           />
         </label>
         <label>
+          Run on
+          <select
+            aria-label="run on"
+            value={runOn}
+            disabled={running}
+            onChange={(e) => setRunOn(e.target.value as RunOn)}
+            style={{ display: "block" }}
+          >
+            <option value="server">server</option>
+            <option value="device" disabled={!deviceOffered}>
+              this device
+            </option>
+          </select>
+        </label>
+        <label>
           Resolution
           <select
             aria-label="resolution"
+            disabled={runOn === "device"}
             value={settings.resolution}
             onChange={(e) => setSettings({ ...settings, resolution: e.target.value })}
             style={{ display: "block" }}

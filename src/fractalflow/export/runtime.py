@@ -9,6 +9,7 @@ the browser's generator is written after it.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +80,27 @@ class OnnxGenerator:
             x = x + (t_next - t) * self.velocity(x, float(t), text, guidance)
         pixels = np.clip((x + 1) * 127.5, 0, 255).round().astype(np.uint8)  # [-1, 1] -> [0, 255]
         return pixels.transpose(0, 2, 3, 1)  # (B, C, S, S) -> (B, S, S, C)
+
+
+def browser_noise(seed: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The noise the web UI draws on the user's device for ``seed`` (``seededNoise`` in
+    ``web/src/local/sampler.ts``: mulberry32 and Box-Muller), so a browser image can be
+    redrawn here: ``pipeline.generate(prompt, latents=torch.from_numpy(browser_noise(...)))``."""
+    count = int(np.prod(shape))
+    state = seed & 0xFFFFFFFF
+    mask = 0xFFFFFFFF
+
+    def uniform() -> float:
+        nonlocal state
+        state = (state + 0x6D2B79F5) & mask
+        z = state
+        z = ((z ^ (z >> 15)) * (z | 1)) & mask
+        z = (z ^ ((z + (((z ^ (z >> 7)) * (z | 61)) & mask)) & mask)) & mask
+        return (((z ^ (z >> 14)) & mask) + 0.5) / 4294967296
+
+    out = np.empty(count + count % 2, dtype=np.float64)
+    for i in range(0, count, 2):
+        radius = math.sqrt(-2 * math.log(uniform()))
+        angle = 2 * math.pi * uniform()
+        out[i], out[i + 1] = radius * math.cos(angle), radius * math.sin(angle)
+    return out[:count].astype(np.float32).reshape(shape)

@@ -246,3 +246,14 @@ def seeded_noise(seeds: list[int], channels: int, device: torch.device | str) ->
         return torch.stack([torch.randn(channels, size, size, generator=g) for g in generators]).to(device)
 
     return noise
+
+
+def starting_with(latents: Tensor, noise: Callable[[int], Tensor]) -> Callable[[int], Tensor]:
+    """``noise`` whose first draw (the first scale's starting noise) is ``latents``, as
+    diffusers' ``latents=``; later scales draw from ``noise``."""
+    given = [latents]
+
+    def draw(size: int) -> Tensor:
+        return given.pop() if given else noise(size)
+
+    return draw

@@ -27,7 +27,16 @@ from fractalflow.serving.jobs import JobManager
 from fractalflow.serving.limits import BodyLimit
 from fractalflow.serving.metrics import ServerMetrics
 from fractalflow.serving.registry import ModelRegistry
-from fractalflow.serving.routes import BEARER, KEY_HEADER, Service, images_api, jobs_api, model_api
+from fractalflow.serving.routes import (
+    BEARER,
+    BROWSER_FILES,
+    KEY_HEADER,
+    Service,
+    browser_api,
+    images_api,
+    jobs_api,
+    model_api,
+)
 from fractalflow.serving.routing import DEFAULT_VARIANT, EngineRouter
 from fractalflow.serving.schemas import request_model
 
@@ -46,6 +55,20 @@ def json_safe(value: object) -> object:
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     return value
+
+
+def browser_model_folder(folder: str) -> Path | None:
+    """The ONNX export folder of ``ServerConfig.browser_model`` ("" = none); a folder that lacks
+    a file the browser needs is refused at start, in one line."""
+    if not folder:
+        return None
+    missing = [name for name in BROWSER_FILES if not (Path(folder) / name).is_file()]
+    if missing:
+        raise ValueError(
+            f"browser_model={folder!r} is not an ONNX export (missing {', '.join(missing)}); "
+            "write one with: fractalflow export --format onnx --out FOLDER"
+        )
+    return Path(folder)
 
 
 def make_router(config: ServerConfig, engine: InferenceEngine | None) -> EngineRouter:
@@ -125,6 +148,7 @@ def create_app(config: ServerConfig | None = None, engine: InferenceEngine | Non
     app.include_router(jobs_api(service, WithinLimits, guarded))
     app.include_router(images_api(service))
     app.include_router(model_api(service, guarded))
+    app.include_router(browser_api(browser_model_folder(config.browser_model), guarded))
 
     @app.get("/healthz")
     async def healthz() -> dict:

@@ -29,6 +29,8 @@ class ServerConfig(JsonConfig):
     ``registry`` and ``routes`` (variant -> weight, e.g. ``{"production": 9, "canary": 1}``)
     serve several registered models as an A/B test, sticky per ``X-Client-Id``; at most
     ``max_loaded_models`` are kept loaded (``serving/routing.py``).
+    ``browser_model``: an ONNX export folder (``fractalflow export``) that the web UI runs on the
+    user's device (onnxruntime-web), served at ``/v1/browser/{file}`` ("" = none).
     ``check_alignment``: score every image against its prompt with the shipped alignment
     encoder and flag probable hallucinations (where a threshold was calibrated). ``/v1/health``
     summarises the last ``health_window`` images and alerts when the share of technically
@@ -69,6 +71,7 @@ class ServerConfig(JsonConfig):
     registry: str = ""
     routes: dict = dataclasses.field(default_factory=dict)
     max_loaded_models: int = 2
+    browser_model: str = ""
 
     def __post_init__(self) -> None:
         problems = []

@@ -5,10 +5,11 @@ import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
@@ -190,5 +191,31 @@ def model_api(service: Service, dependencies: list) -> APIRouter:
             "hallucination_check": None if check is None else check.threshold.to_dict(),
             "prompt_drift_threshold": None if drift is None else drift.threshold,
         }
+
+    return api
+
+
+# what an ONNX export folder holds that a browser needs, and nothing else of it
+BROWSER_FILES = {
+    "onnx_export.json": "application/json",
+    "generation_config.json": "application/json",
+    "tokenizer.json": "application/json",
+    "transformer.onnx": "application/octet-stream",
+    "text_encoder.onnx": "application/octet-stream",
+}
+
+
+def browser_api(folder: Path | None, dependencies: list) -> APIRouter:
+    """GET /v1/browser/{name}: the files of the ONNX export the web UI runs on the user's device."""
+    api = APIRouter(prefix="/v1", dependencies=dependencies, responses=ERROR_RESPONSES)
+
+    @api.get("/browser/{name}", operation_id="getBrowserModelFile", response_class=FileResponse)
+    async def browser_file(name: str) -> FileResponse:
+        """A file of the in-browser model (ServerConfig.browser_model): its settings, tokenizer and ONNX graphs."""
+        if folder is None:
+            raise HTTPException(404, detail="this server offers no in-browser model (ServerConfig.browser_model)")
+        if name not in BROWSER_FILES:
+            raise HTTPException(404, detail=f"no browser file {name!r}; allowed: {', '.join(BROWSER_FILES)}")
+        return FileResponse(folder / name, media_type=BROWSER_FILES[name])
 
     return api

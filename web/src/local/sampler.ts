@@ -1,0 +1,97 @@
+// The sampler of the Python pipeline's plain path, for generation in the browser: an even
+// time grid from 1 to 0, Euler steps, classifier-free guidance. Pure array code (no
+// onnxruntime, no DOM), so it is unit-tested on its own; src/fractalflow/export/runtime.py
+// is the same loop in numpy.
+
+/** `steps + 1` flow times from 1 (noise) to 0 (image), as `torch.linspace(1, 0, steps + 1)`. */
+export function timeGrid(steps: number): Float32Array {
+  if (!Number.isInteger(steps) || steps < 1) throw new Error(`steps=${steps}: give a whole number of steps >= 1`);
+  return Float32Array.from({ length: steps + 1 }, (_, i) => 1 - i / steps);
+}
+
+/** `uncond + guidance * (cond - uncond)`: the guided velocity from one batch of both rows. */
+export function guide(conditional: Float32Array, unconditional: Float32Array, guidance: number): Float32Array {
+  const out = new Float32Array(conditional.length);
+  for (let i = 0; i < out.length; i++) {
+    out[i] = unconditional[i] + guidance * (conditional[i] - unconditional[i]);
+  }
+  return out;
+}
+
+/** One Euler step from `t` to `tNext`, and the clean-image estimate `x - t v` the preview shows. */
+export function eulerStep(x: Float32Array, v: Float32Array, t: number, tNext: number) {
+  const next = new Float32Array(x.length);
+  const x0 = new Float32Array(x.length);
+  const dt = tNext - t;
+  for (let i = 0; i < x.length; i++) {
+    next[i] = x[i] + dt * v[i];
+    x0[i] = x[i] - t * v[i];
+  }
+  return { next, x0 };
+}
+
+export type Velocity = (x: Float32Array, t: number) => Promise<Float32Array>;
+
+export interface StepInfo {
+  step: number; // 1-based: steps done
+  total: number;
+  t: number;
+  x0: Float32Array;
+}
+
+/** Integrate from `noise` at t = 1 to t = 0; `onStep` after every step; stops when `signal` aborts. */
+export async function sample(
+  velocity: Velocity,
+  noise: Float32Array,
+  steps: number,
+  onStep?: (info: StepInfo) => void | Promise<void>,
+  signal?: AbortSignal,
+): Promise<Float32Array> {
+  const times = timeGrid(steps);
+  let x = noise;
+  for (let i = 0; i < steps; i++) {
+    if (signal?.aborted) throw new DOMException("generation cancelled", "AbortError");
+    const { next, x0 } = eulerStep(x, await velocity(x, times[i]), times[i], times[i + 1]);
+    await onStep?.({ step: i + 1, total: steps, t: times[i], x0 });
+    x = next;
+  }
+  return x;
+}
+
+/** `(C, S, S)` channel-first values in [-1, 1] -> RGBA bytes for ImageData, rounded as the pipeline does. */
+export function toRgba(chw: Float32Array, size: number): Uint8ClampedArray<ArrayBuffer> {
+  const plane = size * size;
+  const rgba = new Uint8ClampedArray(plane * 4);
+  for (let p = 0; p < plane; p++) {
+    for (let c = 0; c < 3; c++) {
+      const value = Math.min(1, Math.max(-1, chw[c * plane + p]));
+      rgba[p * 4 + c] = Math.round((value + 1) * 127.5);
+    }
+    rgba[p * 4 + 3] = 255;
+  }
+  return rgba;
+}
+
+/**
+ * Standard normal noise from a seed (mulberry32 and Box-Muller): the same seed gives the
+ * same image in every browser, but not the server's image for that seed (torch's generator
+ * is not reproduced here; pass the server's noise to `sample` for that).
+ */
+export function seededNoise(seed: number, count: number): Float32Array {
+  let state = seed >>> 0;
+  const uniform = () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let z = state;
+    z = Math.imul(z ^ (z >>> 15), z | 1);
+    z ^= z + Math.imul(z ^ (z >>> 7), z | 61);
+    return (((z ^ (z >>> 14)) >>> 0) + 0.5) / 4294967296; // (0, 1)
+  };
+  const out = new Float32Array(count);
+  for (let i = 0; i < count; i += 2) {
+    const radius = Math.sqrt(-2 * Math.log(uniform()));
+    const angle = 2 * Math.PI * uniform();
+    out[i] = radius * Math.cos(angle);
+    if (i + 1 < count) out[i + 1] = radius * Math.sin(angle);
+  }
+  return out;
+}
