@@ -27,17 +27,22 @@ def rectified_flow_loss(
     cond_drop_prob: float = 0.0,
     timestep_mean: float = 0.0,
     timestep_std: float = 1.0,
+    batch: int | None = None,
+    rows: slice | None = None,
 ) -> Tensor:
     """Mean squared error between predicted and true velocity on one batch.
 
     ``velocity_model(x_t, t, drop)`` is the network with its condition bound; ``drop``
     marks samples whose condition is replaced by the null condition. All randomness
-    comes from ``generator`` (on the CPU) so a run can be resumed exactly.
+    comes from ``generator`` (on the CPU) so a run can be resumed exactly. In a run of
+    several processes ``x0`` holds the ``rows`` of a global batch of ``batch`` images: times,
+    noise and dropout are drawn for the whole batch, as one process would, and sliced.
     """
-    batch = x0.shape[0]
-    t = logit_normal_timesteps(batch, timestep_mean, timestep_std, generator)
-    noise = torch.randn(x0.shape, generator=generator)
-    drop = torch.rand(batch, generator=generator) < cond_drop_prob
+    batch = x0.shape[0] if batch is None else batch
+    rows = slice(0, batch) if rows is None else rows
+    t = logit_normal_timesteps(batch, timestep_mean, timestep_std, generator)[rows]
+    noise = torch.randn((batch, *x0.shape[1:]), generator=generator)[rows]
+    drop = (torch.rand(batch, generator=generator) < cond_drop_prob)[rows]
     device = x0.device
     t, noise, drop = t.to(device), noise.to(device, x0.dtype), drop.to(device)
     x_t = interpolate(x0, noise, t)

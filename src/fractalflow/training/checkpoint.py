@@ -66,9 +66,14 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> d
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def checkpoint_folder(folder: Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` lives under ``folder``."""
+    return folder / f"step_{step:07d}"
+
+
 def save_checkpoint(folder: Path, state: TrainingState, keep: int) -> Path:
     """Write ``state`` to ``folder/step_XXXXXXX`` and keep only the newest ``keep`` checkpoints."""
-    target = folder / f"step_{state.step:07d}"
+    target = checkpoint_folder(folder, state.step)
     optimizer_tensors, optimizer_meta = _split_optimizer(state.optimizer)
 
     def fill(tmp: Path) -> None:

@@ -31,11 +31,13 @@ from fractalflow.monitoring.health import HealthSettings, TrainingHealth
 from fractalflow.training.checkpoint import (
     CheckpointError,
     TrainingState,
+    checkpoint_folder,
     list_checkpoints,
     load_newest_intact,
     save_checkpoint,
 )
 from fractalflow.training.curriculum import CurriculumScheduler, parse_curriculum
+from fractalflow.training.distributed import Processes
 from fractalflow.training.lora import add_lora, save_adapter
 
 
@@ -110,6 +112,9 @@ class Trainer:
     ``model_class(model_config)`` must build a module with ``forward(x, t, cond, drop)``
     (see :class:`FractalTransformer`); ``model_config`` needs ``in_channels``,
     ``is_class_conditional`` and ``to_dict``. The peer benchmarks train other networks this way.
+
+    Started as several processes (``accelerate launch -m fractalflow.cli train``, ``torchrun``),
+    each trains on its slice of the same global batch (:mod:`fractalflow.training.distributed`).
     """
 
     def __init__(
@@ -138,8 +143,9 @@ class Trainer:
             for size in self.planned_sizes:
                 model_config.check_size(size, size)
         self.out_dir = Path(out_dir)
-        self.device = resolve_device(device)
-        self.progress = progress
+        self.processes = Processes.detect(resolve_device(device))
+        self.device = self.processes.device(resolve_device(device))
+        self.progress = progress and self.processes.is_main
         self.text_encoder = text_encoder
         torch.manual_seed(train_config.seed)
         self.model = model_class(model_config).to(self.device)
@@ -148,6 +154,7 @@ class Trainer:
         if train_config.lora_rank:
             add_lora(self.model, train_config.lora_rank)
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_with_warmup(train_config.ema_decay), use_buffers=True)
+        self.network = self.processes.wrap(self.model)  # forward and backward (DDP with several processes)
         decay, no_decay = [], []
         for param in (p for p in self.model.parameters() if p.requires_grad):
             (decay if param.dim() >= 2 else no_decay).append(param)
@@ -250,6 +257,7 @@ class Trainer:
             )
 
     def save_checkpoint(self) -> Path:
+        """Write a checkpoint (the main process; the others wait for it) and return its folder."""
         rng = {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}
         state = TrainingState(
             step=self.step,
@@ -265,19 +273,23 @@ class Trainer:
                 "train_seconds": self.train_seconds,
             },
         )
-        return save_checkpoint(self.checkpoint_dir, state, self.config.keep_checkpoints)
+        folder = checkpoint_folder(self.checkpoint_dir, self.step)
+        if self.processes.is_main:
+            folder = save_checkpoint(self.checkpoint_dir, state, self.config.keep_checkpoints)
+        self.processes.wait()
+        return folder
 
     def batch_shape(self) -> tuple[int, int]:
         """(image size, batch size) of the next step: one of ``resolutions`` (or the curriculum
         stage's sizes) at random, with the batch scaled so every step sees about the same
-        number of pixels."""
+        number of pixels (a multiple of the process count)."""
         config = self.config
         resolutions = self.curriculum.stage.sizes if self.curriculum is not None else config.resolutions
         if len(resolutions) <= 1:
             size = (resolutions or (config.image_size,))[0]
         else:
             size = resolutions[int(torch.randint(len(resolutions), (1,), generator=self.generator))]
-        return size, max(1, round(config.batch_size * (config.image_size / size) ** 2))
+        return size, self.processes.batch(config.batch_size * (config.image_size / size) ** 2)
 
     def draw(self, batch: int) -> torch.Tensor:
         """Image indices of the next batch (only the curriculum stage's kind of image, if it names one)."""
@@ -291,38 +303,44 @@ class Trainer:
         stage = self.curriculum.stage if self.curriculum is not None else None
         return self.config.timestep_mean if stage is None or stage.timestep_mean is None else stage.timestep_mean
 
-    def conditioning(self, indices: torch.Tensor, fixed_captions: bool = False) -> Conditioning:
-        """Class labels, or text features of the images' captions (freshly phrased unless ``fixed_captions``)."""
+    def conditioning(
+        self, indices: torch.Tensor, fixed_captions: bool = False, rows: slice = slice(None)
+    ) -> Conditioning:
+        """Class labels, or text features of the images' captions (freshly phrased unless
+        ``fixed_captions``), for the ``rows`` of ``indices`` (phrasings drawn for all of them)."""
         if self.model_config.is_class_conditional:
-            return self.dataset.conditioning(indices)
+            return self.dataset.conditioning(indices[rows])
         if fixed_captions:
             captions = [self.dataset.captions[i] for i in indices.tolist()]
         else:
             rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
             captions = self.dataset.sample_captions(indices, rng)
-        return self.text_encoder.encode(captions)
+        return self.text_encoder.encode(captions[rows])
 
     def train_step(self) -> float:
         """One optimizer step on a random batch, unless :class:`TrainingHealth` refuses it
         (then nothing changes but the random state); returns the loss."""
         config = self.config
         size, batch = self.batch_shape()
-        indices = self.draw(batch)
-        x0 = self.dataset.pixels(indices, size).to(self.device)
-        cond = self.conditioning(indices).to(self.device)
+        indices = self.draw(batch)  # the global batch: the same in every process
+        rows = self.processes.shard(batch)
+        x0 = self.dataset.pixels(indices[rows], size).to(self.device)
+        cond = self.conditioning(indices, rows=rows).to(self.device)
         self.last_batch_size = batch
         dtype = self.autocast_dtype
         with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = rectified_flow_loss(
-                lambda x_t, t, drop: self.model(x_t, t, cond, drop),
+                lambda x_t, t, drop: self.network(x_t, t, cond, drop),
                 x0,
                 self.generator,
                 config.cond_drop_prob,
                 self.timestep_mean,
                 config.timestep_std,
+                batch,
+                rows,
             )
         self.optimizer.zero_grad(set_to_none=True)
-        value, grad_norm = loss.item(), math.nan
+        value, grad_norm = self.processes.mean(loss), math.nan  # the global batch's loss, in every process
         if math.isfinite(value):
             loss.backward()
             limit = config.grad_clip if config.grad_clip > 0 else math.inf  # inf: measured, not clipped
@@ -373,11 +391,12 @@ class Trainer:
                         "stage": stage,
                     }
                 )
-                writer = self.writer()
-                writer.add_scalar("train/loss", losses[-1], self.step)
-                writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
-                writer.add_scalar("train/images_per_s", rate, self.step)
-            if config.sample_every and self.step % config.sample_every == 0:
+                if self.processes.is_main:
+                    writer = self.writer()
+                    writer.add_scalar("train/loss", losses[-1], self.step)
+                    writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
+                    writer.add_scalar("train/images_per_s", rate, self.step)
+            if config.sample_every and self.step % config.sample_every == 0 and self.processes.is_main:
                 self.writer().add_image("samples", self.sample_grid(), self.step)
             if config.checkpoint_every and (self.step % config.checkpoint_every == 0 or self.step == config.steps):
                 self.save_checkpoint()
@@ -417,6 +436,7 @@ class Trainer:
         """Back to the newest intact checkpoint, learning rate scaled by the settings' factor,
         batches drawn anew from there (a bad batch is not met again); False without a checkpoint."""
         from_step = self.step
+        self.processes.wait()  # the main process may be writing a checkpoint
         if not self.resume():
             return False
         self.lr_scale *= self.health.settings.rollback_lr_factor
@@ -428,7 +448,9 @@ class Trainer:
         return True
 
     def log_health(self, event: dict) -> None:
-        """A health event to TensorBoard (text) and to ``logs/health.jsonl``."""
+        """A health event to TensorBoard (text) and to ``logs/health.jsonl`` (by the main process)."""
+        if not self.processes.is_main:
+            return
         self.writer().add_text("health", json.dumps(event), event["step"])
         path = self.out_dir / "logs" / "health.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -437,6 +459,8 @@ class Trainer:
 
     def export_snapshots(self) -> None:
         """Export the EMA model for every ``snapshot_minutes`` mark passed and not yet exported."""
+        if not self.processes.is_main:
+            return
         for minutes in self.config.snapshot_minutes:
             folder = self.out_dir / "snapshots" / f"{minutes}min"
             if self.train_seconds >= minutes * 60 and not folder.exists():
@@ -452,6 +476,8 @@ class Trainer:
     def log_stage(self, bar) -> None:
         """Say in TensorBoard and on the progress bar that the curriculum moved to its next stage."""
         index, stage = self.curriculum.index, self.curriculum.stage
+        if not self.processes.is_main:
+            return
         self.writer().add_scalar("curriculum/stage", index, self.step)
         self.writer().add_text("curriculum", f"step {self.step}: stage {index + 1} ({stage.describe()})", self.step)
         bar.set_description(f"train stage {index + 1}/{len(self.curriculum.stages)}: {stage.describe()}")
@@ -475,7 +501,10 @@ class Trainer:
 
     def export(self, folder: Path, dtype: torch.dtype | None = None) -> None:
         """Write the EMA weights as a model folder (config.json with the sizes trained at, and
-        model.safetensors), or, for a LoRA run, as an adapter folder of the LoRA weights."""
+        model.safetensors), or, for a LoRA run, as an adapter folder of the LoRA weights; by the
+        main process."""
+        if not self.processes.is_main:
+            return
         if self.config.lora_rank:
             save_adapter(self.ema.module, folder, self.config.lora_rank, 2 * self.config.lora_rank, self.config.init)
             return
