@@ -276,15 +276,16 @@ class FractalFlowPipeline:
         elif len(seeds) != count:
             raise ValueError(f"{len(seeds)} seeds given for {count} images: give one seed per image")
         seeds = [int(s) for s in seeds]
-
-        started = time.perf_counter()
-        cond = self.encode_prompts(prompts).repeat(num_images_per_prompt).to(self.device)
-        noise = seeded_noise(seeds, self.config.in_channels, self.device)
         if latents is not None:
             start = refiner.stages[0].size
             expected = (count, self.config.in_channels, start, start)
             if tuple(latents.shape) != expected or not latents.is_floating_point():
                 raise ValueError(f"latents of shape {tuple(latents.shape)}: this call starts from {expected} floats")
+
+        started = time.perf_counter()
+        cond = self.encode_prompts(prompts).repeat(num_images_per_prompt).to(self.device)
+        noise = seeded_noise(seeds, self.config.in_channels, self.device)
+        if latents is not None:
             noise = starting_with(latents.to(self.device, torch.float32), noise)
         bar = tqdm(total=refiner.total_steps, desc="generate", unit="step", disable=not progress)
 

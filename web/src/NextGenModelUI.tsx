@@ -1,5 +1,5 @@
 import { type CSSProperties, type FormEvent, useCallback, useEffect, useReducer, useRef, useState } from "react";
-import { cancelJob, createJob, followEvents, type GenerateSettings } from "./api";
+import { cancelJob, createJob, followEvents, type GenerateSettings, offersBrowserModel } from "./api";
 import { absoluteUrl, healthWarning, type JobEvent, initialState, isFinal, madeBy, uiReducer } from "./events";
 import type { LocalGenerator } from "./local/generator";
 
@@ -17,17 +17,6 @@ export interface NextGenModelUIProps {
   styles?: Partial<Record<StyleSlot, CSSProperties>>;
   /** The server's API key, when it has one. */
   apiKey?: string;
-}
-
-async function offersBrowserModel(serverUrl: string, apiKey?: string): Promise<boolean> {
-  try {
-    const response = await fetch(absoluteUrl(serverUrl, "v1/browser/onnx_export.json"), {
-      headers: apiKey ? { "X-API-Key": apiKey } : {},
-    });
-    return response.ok;
-  } catch {
-    return false;
-  }
 }
 
 const RESOLUTIONS = ["preview", "standard", "high", "ultra"];

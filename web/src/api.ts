@@ -1,6 +1,6 @@
 // Calls to the fractalflow server (see /docs on a running server).
 
-import type { JobEvent } from "./events";
+import { absoluteUrl, type JobEvent } from "./events";
 
 export interface GenerateSettings {
   prompt: string;
@@ -18,7 +18,8 @@ export interface JobCreated {
   job_url: string;
 }
 
-function headers(apiKey?: string): Record<string, string> {
+/** The headers of a call to the server: JSON, and the API key when there is one. */
+export function headers(apiKey?: string): Record<string, string> {
   const result: Record<string, string> = { "Content-Type": "application/json" };
   if (apiKey) result["X-API-Key"] = apiKey;
   return result;
@@ -91,5 +92,15 @@ export async function followEvents(
     const parsed = parseEventStream(buffer + value);
     buffer = parsed.rest;
     for (const payload of parsed.data) onEvent(JSON.parse(payload) as JobEvent);
+  }
+}
+
+/** Whether the server hands out an ONNX export for generation on this device (`/v1/browser/`). */
+export async function offersBrowserModel(serverUrl: string, apiKey?: string): Promise<boolean> {
+  try {
+    const response = await fetch(absoluteUrl(serverUrl, "v1/browser/onnx_export.json"), { headers: headers(apiKey) });
+    return response.ok;
+  } catch {
+    return false;
   }
 }

@@ -53,17 +53,25 @@ class OnnxGenerator:
         tokens, pooled = self.text_encoder.run(None, {"ids": ids, "mask": mask})
         return {"pooled": pooled, "tokens": tokens * mask[..., None], "mask": mask}
 
-    def velocity(self, x: np.ndarray, t: float, text: dict[str, np.ndarray], guidance: float) -> np.ndarray:
-        """The guided velocity at time ``t``: conditional and null rows in one batch unless ``guidance`` is 1."""
-        batch = x.shape[0]
-        times = np.full(batch, t, dtype=np.float32)
+    def velocity(self, text: dict[str, np.ndarray], guidance: float):
+        """``v(x, t)``, guided: conditional and null rows in one batch unless ``guidance`` is 1. The text
+        feeds (doubled for guidance) are built once here, not at every step."""
+        batch = len(text["pooled"])
         if guidance == 1.0:
-            return self.transformer.run(None, {"x": x, "t": times, **text, "drop": np.zeros(batch, dtype=bool)})[0]
-        both = {name: np.concatenate([value, value]) for name, value in text.items()}
-        drop = np.arange(2 * batch) >= batch
-        feeds = {"x": np.concatenate([x, x]), "t": np.concatenate([times, times]), **both, "drop": drop}
-        conditional, unconditional = np.split(self.transformer.run(None, feeds)[0], 2)
-        return unconditional + guidance * (conditional - unconditional)
+            fixed, rows = {**text, "drop": np.zeros(batch, dtype=bool)}, 1
+        else:
+            fixed = {name: np.concatenate([value, value]) for name, value in text.items()}
+            fixed["drop"], rows = np.arange(2 * batch) >= batch, 2
+
+        def velocity(x: np.ndarray, t: float) -> np.ndarray:
+            times = np.full(rows * batch, t, dtype=np.float32)
+            out = self.transformer.run(None, {**fixed, "x": np.concatenate([x] * rows), "t": times})[0]
+            if rows == 1:
+                return out
+            conditional, unconditional = np.split(out, 2)
+            return unconditional + guidance * (conditional - unconditional)
+
+        return velocity
 
     def generate(
         self, prompts: list[str], noise: np.ndarray, steps: int | None = None, guidance: float | None = None
@@ -73,11 +81,11 @@ class OnnxGenerator:
         expected = (len(prompts), self.transformer.get_inputs()[0].shape[1], self.size, self.size)
         if noise.shape != expected:
             raise ValueError(f"noise of shape {noise.shape}: this export takes {expected} for {len(prompts)} prompt(s)")
-        text = self.encode(prompts)
+        velocity = self.velocity(self.encode(prompts), guidance)
         times = np.linspace(1.0, 0.0, steps + 1, dtype=np.float32)
         x = noise.astype(np.float32)
         for t, t_next in zip(times[:-1], times[1:]):
-            x = x + (t_next - t) * self.velocity(x, float(t), text, guidance)
+            x = x + (t_next - t) * velocity(x, float(t))
         pixels = np.clip((x + 1) * 127.5, 0, 255).round().astype(np.uint8)  # [-1, 1] -> [0, 255]
         return pixels.transpose(0, 2, 3, 1)  # (B, C, S, S) -> (B, S, S, C)
 

@@ -143,8 +143,9 @@ class Trainer:
             for size in self.planned_sizes:
                 model_config.check_size(size, size)
         self.out_dir = Path(out_dir)
-        self.processes = Processes.detect(resolve_device(device))
-        self.device = self.processes.device(resolve_device(device))
+        wanted = resolve_device(device)
+        self.processes = Processes.detect(wanted)
+        self.device = self.processes.device(wanted)
         self.progress = progress and self.processes.is_main
         self.text_encoder = text_encoder
         torch.manual_seed(train_config.seed)

@@ -3,6 +3,7 @@
 // job events as the server's stream, so the UI's reducer drives both the same way.
 
 import type { InferenceSession, Tensor } from "onnxruntime-web";
+import { headers } from "../api";
 import type { JobEvent } from "../events";
 import { guide, sample, seededNoise, toRgba } from "./sampler";
 import { type PromptTokens, type TokenizerJson, WordPieceTokens } from "./tokens";
@@ -50,7 +51,7 @@ export function pngDataUrl(chw: Float32Array, size: number): string {
 }
 
 async function fetchOk(url: string, apiKey?: string): Promise<Response> {
-  const response = await fetch(url, { headers: apiKey ? { "X-API-Key": apiKey } : {} });
+  const response = await fetch(url, { headers: headers(apiKey) });
   if (!response.ok) throw new Error(`could not load ${url}: ${response.status} ${response.statusText}`);
   return response;
 }
