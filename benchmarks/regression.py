@@ -3,9 +3,11 @@
 On this machine, with the shipped model and the ``cpu`` profile, in one process:
 
 - **speed**: 6 clean bench runs (``--repeats`` images timed one at a time each), then one run
-  whose generation is made 20 % slower (a sleep of a fifth of each call's time);
-- **quality**: 6 clean evals (``--n`` held-out captions, 20 steps), then one whose sampler
-  silently runs half the steps while the recorded settings still say 20;
+  whose generation is made 20 % slower: after each call, a fifth of its time more of busy
+  matrix products on the same threads, as slower code would keep the cores busy (a sleep
+  lets them idle, and an idle core's clock may boost for the next image);
+- **quality**: 6 clean evals (``--n`` held-out captions, 20 steps), then two whose sampler
+  silently runs half, and a quarter of, the steps while the recorded settings still say 20;
 
 every run recorded in a fresh history; each clean run after the first five and the injected
 ones are checked against the five before them with the default ``CheckSettings``. Writes
@@ -21,6 +23,8 @@ import json
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 from fractalflow.data.emoji import load_emoji
 from fractalflow.evaluation.evaluate import EvalSettings, evaluate, model_fingerprint
@@ -48,20 +52,27 @@ class Injected:
 
 
 class Slowed(Injected):
-    """Every generate call made ``SLOWDOWN`` slower."""
+    """Every generate call made ``SLOWDOWN`` slower by busy work, as slower code would be."""
 
     def generate(self, *args, **kwargs):
         begin = time.perf_counter()
         result = self.pipeline.generate(*args, **kwargs)
-        time.sleep(SLOWDOWN * (time.perf_counter() - begin))
+        busy_until = time.perf_counter() + SLOWDOWN * (time.perf_counter() - begin)
+        work = torch.ones(128, 128)
+        while time.perf_counter() < busy_until:
+            work = torch.tanh(work @ work * 0.01)
         return result
 
 
-class HalfSteps(Injected):
-    """The pipeline sampling half the steps it is asked for: a silent quality regression."""
+class FewerSteps(Injected):
+    """The pipeline sampling a ``1 / divisor`` of the steps it is asked for: a silent quality regression."""
+
+    def __init__(self, pipeline, divisor: int):
+        super().__init__(pipeline)
+        self.divisor = divisor
 
     def generate(self, *args, config: GenerationConfig, **kwargs):
-        return self.pipeline.generate(*args, config=config.merged(steps=max(1, config.steps // 2)), **kwargs)
+        return self.pipeline.generate(*args, config=config.merged(steps=max(1, config.steps // self.divisor)), **kwargs)
 
 
 def checked(history: RunHistory, run: RunRecord, settings: CheckSettings) -> dict:
@@ -98,7 +109,8 @@ def main() -> None:
 
     held_out = load_emoji(args.data, image_size=64, split="eval")
     eval_settings = EvalSettings(num_images=args.n, batch_size=32, generation=GenerationConfig())
-    for label, subject in [*[("clean", pipeline)] * CLEAN_RUNS, ("half the steps", HalfSteps(pipeline))]:
+    injected = [("half the steps", FewerSteps(pipeline, 2)), ("a quarter of the steps", FewerSteps(pipeline, 4))]
+    for label, subject in [*[("clean", pipeline)] * CLEAN_RUNS, *injected]:
         report = evaluate(subject, held_out, eval_settings, progress=False)
         samples = {"fd_effnet_l0": report["fd_resampled"]}
         run = RunRecord("eval", "default", eval_settings.to_dict(), report["metrics"], samples, model, hardware)
@@ -106,13 +118,13 @@ def main() -> None:
         rows.append({"kind": "eval", "case": label, "fd": fd, **checked(history, run, settings)})
         print(rows[-1]["case"], rows[-1]["fd"], rows[-1]["regressed"], flush=True)
 
-    print(f"\n{'kind':5s} {'case':16s} {'run':>3s} {'checked':>7s} {'worse by':>9s} {'p':>8s} verdict")
+    print(f"\n{'kind':5s} {'case':22s} {'run':>3s} {'checked':>7s} {'worse by':>9s} {'p':>8s} verdict")
     for row in rows:
         finding = row["findings"][0] if row["findings"] else None
         worse = f"{finding['worse_by']:+9.1%}" if finding else f"{'':9s}"
         p_value = f"{finding['p_value']:8.2g}" if finding else f"{'':8s}"
         verdict = "REGRESSED" if row["regressed"] else ("ok" if finding else "(baseline)")
-        print(f"{row['kind']:5s} {row['case']:16s} {row['run']:>3d} {bool(finding)!s:>7s} {worse} {p_value} {verdict}")
+        print(f"{row['kind']:5s} {row['case']:22s} {row['run']:>3d} {bool(finding)!s:>7s} {worse} {p_value} {verdict}")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "regression-check.json"
     payload = {"hardware": hardware, "check_settings": settings.to_dict(), "repeats": args.repeats, "n": args.n}
