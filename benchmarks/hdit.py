@@ -48,6 +48,8 @@ class HDiTConfig(PeerConfig):
     mapping_width: int = 256
     mapping_depth: int = 2
     cross_attention_levels: int = 1
+    # FractalLevel reads it: k-diffusion's HDiT mixes nothing after a TokenSplit
+    split_mixing: str = "none"
 
     @property
     def num_levels(self) -> int:

@@ -89,6 +89,13 @@ def main() -> None:
         "--init", default=None, help="start from this model folder's weights (a snapshot, or the installed default)"
     )
     parser.add_argument(
+        "--split-mixing",
+        choices=("none", "depthwise-conv"),
+        default=None,
+        help="FractalConfig.split_mixing (default: the --init model's, else none); "
+        "depthwise-conv can be added to an --init model without it",
+    )
+    parser.add_argument(
         "--max-minutes", type=float, default=None, help="stop this session after so many minutes (resume later)"
     )
     parser.add_argument("--install", action="store_true", help="copy the result into the package as the default model")
@@ -117,6 +124,8 @@ def main() -> None:
     model_config = model_preset(args.preset, **MODEL)
     if args.init:
         model_config = replace(load_model(args.init).config, trained_sizes=())
+    if args.split_mixing:
+        model_config = replace(model_config, split_mixing=args.split_mixing)
     trainer = Trainer(model_config, train_config, dataset, args.out, device=device, text_encoder=encoder)
     resumed_from = trainer.step if trainer.resume() else 0
     started = time.perf_counter()

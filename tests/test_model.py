@@ -1,5 +1,7 @@
 """FractalTransformer: shapes, initialisation, conditioning and cost."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import randomize
@@ -263,3 +265,23 @@ def test_a_damaged_model_folder_is_refused_in_one_line(tmp_path, damage):
     with pytest.raises(ValueError, match=message) as error:
         load_model(tmp_path)
     assert "\n" not in str(error.value)
+
+
+def test_split_mixing_starts_as_the_network_without_it_and_then_mixes_across_token_borders():
+    plain_config = model_preset("tiny", in_channels=1, class_names=("a", "b"), sample_size=16)
+    plain = randomize(FractalTransformer(plain_config))
+    mixing = FractalTransformer(replace(plain_config, split_mixing="depthwise-conv"))
+    missing, unexpected = mixing.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing == ["body.mix.conv.weight", "body.mix.conv.bias"]
+    x, t = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([0.3, 0.7])
+    cond = Conditioning(labels=torch.tensor([0, 1]))
+    with torch.no_grad():
+        assert torch.equal(mixing(x, t, cond), plain(x, t, cond))  # zero-initialised: nothing changes
+    mix = mixing.body.mix
+    tokens = torch.zeros(1, 4, 4, mix.conv.in_channels)  # (B, H, W, C): fine tokens after a 2x2 split
+    tokens[0, 1, 1] = 1.0  # one token, at the border of its coarse token (rows/columns 0-1)
+    with torch.no_grad():
+        mix.conv.weight.fill_(0.1)
+        mixed = mix(tokens)
+    assert mixed[0, 2, 2].abs().sum() > 0  # its neighbour in the next coarse token now sees it
+    assert mixed[0, 3, 3].abs().sum() == 0  # a 3x3 kernel reaches one token, no further

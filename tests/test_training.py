@@ -259,6 +259,33 @@ def test_a_start_needs_the_same_network(tmp_path):
         Trainer(wider, config, dataset, tmp_path / "o", progress=False)
 
 
+def test_a_start_may_add_split_mixing_but_not_drop_it(tmp_path):
+    make_trainer(tmp_path / "first", digits(32), steps=2, checkpoint_every=0).train()
+    dataset = digits(32)
+    plain = load_model(tmp_path / "first" / "model")
+    config = TrainConfig(steps=2, batch_size=8, image_size=16, init=str(tmp_path / "first" / "model"))
+    grown = Trainer(
+        dataclasses.replace(plain.config, split_mixing="depthwise-conv"),
+        config,
+        dataset,
+        tmp_path / "g",
+        progress=False,
+    )
+    for name, value in plain.state_dict().items():
+        assert torch.equal(grown.model.state_dict()[name], value), name
+    assert not grown.model.body.mix.conv.weight.any()  # the added mixing starts at zero
+    grown.train()
+    assert grown.model.body.mix.conv.weight.any()  # and learns
+    with pytest.raises(ValueError, match="its network differs from this run's in split_mixing"):
+        Trainer(
+            plain.config,
+            dataclasses.replace(config, init=str(tmp_path / "g" / "model")),
+            dataset,
+            tmp_path / "s",
+            progress=False,
+        )
+
+
 def test_a_lora_run_trains_only_the_adapters_and_exports_them_as_an_adapter_folder(tmp_path):
     from fractalflow.training.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, base_state
 

@@ -114,6 +114,7 @@ CHOICES = {
     "attention_norm": ("qk-rmsnorm", "cosine"),
     "feed_forward": ("geglu", "gelu"),
     "prediction": ("velocity", "x0"),
+    "split_mixing": ("none", "depthwise-conv"),
 }
 
 
@@ -155,6 +156,9 @@ class FractalConfig(JsonConfig):
     attention_norm: str = "qk-rmsnorm"
     feed_forward: str = "geglu"
     prediction: str = "velocity"
+    # after each TokenSplit: nothing, or a zero-initialised residual 3x3 depthwise convolution
+    # that lets a token see its neighbours across the border of the coarser token it came from
+    split_mixing: str = "none"
 
     def __post_init__(self) -> None:
         problems = []

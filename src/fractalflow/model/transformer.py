@@ -140,6 +140,25 @@ class TokenSplit(nn.Module):
         return torch.lerp(skip, x, self.skip_blend.to(x.dtype))
 
 
+class SplitMixing(nn.Module):
+    """A residual 3x3 depthwise convolution over the tokens a TokenSplit made: one coarse token
+    becomes ``factor``×``factor`` fine ones, and without mixing their borders show as blocks.
+    Zero-initialised, so adding it to a trained network changes nothing until it learns."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.conv = nn.Conv2d(width, width, kernel_size=3, padding=1, groups=width)
+        self.zero_init()
+
+    def zero_init(self) -> None:
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        mixed = self.conv(x.permute(0, 3, 1, 2))  # (B, H, W, C) -> (B, C, H, W)
+        return x + mixed.permute(0, 2, 3, 1)  # back to (B, H, W, C)
+
+
 class FractalLevel(nn.Module):
     """Level ``index`` of the hourglass: blocks, the inner level (recursively), blocks.
 
@@ -162,6 +181,7 @@ class FractalLevel(nn.Module):
             )
 
         self.down_blocks = blocks(0)
+        self.mix = None
         if coarsest:
             self.merge = self.inner = self.split = self.up_blocks = None
         else:
@@ -169,6 +189,8 @@ class FractalLevel(nn.Module):
             self.merge = TokenMerge(width, inner_width, config.merge_factor)
             self.inner = FractalLevel(config, index + 1, block)
             self.split = TokenSplit(inner_width, width, config.merge_factor)
+            if config.split_mixing == "depthwise-conv":
+                self.mix = SplitMixing(width)
             self.up_blocks = blocks(depth)
 
     def forward(self, x: Tensor, vector: Tensor, tokens: Tensor | None, mask: Tensor | None) -> Tensor:
@@ -178,6 +200,8 @@ class FractalLevel(nn.Module):
             return x
         inner = self.inner(self.merge(x), vector, tokens, mask)
         x = self.split(inner, x)
+        if self.mix is not None:
+            x = self.mix(x)
         for block in self.up_blocks:
             x = block(x, vector, tokens, mask)
         return x
@@ -258,7 +282,7 @@ class FractalTransformer(nn.Module):
         nn.init.normal_(self.condition.time_mlp[0].weight, std=0.02)
         nn.init.normal_(self.condition.time_mlp[2].weight, std=0.02)
         for module in self.modules():
-            if isinstance(module, (FractalBlock, FinalLayer)):
+            if isinstance(module, (FractalBlock, FinalLayer, SplitMixing)):
                 module.zero_init()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:

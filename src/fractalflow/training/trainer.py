@@ -230,20 +230,24 @@ class Trainer:
         """Load the weights of the model folder ``folder`` (``default``: the shipped model) in
         place of the fresh initialisation (``TrainConfig.init``), before the adapters, EMA and
         optimizer are made: fine-tuning, or a further schedule for a finished run. The folder
-        must hold the same network (sizes trained at aside)."""
+        must hold the same network (sizes trained at aside), or the same without the split mixing
+        this run adds (``FractalConfig.split_mixing``, zero-initialised: the output is unchanged)."""
         if str(folder) == "default":
             from fractalflow.pipeline import default_model_folder
 
             folder = default_model_folder()
         source = load_model(folder, model_class=type(self.model))
-        ignored = {"trained_sizes"}
         theirs, ours = source.config.to_dict(), self.model_config.to_dict()
+        adds_mixing = theirs.get("split_mixing", "none") == "none" != ours.get("split_mixing", "none")
+        ignored = {"trained_sizes", "split_mixing"} if adds_mixing else {"trained_sizes"}
         differ = [k for k in ours if k not in ignored and theirs.get(k) != ours[k]]
         if differ:
             raise ValueError(
                 f"cannot start from {folder}: its network differs from this run's in {', '.join(sorted(differ))}"
             )
-        self.model.load_state_dict(source.state_dict())
+        missing, unexpected = self.model.load_state_dict(source.state_dict(), strict=not adds_mixing)
+        if unexpected or any(".mix." not in key for key in missing):
+            raise ValueError(f"cannot start from {folder}: weights missing {missing}, unexpected {unexpected}")
 
     def check_same_run(self, info: dict) -> None:
         """Refuse to resume a checkpoint written with another network or image sizes."""
