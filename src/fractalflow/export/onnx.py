@@ -245,5 +245,7 @@ def _write(pipeline, model: nn.Module, out: Path, size: int, settings: ExportSet
     model.config.save_json(out / "config.json", _class_name=type(model).__name__)
     pipeline.generation_config.save(out)
     report.files = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
-    atomic_write_text(out / MANIFEST_FILE, json.dumps(report.to_dict(), indent=2) + "\n")
+    # without the folder: written in the staging folder, moved after, and served to browsers
+    manifest = {k: v for k, v in report.to_dict().items() if k != "folder"}
+    atomic_write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
     return report
