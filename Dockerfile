@@ -25,6 +25,6 @@ USER fractalflow
 WORKDIR /home/fractalflow
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/metrics', timeout=4)"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 # flags after the image name are serve's (--profile, --model, --config, --browser-model, ...)
 ENTRYPOINT ["fractalflow", "serve", "--host", "0.0.0.0", "--port", "8000"]
