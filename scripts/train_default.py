@@ -96,6 +96,12 @@ def main() -> None:
         "depthwise-conv can be added to an --init model without it",
     )
     parser.add_argument(
+        "--added-layers-lr-scale",
+        type=float,
+        default=TRAIN.added_layers_lr_scale,
+        help="learning rate of layers the --init model lacks, as a multiple of --learning-rate",
+    )
+    parser.add_argument(
         "--max-minutes", type=float, default=None, help="stop this session after so many minutes (resume later)"
     )
     parser.add_argument("--install", action="store_true", help="copy the result into the package as the default model")
@@ -119,6 +125,7 @@ def main() -> None:
         learning_rate=args.learning_rate,
         curriculum=args.curriculum,
         init=args.init or "",
+        added_layers_lr_scale=args.added_layers_lr_scale,
     )
     train_config = TrainConfig(**{**TRAIN.to_dict(), **overrides})
     model_config = model_preset(args.preset, **MODEL)

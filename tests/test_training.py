@@ -263,7 +263,9 @@ def test_a_start_may_add_split_mixing_but_not_drop_it(tmp_path):
     make_trainer(tmp_path / "first", digits(32), steps=2, checkpoint_every=0).train()
     dataset = digits(32)
     plain = load_model(tmp_path / "first" / "model")
-    config = TrainConfig(steps=2, batch_size=8, image_size=16, init=str(tmp_path / "first" / "model"))
+    config = TrainConfig(
+        steps=2, batch_size=8, image_size=16, init=str(tmp_path / "first" / "model"), added_layers_lr_scale=10
+    )
     grown = Trainer(
         dataclasses.replace(plain.config, split_mixing="depthwise-conv"),
         config,
@@ -274,6 +276,11 @@ def test_a_start_may_add_split_mixing_but_not_drop_it(tmp_path):
     for name, value in plain.state_dict().items():
         assert torch.equal(grown.model.state_dict()[name], value), name
     assert not grown.model.body.mix.conv.weight.any()  # the added mixing starts at zero
+    assert grown.added_layers == ["body.mix.conv.weight", "body.mix.conv.bias"]
+    added_group = grown.optimizer.param_groups[-1]  # at 10x the learning rate, the others at 1x
+    assert [p.shape for p in added_group["params"]] == [p.shape for p in grown.model.body.mix.parameters()]
+    assert added_group["initial_lr"] == 10 * config.learning_rate
+    assert all(g["initial_lr"] == config.learning_rate for g in grown.optimizer.param_groups[:-1])
     grown.train()
     assert grown.model.body.mix.conv.weight.any()  # and learns
     with pytest.raises(ValueError, match="its network differs from this run's in split_mixing"):

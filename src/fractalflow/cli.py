@@ -51,6 +51,8 @@ def _add_train_config_options(parser: argparse.ArgumentParser) -> None:
         "comes from the folder",
         "lora_rank": "train only LoRA adapters of this rank on the attention and MLP linears and export them as an "
         "adapter folder (load with --adapter); 0 trains every weight",
+        "added_layers_lr_scale": "learning rate of layers the --init model lacks (zero-initialised, e.g. split "
+        "mixing), as a multiple of --learning-rate",
     }
     for field in dataclasses.fields(TrainConfig):
         if field.name not in helps:

@@ -263,6 +263,9 @@ class TrainConfig(JsonConfig):
     init: str = ""
     # > 0: train only LoRA adapters of this rank on the attention and MLP linears (exported as an adapter folder)
     lora_rank: int = 0
+    # learning rate of layers the init folder lacks (added zero-initialised, e.g. split mixing),
+    # as a multiple of learning_rate: a zero-initialised layer learns slowly at a fine-tune's rate
+    added_layers_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.curriculum_pacing not in ("fixed", "plateau"):
@@ -282,6 +285,12 @@ class TrainConfig(JsonConfig):
             [
                 ("image_size", self.image_size, ">= 1", self.image_size >= 1),
                 ("learning_rate", self.learning_rate, "a finite number > 0", 0 < self.learning_rate < math.inf),
+                (
+                    "added_layers_lr_scale",
+                    self.added_layers_lr_scale,
+                    "in (0, 1000]",
+                    0 < self.added_layers_lr_scale <= 1000,
+                ),
                 ("weight_decay", self.weight_decay, "a finite number >= 0", 0 <= self.weight_decay < math.inf),
                 ("grad_clip", self.grad_clip, "a finite number >= 0 (0 = off)", 0 <= self.grad_clip < math.inf),
                 ("ema_decay", self.ema_decay, "in [0, 1)", 0 <= self.ema_decay < 1),

@@ -150,20 +150,24 @@ class Trainer:
         self.text_encoder = text_encoder
         torch.manual_seed(train_config.seed)
         self.model = model_class(model_config).to(self.device)
+        self.added_layers: list[str] = []  # parameters the init folder lacks (start_from)
         if train_config.init:
             self.start_from(train_config.init)
         if train_config.lora_rank:
             add_lora(self.model, train_config.lora_rank)
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_with_warmup(train_config.ema_decay), use_buffers=True)
         self.network = self.processes.wrap(self.model)  # forward and backward (DDP with several processes)
-        decay, no_decay = [], []
-        for param in (p for p in self.model.parameters() if p.requires_grad):
-            (decay if param.dim() >= 2 else no_decay).append(param)
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": train_config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=train_config.learning_rate,
-            betas=(0.9, 0.99),
-        )
+        decay, no_decay, added = [], [], []
+        for name, param in ((n, p) for n, p in self.model.named_parameters() if p.requires_grad):
+            (added if name in self.added_layers else decay if param.dim() >= 2 else no_decay).append(param)
+        groups = [
+            {"params": decay, "weight_decay": train_config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        if added:
+            added_lr = train_config.learning_rate * train_config.added_layers_lr_scale
+            groups.append({"params": added, "weight_decay": 0.0, "lr": added_lr})
+        self.optimizer = torch.optim.AdamW(groups, lr=train_config.learning_rate, betas=(0.9, 0.99))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(train_config.warmup_steps, train_config.steps)
         )
@@ -248,6 +252,7 @@ class Trainer:
         missing, unexpected = self.model.load_state_dict(source.state_dict(), strict=not adds_mixing)
         if unexpected or any(".mix." not in key for key in missing):
             raise ValueError(f"cannot start from {folder}: weights missing {missing}, unexpected {unexpected}")
+        self.added_layers = list(missing)
 
     def check_same_run(self, info: dict) -> None:
         """Refuse to resume a checkpoint written with another network or image sizes."""
