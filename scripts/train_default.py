@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from fractalflow import FractalFlowPipeline, GenerationConfig, TrainConfig, model_preset
+from fractalflow.config import CHOICES
 from fractalflow.data.emoji import load_emoji, prepare
 from fractalflow.hardware import describe_device, resolve_device
 from fractalflow.inference.calibrate import CalibrationSettings, calibrate, training_captions, write_policies
@@ -90,7 +91,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--split-mixing",
-        choices=("none", "depthwise-conv"),
+        choices=CHOICES["split_mixing"],
         default=None,
         help="FractalConfig.split_mixing (default: the --init model's, else none); "
         "depthwise-conv can be added to an --init model without it",

@@ -931,7 +931,7 @@ def run_export(args: argparse.Namespace) -> None:
     for name, size in report.files.items():
         print(f"{name:24s} {size / 2**20:8.1f} MiB")
     parity = ", ".join(f"{graph} {difference:.1e}" for graph, difference in report.parity.items())
-    print(f"wrote {report.folder} ({report.size} px, opset {report.opset}); max |onnxruntime - torch|: {parity}")
+    print(f"wrote {args.out} ({report.size} px, opset {report.opset}); max |onnxruntime - torch|: {parity}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,7 +58,9 @@ class ExportSettings:
 
 @dataclass
 class ExportReport:
-    folder: str
+    """What an export wrote (its ``onnx_export.json``): no path, as the folder is written aside,
+    moved after, and served to browsers."""
+
     size: int
     opset: int
     max_length: int  # prompt tokens the text encoder reads (truncation)
@@ -189,13 +191,12 @@ def export_onnx(pipeline, folder: str | Path, settings: ExportSettings | None = 
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    report.folder = str(target)
     return report
 
 
 def _write(pipeline, model: nn.Module, out: Path, size: int, settings: ExportSettings) -> ExportReport:
     text = pipeline.text_encoder
-    report = ExportReport(folder=str(out), size=size, opset=settings.opset, max_length=text.max_length)
+    report = ExportReport(size=size, opset=settings.opset, max_length=text.max_length)
     velocity = VelocityGraph(model).eval()
     example = transformer_inputs(model, size, 2, 6, settings.seed)
     _export(
@@ -245,7 +246,5 @@ def _write(pipeline, model: nn.Module, out: Path, size: int, settings: ExportSet
     model.config.save_json(out / "config.json", _class_name=type(model).__name__)
     pipeline.generation_config.save(out)
     report.files = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
-    # without the folder: written in the staging folder, moved after, and served to browsers
-    manifest = {k: v for k, v in report.to_dict().items() if k != "folder"}
-    atomic_write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(out / MANIFEST_FILE, json.dumps(report.to_dict(), indent=2) + "\n")
     return report

@@ -65,7 +65,8 @@ class OnnxGenerator:
 
         def velocity(x: np.ndarray, t: float) -> np.ndarray:
             times = np.full(rows * batch, t, dtype=np.float32)
-            out = self.transformer.run(None, {**fixed, "x": np.concatenate([x] * rows), "t": times})[0]
+            both = x if rows == 1 else np.concatenate([x, x])
+            out = self.transformer.run(None, {**fixed, "x": both, "t": times})[0]
             if rows == 1:
                 return out
             conditional, unconditional = np.split(out, 2)
