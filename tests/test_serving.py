@@ -148,6 +148,7 @@ def test_a_job_keeps_one_preview_at_most_and_none_once_finished():
         ({"prompt": "one", "num_images": 3}, "num_images", "less than or equal to 2"),
         ({"prompt": "one", "guidance": 30}, "guidance", "less than or equal to 20"),
         ({"prompt": "   "}, "prompt", "should match pattern"),
+        ({"prompt": "\x1e\t"}, "prompt", "should match pattern"),  # blank to str.strip(), not to a plain \S
         ({"prompt": "one", "steps": 0}, "steps", "greater than or equal to 1"),
         ({"prompt": "one", "steps": True}, "body", "steps=true: a number or a string is expected"),
         ({"prompt": "one", "colour": "red"}, "colour", "Extra inputs are not permitted"),

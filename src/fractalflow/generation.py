@@ -27,6 +27,9 @@ from fractalflow.plugins import registry
 GENERATION_CONFIG_NAME = "generation_config.json"
 MAX_SCALES = 8  # scales one coarse-to-fine generation may pass through
 MAX_POSTPROCESSORS = 4
+# a prompt must hold one character that str.strip() keeps (the pipeline's test); as a pattern
+# that pydantic's Rust regex reads alike, whose \s lacks the separators \x1c-\x1f that Python strips
+PROMPT_PATTERN = r"[^\s\x1c-\x1f]"
 
 
 def setting(default: Any, help: str, **limits: float) -> Any:

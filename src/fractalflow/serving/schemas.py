@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, create_model, model_validator
 
 from fractalflow.config import MAX_GUIDANCE, MAX_STEPS
-from fractalflow.generation import MAX_POSTPROCESSORS, GenerationConfig
+from fractalflow.generation import MAX_POSTPROCESSORS, PROMPT_PATTERN, GenerationConfig
 from fractalflow.model.adaptive import MAX_SPEEDUP
 from fractalflow.plugins import registry
 from fractalflow.serving.config import ServerConfig
@@ -181,7 +181,9 @@ def request_model(
         __base__=GenerateRequest,
         prompt=(
             str,
-            Field(min_length=1, max_length=config.max_prompt_length, pattern=r"\S", description="what to draw"),
+            Field(
+                min_length=1, max_length=config.max_prompt_length, pattern=PROMPT_PATTERN, description="what to draw"
+            ),
         ),
         num_images=(int, Field(1, ge=1, le=most_images)),
         model=(
