@@ -12,7 +12,12 @@ learning-rate schedule for the budget, trains with bf16 autocast (and ``torch.co
 with ``--compile``), and writes to ``--out``: the EMA model in fp16 (``model/``, sharded
 below 16 MiB a file) and ``gpu_train.json`` (settings, loss curve, images/s, MFU, hardware).
 With ``--init`` it continues from a model folder (e.g. the shipped default) instead of from
-scratch.
+scratch, optionally adding split mixing (``--split-mixing``, at ``--added-layers-lr-scale``).
+The shipped default of stop 27 came from (one H100, 5 minutes in all):
+
+    python scripts/gpu_train.py --pack pack --init src/fractalflow/weights/default --resolutions 64 \
+        --batch-size 1024 --learning-rate 5e-4 --minutes 5 --total-minutes 5 \
+        --split-mixing depthwise-conv --added-layers-lr-scale 10 --out "$OUT/mixb"
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,17 +36,19 @@ sys.path.insert(0, str(REPO / "src"))
 
 import torch  # noqa: E402
 
-from fractalflow.config import TrainConfig, model_preset  # noqa: E402
+from fractalflow.config import CHOICES, FractalConfig, TrainConfig, model_preset  # noqa: E402
 from fractalflow.data.pack import read_pack, unpack_text_encoder  # noqa: E402
 from fractalflow.model.text import TextEncoder  # noqa: E402
-from fractalflow.model.weights import load_state, save_model  # noqa: E402
+from fractalflow.model.weights import load_model, save_model  # noqa: E402
 from fractalflow.training import Trainer  # noqa: E402
 from fractalflow.training.trainer import training_flops_per_image  # noqa: E402
 
-MODEL = dict(in_channels=3, cond_dim=384, cross_attention_levels=1, sample_size=64)
+# patch 4, as scripts/train_default.py and the shipped model
+MODEL = dict(in_channels=3, cond_dim=384, cross_attention_levels=1, sample_size=64, patch_size=4)
 # dense bf16 peak of the GPUs we are lent, for MFU (NVIDIA's datasheets, without sparsity)
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 SHARD_BYTES = 15 * 2**20
+SAVE_SECONDS = 30  # kept back from --total-minutes to write the model and report
 
 
 def peak_tflops(device: torch.device) -> float | None:
@@ -55,19 +63,31 @@ def train_config(args: argparse.Namespace, steps: int) -> TrainConfig:
         steps=steps,
         batch_size=args.batch_size,
         image_size=64,
-        resolutions=(32, 64),
+        resolutions=tuple(int(size) for size in args.resolutions.split(",")),
         learning_rate=args.learning_rate,
         warmup_steps=min(200, max(1, steps // 10)),
         checkpoint_every=0,
         sample_every=0,
         log_every=args.log_every,
         mixed_precision="bf16" if args.device == "cuda" else "no",
+        init=args.init or "",
+        added_layers_lr_scale=args.added_layers_lr_scale,
     )
+
+
+def model_config(args: argparse.Namespace) -> FractalConfig:
+    """The preset's network from scratch, else the --init folder's; with --split-mixing added."""
+    config = model_preset(args.preset, **MODEL)
+    if args.init:
+        config = replace(load_model(args.init).config, trained_sizes=())
+    if args.split_mixing:
+        config = replace(config, split_mixing=args.split_mixing)
+    return config
 
 
 def build_trainer(args, steps: int, dataset, encoder, out: Path) -> Trainer:
     trainer = Trainer(
-        model_preset(args.preset, **MODEL),
+        model_config(args),
         train_config(args, steps),
         dataset,
         out,
@@ -75,10 +95,6 @@ def build_trainer(args, steps: int, dataset, encoder, out: Path) -> Trainer:
         progress=False,
         text_encoder=encoder,
     )
-    if args.init:
-        state = load_state(Path(args.init))
-        trainer.model.load_state_dict({k: v.float() for k, v in state.items()})
-        trainer.ema.module.load_state_dict(trainer.model.state_dict())
     if args.compile:
         trainer.model.compile()
     return trainer
@@ -89,10 +105,28 @@ def main() -> None:
     parser.add_argument("--pack", default="pack", help="folder written by 'fractalflow data pack' (default: pack)")
     parser.add_argument("--out", default=os.environ.get("OUT", "runs/gpu"), help="output folder (default: $OUT)")
     parser.add_argument("--minutes", type=float, default=7.0, help="training wall-clock budget (default: 7)")
+    parser.add_argument(
+        "--total-minutes",
+        type=float,
+        default=None,
+        help="limit on the whole run, loading and saving included: the training budget shrinks to fit",
+    )
     parser.add_argument("--preset", default="small", help="model size preset (default: small)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per step at 64 px (default: 256)")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
     parser.add_argument("--init", default=None, help="model folder to continue from (default: from scratch)")
+    parser.add_argument(
+        "--split-mixing", choices=CHOICES["split_mixing"], default=None, help="add FractalConfig.split_mixing"
+    )
+    parser.add_argument(
+        "--added-layers-lr-scale",
+        type=float,
+        default=1.0,
+        help="learning rate of layers the --init model lacks, as a multiple of --learning-rate (default: 1)",
+    )
+    parser.add_argument(
+        "--resolutions", default="32,64", help="training sizes, comma-separated (default: 32,64; 64 to fine-tune)"
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--log-every", type=int, default=50, help="steps between loss-curve points (default: 50)")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (for tests)")
@@ -130,12 +164,17 @@ def main() -> None:
     del probe
 
     budget = args.minutes * 60
-    steps = max(1, int(budget / step_seconds))
+    if args.total_minutes:
+        budget = min(budget, args.total_minutes * 60 - (time.perf_counter() - started) - SAVE_SECONDS)
+    # planned for 90 % of the probe's rate: when the rate dips (a second run on the GPU), the
+    # cosine schedule still ends inside the budget rather than being cut off near its peak
+    steps = max(1, int(0.9 * budget / step_seconds))
     if args.max_steps:
         steps = min(steps, args.max_steps)
     trainer = build_trainer(args, steps, dataset, encoder, work / "run")
     summary = trainer.train(max_seconds=budget)
-    save_model(trainer.ema.module, out / "model", torch.float16, max_shard_bytes=SHARD_BYTES)
+    config = replace(trainer.model_config, trained_sizes=trainer.trained_sizes)
+    save_model(trainer.ema.module, out / "model", torch.float16, max_shard_bytes=SHARD_BYTES, config=config)
 
     flops = training_flops_per_image(trainer.ema.module, 64)
     peak = peak_tflops(device)

@@ -112,6 +112,7 @@ def test_gpu_train_runs_from_the_pack_without_what_the_gpu_machine_lacks(packed,
 
     model = tmp_path / "out" / "model"
     assert all(f.stat().st_size < 16 * 2**20 for f in model.iterdir())
+    assert json.loads((model / "config.json").read_text())["trained_sizes"] == [32, 64]
     pipeline = FractalFlowPipeline.from_pretrained(model)
     image = pipeline.generate(["red heart"], steps=2, seed=0, size=32).images[0]
     assert image.size == (32, 32)
