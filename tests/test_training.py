@@ -293,6 +293,26 @@ def test_a_start_may_add_split_mixing_but_not_drop_it(tmp_path):
         )
 
 
+def test_a_rollback_lowers_every_group_s_rate_and_keeps_the_added_layers_multiple(tmp_path):
+    make_trainer(tmp_path / "first", digits(32), steps=2, checkpoint_every=0).train()
+    plain = load_model(tmp_path / "first" / "model")
+    config = TrainConfig(
+        steps=4, batch_size=8, image_size=16, init=str(tmp_path / "first" / "model"), added_layers_lr_scale=10
+    )
+    grown = Trainer(
+        dataclasses.replace(plain.config, split_mixing="depthwise-conv"),
+        config,
+        digits(32),
+        tmp_path / "g",
+        progress=False,
+    )
+    grown.train(stop_at=2)
+    grown.save_checkpoint()
+    assert grown.roll_back()
+    rate = config.learning_rate * grown.health.settings.rollback_lr_factor
+    assert grown.scheduler.base_lrs == [rate, rate, 10 * rate]
+
+
 def test_a_lora_run_trains_only_the_adapters_and_exports_them_as_an_adapter_folder(tmp_path):
     from fractalflow.training.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, base_state
 

@@ -29,19 +29,23 @@ def rectified_flow_loss(
     timestep_std: float = 1.0,
     batch: int | None = None,
     rows: slice | None = None,
+    noise_generator: torch.Generator | None = None,
 ) -> Tensor:
     """Mean squared error between predicted and true velocity on one batch.
 
     ``velocity_model(x_t, t, drop)`` is the network with its condition bound; ``drop``
     marks samples whose condition is replaced by the null condition. All randomness
-    comes from ``generator`` (on the CPU) so a run can be resumed exactly. In a run of
+    comes from generators whose state a checkpoint keeps, so a run can be resumed exactly:
+    ``generator`` (on the CPU) draws times and dropout, and the noise too unless
+    ``noise_generator`` is given, which draws it on its own device (a CUDA run's GPU). In a run of
     several processes ``x0`` holds the ``rows`` of a global batch of ``batch`` images: times,
     noise and dropout are drawn for the whole batch, as one process would, and sliced.
     """
     batch = x0.shape[0] if batch is None else batch
     rows = slice(0, batch) if rows is None else rows
     t = logit_normal_timesteps(batch, timestep_mean, timestep_std, generator)[rows]
-    noise = torch.randn((batch, *x0.shape[1:]), generator=generator)[rows]
+    noise_generator = noise_generator or generator
+    noise = torch.randn((batch, *x0.shape[1:]), generator=noise_generator, device=noise_generator.device)[rows]
     drop = (torch.rand(batch, generator=generator) < cond_drop_prob)[rows]
     device = x0.device
     t, noise, drop = t.to(device), noise.to(device, x0.dtype), drop.to(device)
