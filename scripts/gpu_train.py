@@ -6,9 +6,10 @@ tokenizers and Pillow (no network, no npm packages, no pip install of fractalflo
     fractalflow data pack --out pack                                   # here, on the CPU
     python scripts/gpu_train.py --pack pack --minutes 7 --out "$OUT"   # there, on the GPU
 
-Reads the pack (``fractalflow.data.pack``), pre-encodes every caption variant with the packed
-MiniLM, keeps the images on the GPU, measures the step time in a short probe to plan the
-learning-rate schedule for the budget, trains with bf16 autocast (and ``torch.compile``
+Reads the pack (``fractalflow.data.pack``), encodes every caption variant once with the
+packed MiniLM into a table on the GPU (``CaptionTable``), keeps the images and draws the noise
+on the GPU, measures the step time in a short probe to plan the learning-rate schedule for
+the budget, trains with bf16 autocast (and ``torch.compile``
 with ``--compile``), and writes to ``--out``: the EMA model in fp16 (``model/``, sharded
 below 16 MiB a file) and ``gpu_train.json`` (settings, loss curve, images/s, MFU, hardware).
 With ``--init`` it continues from a model folder (e.g. the shipped default) instead of from
@@ -38,7 +39,7 @@ import torch  # noqa: E402
 
 from fractalflow.config import CHOICES, FractalConfig, TrainConfig, model_preset  # noqa: E402
 from fractalflow.data.pack import read_pack, unpack_text_encoder  # noqa: E402
-from fractalflow.model.text import TextEncoder  # noqa: E402
+from fractalflow.model.text import CaptionTable, TextEncoder  # noqa: E402
 from fractalflow.model.weights import load_model, save_model  # noqa: E402
 from fractalflow.training import Trainer  # noqa: E402
 from fractalflow.training.trainer import training_flops_per_image  # noqa: E402
@@ -85,7 +86,7 @@ def model_config(args: argparse.Namespace) -> FractalConfig:
     return config
 
 
-def build_trainer(args, steps: int, dataset, encoder, out: Path) -> Trainer:
+def build_trainer(args, steps: int, dataset, captions: CaptionTable, out: Path) -> Trainer:
     trainer = Trainer(
         model_config(args),
         train_config(args, steps),
@@ -93,7 +94,7 @@ def build_trainer(args, steps: int, dataset, encoder, out: Path) -> Trainer:
         out,
         device=args.device,
         progress=False,
-        text_encoder=encoder,
+        text_encoder=captions,
     )
     if args.compile:
         trainer.model.compile()
@@ -141,16 +142,15 @@ def main() -> None:
     dataset = read_pack(Path(args.pack))
     dataset.images = dataset.images.to(device)  # indexing and resizing on the GPU, not the host
     with tempfile.TemporaryDirectory() as folder:
-        encoder = TextEncoder.from_pretrained(
-            unpack_text_encoder(Path(args.pack) / "text", Path(folder)), device=device, cache_size=10**7
-        )
-    variants = [c for captions in dataset.caption_variants for c in captions]
-    encoder.encode(variants, batch_size=1024)
+        packed_minilm = unpack_text_encoder(Path(args.pack) / "text", Path(folder))
+        encoder = TextEncoder.from_pretrained(packed_minilm, device=device)
+    # every caption variant encoded once and kept on the device: a step looks its batch up there
+    captions = CaptionTable(encoder, [c for variants in dataset.caption_variants for c in variants], device)
     loaded = time.perf_counter() - started
 
     probe_steps, warm_steps = 20, 10
     work = Path(tempfile.mkdtemp(prefix="gpu_train-"))  # logs of the trainers; only the results go to --out
-    probe = build_trainer(args, probe_steps + warm_steps, dataset, encoder, work / "probe")
+    probe = build_trainer(args, probe_steps + warm_steps, dataset, captions, work / "probe")
     for _ in range(warm_steps):
         probe.train_step()
     if device.type == "cuda":
@@ -171,7 +171,7 @@ def main() -> None:
     steps = max(1, int(0.9 * budget / step_seconds))
     if args.max_steps:
         steps = min(steps, args.max_steps)
-    trainer = build_trainer(args, steps, dataset, encoder, work / "run")
+    trainer = build_trainer(args, steps, dataset, captions, work / "run")
     summary = trainer.train(max_seconds=budget)
     config = replace(trainer.model_config, trained_sizes=trainer.trained_sizes)
     save_model(trainer.ema.module, out / "model", torch.float16, max_shard_bytes=SHARD_BYTES, config=config)

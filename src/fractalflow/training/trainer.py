@@ -24,7 +24,7 @@ from fractalflow.flow.samplers import guided_velocity, sample_euler, time_grid
 from fractalflow.hardware import resolve_device
 from fractalflow.model.conditioning import Conditioning
 from fractalflow.model.flops import forward_flops
-from fractalflow.model.text import TextEncoder
+from fractalflow.model.text import CaptionTable, TextEncoder
 from fractalflow.model.transformer import FractalTransformer
 from fractalflow.model.weights import load_model, save_model
 from fractalflow.monitoring.health import HealthSettings, TrainingHealth
@@ -126,7 +126,7 @@ class Trainer:
         out_dir: str | Path,
         device: str | torch.device | None = None,
         progress: bool = True,
-        text_encoder: TextEncoder | None = None,
+        text_encoder: TextEncoder | CaptionTable | None = None,
         model_class: type[torch.nn.Module] = FractalTransformer,
         health: HealthSettings | None = None,
     ):
