@@ -259,20 +259,19 @@ def test_a_start_needs_the_same_network(tmp_path):
         Trainer(wider, config, dataset, tmp_path / "o", progress=False)
 
 
-def test_a_start_may_add_split_mixing_but_not_drop_it(tmp_path):
+def grown_from_a_plain_run(tmp_path, steps: int) -> tuple[torch.nn.Module, TrainConfig, Trainer]:
+    """A short run without split mixing, and a run that starts from it adding mixing at 10x the rate."""
     make_trainer(tmp_path / "first", digits(32), steps=2, checkpoint_every=0).train()
-    dataset = digits(32)
     plain = load_model(tmp_path / "first" / "model")
     config = TrainConfig(
-        steps=2, batch_size=8, image_size=16, init=str(tmp_path / "first" / "model"), added_layers_lr_scale=10
+        steps=steps, batch_size=8, image_size=16, init=str(tmp_path / "first" / "model"), added_layers_lr_scale=10
     )
-    grown = Trainer(
-        dataclasses.replace(plain.config, split_mixing="depthwise-conv"),
-        config,
-        dataset,
-        tmp_path / "g",
-        progress=False,
-    )
+    grown_config = dataclasses.replace(plain.config, split_mixing="depthwise-conv")
+    return plain, config, Trainer(grown_config, config, digits(32), tmp_path / "g", progress=False)
+
+
+def test_a_start_may_add_split_mixing_but_not_drop_it(tmp_path):
+    plain, config, grown = grown_from_a_plain_run(tmp_path, steps=2)
     for name, value in plain.state_dict().items():
         assert torch.equal(grown.model.state_dict()[name], value), name
     assert not grown.model.body.mix.conv.weight.any()  # the added mixing starts at zero
@@ -287,25 +286,14 @@ def test_a_start_may_add_split_mixing_but_not_drop_it(tmp_path):
         Trainer(
             plain.config,
             dataclasses.replace(config, init=str(tmp_path / "g" / "model")),
-            dataset,
+            digits(32),
             tmp_path / "s",
             progress=False,
         )
 
 
 def test_a_rollback_lowers_every_group_s_rate_and_keeps_the_added_layers_multiple(tmp_path):
-    make_trainer(tmp_path / "first", digits(32), steps=2, checkpoint_every=0).train()
-    plain = load_model(tmp_path / "first" / "model")
-    config = TrainConfig(
-        steps=4, batch_size=8, image_size=16, init=str(tmp_path / "first" / "model"), added_layers_lr_scale=10
-    )
-    grown = Trainer(
-        dataclasses.replace(plain.config, split_mixing="depthwise-conv"),
-        config,
-        digits(32),
-        tmp_path / "g",
-        progress=False,
-    )
+    _, config, grown = grown_from_a_plain_run(tmp_path, steps=4)
     grown.train(stop_at=2)
     grown.save_checkpoint()
     assert grown.roll_back()
