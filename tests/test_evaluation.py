@@ -9,6 +9,7 @@ import torch
 from fractalflow import GenerationConfig
 from fractalflow.evaluation.frechet import feature_statistics, frechet_distance, frechet_distance_of_features
 from fractalflow.evaluation.manifold import precision_recall
+from fractalflow.evaluation.seams import seam_ratios
 
 
 def test_frechet_distance_matches_the_closed_form_for_known_gaussians():
@@ -265,3 +266,13 @@ def test_evaluate_reports_concept_retrieval_with_its_ceiling_and_chance(text_enc
     assert metrics["concept_queries"] == 3  # the three emoji; the icon is not a query
     assert 0 <= metrics["concept_retrieval"] <= 1 and metrics["concept_chance"] == pytest.approx(0.5)
     assert report["real_held_out"]["concept_retrieval"] >= metrics["concept_chance"]
+
+
+def test_seam_ratios_are_one_without_a_grid_and_large_along_a_blocky_one():
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.rand(8, 3, 64, 64, generator=generator)
+    assert all(abs(ratio - 1.0) < 0.05 for ratio in seam_ratios(noise).values())
+    blocks = torch.rand(8, 3, 8, 8, generator=generator).repeat_interleave(8, -1).repeat_interleave(8, -2)
+    ratios = seam_ratios(blocks + 0.02 * noise)  # 8 px blocks: steps only at multiples of 8
+    assert ratios[8] > 5 and ratios[16] > 5 and ratios[32] > 5
+    assert 0.4 < ratios[4] / ratios[8] < 0.6  # half the lines at multiples of 4 are block edges
