@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fractalflow.model.attention import apply_rope, global_attention, rope_angles, window_attention
+from fractalflow.model.attention import HeadRMSNorm, apply_rope, global_attention, rope_angles, window_attention
 
 
 def qkv(height, width, heads=2, head_dim=8, seed=0):
@@ -70,3 +70,16 @@ def test_rope_scores_depend_only_on_relative_offset():
 
     torch.testing.assert_close(score((1, 2), (3, 7)), score((6, 4), (8, 9)))
     assert not torch.allclose(score((1, 2), (3, 7)), score((1, 2), (7, 3)))
+
+
+def test_head_rms_norm_is_nn_rms_norm_in_fp32_and_stays_in_bf16_under_autocast():
+    norm = HeadRMSNorm(32)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    reference = torch.nn.RMSNorm(32)
+    reference.load_state_dict(norm.state_dict())
+    x = torch.randn(4, 8, 32)
+    assert torch.equal(norm(x), reference(x))
+    half = norm(x.bfloat16())
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), reference(x), rtol=2e-2, atol=2e-2)

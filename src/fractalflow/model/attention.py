@@ -121,6 +121,15 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, window: int, shift: int, s
     return out[:, :height, :width]
 
 
+class HeadRMSNorm(nn.RMSNorm):
+    """``nn.RMSNorm`` with its weight in the input's dtype: under bf16 autocast q and k are bf16,
+    and an fp32 weight keeps PyTorch off its fused kernel (it warns so on CUDA). The same
+    parameters and the same output in fp32."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention over a token grid, windowed (``window`` set) or global.
 
@@ -142,8 +151,8 @@ class SelfAttention(nn.Module):
             self.q_norm = self.k_norm = None
             self.logit_scale = nn.Parameter(torch.full((self.heads, 1), 10.0))  # (heads, 1): per head
         else:
-            self.q_norm = nn.RMSNorm(head_dim)
-            self.k_norm = nn.RMSNorm(head_dim)
+            self.q_norm = HeadRMSNorm(head_dim)
+            self.k_norm = HeadRMSNorm(head_dim)
             self.logit_scale = None
         self.out = nn.Linear(width, width)
 
@@ -176,8 +185,8 @@ class CrossAttention(nn.Module):
         self.heads, self.head_dim = width // head_dim, head_dim
         self.q = nn.Linear(width, width)
         self.kv = nn.Linear(cond_dim, 2 * width)
-        self.q_norm = nn.RMSNorm(head_dim)
-        self.k_norm = nn.RMSNorm(head_dim)
+        self.q_norm = HeadRMSNorm(head_dim)
+        self.k_norm = HeadRMSNorm(head_dim)
         self.out = nn.Linear(width, width)
 
     def forward(self, x: Tensor, tokens: Tensor, mask: Tensor | None) -> Tensor:
