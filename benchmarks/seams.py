@@ -4,8 +4,9 @@ For each model folder, one image per held-out caption (spread over the split as
 ``fractalflow eval`` spreads them; seed i for image i; 20 Euler steps, guidance 3, 64 px),
 then :func:`fractalflow.evaluation.seams.seam_ratios`: the mean step between neighbouring
 pixels across lines at multiples of 4, 8, 16 and 32 px, over the mean step inside a 4 px patch.
-Real held-out images are measured alike; a ratio near theirs means no visible grid. Prints a
-table and writes ``results/seams.json``.
+Real held-out images are measured alike; a ratio near theirs means no visible grid. Also the
+lines whose step most exceeds the real images' step on the same line. Prints a table and
+writes ``results/seams.json``.
 
     python benchmarks/seams.py runs/shipped-stage3 src/fractalflow/weights/default --n 256
 """
@@ -19,13 +20,14 @@ from pathlib import Path
 from fractalflow import FractalFlowPipeline
 from fractalflow.data.emoji import load_emoji
 from fractalflow.evaluation.evaluate import EvalSettings, eval_rows, generate_for_captions
-from fractalflow.evaluation.seams import PERIODS, seam_ratios
+from fractalflow.evaluation.seams import PERIODS, line_steps, seam_ratios
 from fractalflow.files import atomic_write_text
 from fractalflow.generation import GenerationConfig
 from fractalflow.hardware import describe_device, resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
+WORST_LINES = 5
 
 
 def main() -> None:
@@ -40,16 +42,21 @@ def main() -> None:
     held_out = load_emoji(args.data, image_size=64, split="eval")
     rows = eval_rows(args.n, len(held_out))
     settings = EvalSettings(num_images=args.n, batch_size=64, generation=GenerationConfig(size=64))
-    results = {"real held-out images": seam_ratios(held_out.images[rows])}
+    real = held_out.images[rows]
+    results, worst = {"real held-out images": seam_ratios(real)}, {}
     for folder in args.models:
         pipeline = FractalFlowPipeline.from_pretrained(folder, device=device)
         images = generate_for_captions(pipeline, [held_out.captions[i] for i in rows], settings, progress=False)
         results[folder] = seam_ratios(images)
-    header = f"{'images':40s}" + "".join(f"{f'{p} px':>8s}" for p in PERIODS)
+        against_real = line_steps(images) / line_steps(real)  # (63,) at 64 px: line k at entry k - 1
+        order = against_real.argsort(descending=True)[:WORST_LINES]
+        worst[folder] = {int(k) + 1: round(float(against_real[k]), 3) for k in order}
+    header = f"{'images':40s}" + "".join(f"{f'{p} px':>8s}" for p in PERIODS) + "  worst lines (x real step)"
     print(header + "\n" + "-" * len(header))
     for name, ratios in results.items():
-        print(f"{name:40s}" + "".join(f"{ratios[p]:8.2f}" for p in PERIODS))
-    report = {"n": args.n, "hardware": describe_device(device), "ratios": results}
+        lines = ", ".join(f"{k}: {v:.2f}" for k, v in worst.get(name, {}).items())
+        print(f"{name:40s}" + "".join(f"{ratios[p]:8.2f}" for p in PERIODS) + f"  {lines}")
+    report = {"n": args.n, "hardware": describe_device(device), "ratios": results, "worst_lines": worst}
     atomic_write_text(Path(args.out), json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
 

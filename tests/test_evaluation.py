@@ -9,7 +9,7 @@ import torch
 from fractalflow import GenerationConfig
 from fractalflow.evaluation.frechet import feature_statistics, frechet_distance, frechet_distance_of_features
 from fractalflow.evaluation.manifold import precision_recall
-from fractalflow.evaluation.seams import seam_ratios
+from fractalflow.evaluation.seams import line_steps, seam_ratios
 
 
 def test_frechet_distance_matches_the_closed_form_for_known_gaussians():
@@ -276,3 +276,7 @@ def test_seam_ratios_are_one_without_a_grid_and_large_along_a_blocky_one():
     ratios = seam_ratios(blocks + 0.02 * noise)  # 8 px blocks: steps only at multiples of 8
     assert ratios[8] > 5 and ratios[16] > 5 and ratios[32] > 5
     assert 0.4 < ratios[4] / ratios[8] < 0.6  # half the lines at multiples of 4 are block edges
+    steps = line_steps(blocks)  # (63,): line k at entry k - 1
+    assert steps.shape == (63,) and torch.nonzero(steps).flatten().add(1).tolist() == list(range(8, 64, 8))
+    with pytest.raises(ValueError, match="square images, got \\(8, 16\\)"):
+        line_steps(noise[..., :8, :16])

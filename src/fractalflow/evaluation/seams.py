@@ -15,14 +15,22 @@ from torch import Tensor
 PERIODS = (4, 8, 16, 32)
 
 
-def seam_ratios(images: Tensor, periods: tuple[int, ...] = PERIODS, patch: int = 4) -> dict[int, float]:
-    """``images`` ``(N, C, H, W)``, uint8 or float: for each period, the mean step across lines at
-    its multiples over the mean step across lines that are no multiple of ``patch``."""
+def line_steps(images: Tensor) -> Tensor:
+    """``images`` ``(N, C, S, S)``, uint8 or float: ``(S - 1,)``, entry ``k - 1`` the mean absolute
+    step between neighbouring pixels across line ``k`` (between pixels ``k - 1`` and ``k``),
+    rows and columns together."""
+    if images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"line_steps needs square images, got {tuple(images.shape[-2:])}")
     x = images.float()
-    across_columns = (x[..., :, 1:] - x[..., :, :-1]).abs().mean(dim=(0, 1, 2))  # (W-1,): column j | j+1
-    across_rows = (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=(0, 1, 3))  # (H-1,): row i | i+1
-    steps = torch.cat([across_columns, across_rows])
-    # the line between pixels k and k+1 lies at position k+1
-    positions = torch.cat([torch.arange(1, x.shape[-1]), torch.arange(1, x.shape[-2])])
-    inside = steps[positions % patch != 0].mean()
-    return {period: float(steps[positions % period == 0].mean() / inside) for period in periods}
+    across_columns = (x[..., :, 1:] - x[..., :, :-1]).abs().mean(dim=(0, 1, 2))  # (S-1,)
+    across_rows = (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=(0, 1, 3))  # (S-1,)
+    return (across_columns + across_rows) / 2
+
+
+def seam_ratios(images: Tensor, periods: tuple[int, ...] = PERIODS, patch: int = 4) -> dict[int, float]:
+    """For each period, the mean step across lines at its multiples over the mean step across
+    lines that are no multiple of ``patch`` (:func:`line_steps`)."""
+    steps = line_steps(images)
+    lines = torch.arange(1, steps.shape[0] + 1)
+    inside = steps[lines % patch != 0].mean()
+    return {period: float(steps[lines % period == 0].mean() / inside) for period in periods}
