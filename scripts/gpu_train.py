@@ -11,7 +11,8 @@ packed MiniLM into a table on the GPU (``CaptionTable``), keeps the images and d
 on the GPU, measures the step time in a short probe to plan the learning-rate schedule for
 the budget, trains with bf16 autocast (and ``torch.compile``
 with ``--compile``), and writes to ``--out``: the EMA model in fp16 (``model/``, sharded
-below 16 MiB a file) and ``gpu_train.json`` (settings, loss curve, images/s, MFU, hardware).
+below 16 MiB a file) and ``gpu_train.json`` (settings, loss curve, images/s, MFU, how busy
+the GPU was, hardware).
 With ``--init`` it continues from a model folder (e.g. the shipped default) instead of from
 scratch, optionally adding split mixing (``--split-mixing``, at ``--added-layers-lr-scale``).
 The shipped default of stop 27 came from (one H100, 5 minutes in all):
@@ -26,8 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -57,6 +60,39 @@ def peak_tflops(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+class BusySampler:
+    """Reads ``torch.cuda.utilization()`` (NVML: the share of time a kernel ran) every
+    ``seconds`` in a thread while training runs. A low share means the host sets the pace.
+    ``samples`` stays empty without CUDA or NVML."""
+
+    def __init__(self, device: torch.device, seconds: float = 5.0):
+        self.device, self.seconds, self.samples = device, seconds, []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+
+    def sample(self) -> None:
+        while not self.stop.wait(self.seconds):
+            try:
+                self.samples.append(torch.cuda.utilization(self.device))
+            except Exception:  # no NVML bindings or no answer: sampling ends, never the run
+                return
+
+    def __enter__(self) -> BusySampler:
+        if self.device.type == "cuda":
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+    def report(self) -> dict | None:
+        if not self.samples:
+            return None
+        return {"median": statistics.median(self.samples), "samples": self.samples, "every_seconds": self.seconds}
 
 
 def train_config(args: argparse.Namespace, steps: int) -> TrainConfig:
@@ -172,7 +208,8 @@ def main() -> None:
     if args.max_steps:
         steps = min(steps, args.max_steps)
     trainer = build_trainer(args, steps, dataset, captions, work / "run")
-    summary = trainer.train(max_seconds=budget)
+    with BusySampler(device) as busy:
+        summary = trainer.train(max_seconds=budget)
     config = replace(trainer.model_config, trained_sizes=trainer.trained_sizes)
     save_model(trainer.ema.module, out / "model", torch.float16, max_shard_bytes=SHARD_BYTES, config=config)
 
@@ -192,6 +229,7 @@ def main() -> None:
         "train_tflops_per_s": achieved,
         "mfu": achieved / peak if peak else None,
         "peak_bf16_tflops": peak,
+        "gpu_busy_percent": busy.report(),
         "curve": trainer.history,
         "load_seconds": loaded,
         "total_seconds": time.perf_counter() - started,

@@ -1,10 +1,12 @@
 """The GPU pack and scripts/gpu_train.py: what a lent GPU machine (no network, no npm, no
 fractalflow install, torch + numpy + safetensors + tokenizers + Pillow only) needs works here first."""
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +109,7 @@ def test_gpu_train_runs_from_the_pack_without_what_the_gpu_machine_lacks(packed,
     assert report["summary"]["step"] == 6 and [p["step"] for p in report["curve"]] == [2, 4, 6]
     assert all(np.isfinite(p["loss"]) for p in report["curve"])
     assert report["train_images"] == len(load_emoji(root / "data", 64, split="train"))
-    assert report["mfu"] is None  # no peak known for a CPU
+    assert report["mfu"] is None and report["gpu_busy_percent"] is None  # no peak, no NVML for a CPU
     from fractalflow import FractalFlowPipeline
 
     model = tmp_path / "out" / "model"
@@ -116,3 +118,16 @@ def test_gpu_train_runs_from_the_pack_without_what_the_gpu_machine_lacks(packed,
     pipeline = FractalFlowPipeline.from_pretrained(model)
     image = pipeline.generate(["red heart"], steps=2, seed=0, size=32).images[0]
     assert image.size == (32, 32)
+
+
+def test_the_busy_sampler_reads_the_gpu_until_training_ends_and_survives_nvml_failing(monkeypatch):
+    spec = importlib.util.spec_from_file_location("gpu_train", REPO / "scripts" / "gpu_train.py")
+    gpu_train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_train)
+    readings = iter([40, 60, 50])
+    monkeypatch.setattr(torch.cuda, "utilization", lambda device: next(readings))  # then StopIteration
+    with gpu_train.BusySampler(torch.device("cuda"), seconds=0.01) as busy:
+        time.sleep(0.2)
+    assert not busy.thread.is_alive()
+    assert busy.report() == {"median": 50, "samples": [40, 60, 50], "every_seconds": 0.01}
+    assert gpu_train.BusySampler(torch.device("cpu")).report() is None
