@@ -48,8 +48,10 @@ class HDiTConfig(PeerConfig):
     mapping_width: int = 256
     mapping_depth: int = 2
     cross_attention_levels: int = 1
-    # FractalLevel reads it: k-diffusion's HDiT mixes nothing after a TokenSplit
+    # FractalLevel reads them: k-diffusion's HDiT mixes nothing after a TokenSplit, and its
+    # TokenSplit gives each child its own parent's projection
     split_mixing: str = "none"
+    token_split: str = "block"
 
     @property
     def num_levels(self) -> int:

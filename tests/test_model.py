@@ -7,7 +7,7 @@ import torch
 from conftest import randomize
 
 from fractalflow import Conditioning, FractalConfig, FractalTransformer, model_preset
-from fractalflow.model.transformer import FractalBlock
+from fractalflow.model.transformer import FractalBlock, bilinear_split_tokens, split_tokens
 
 
 def labels(*values):
@@ -285,3 +285,25 @@ def test_split_mixing_starts_as_the_network_without_it_and_then_mixes_across_tok
         mixed = mix(tokens)
     assert mixed[0, 2, 2].abs().sum() > 0  # its neighbour in the next coarse token now sees it
     assert mixed[0, 3, 3].abs().sum() == 0  # a 3x3 kernel reaches one token, no further
+
+
+def test_a_bilinear_split_blends_neighbouring_parents_and_is_the_block_split_on_flat_fields():
+    generator = torch.Generator().manual_seed(0)
+    per_position = torch.randn(2, 1, 1, 4 * 3, generator=generator)  # one projection per sub-position
+    flat = per_position.expand(2, 5, 6, 12)  # every parent alike
+    assert torch.allclose(bilinear_split_tokens(flat, 2), split_tokens(flat, 2), atol=1e-6)
+    parents = torch.randn(2, 5, 6, 12, generator=generator)
+    block, smooth = split_tokens(parents, 2), bilinear_split_tokens(parents, 2)
+    assert smooth.shape == block.shape == (2, 10, 12, 3)
+    # child (2, 3) sits at sub-position (0, 1) of parent (1, 1): 3/4 its parent, 1/4 the parent
+    # above, per axis; along x its other neighbour is parent (., 2)
+    sub = parents.view(2, 5, 6, 2, 2, 3)[:, :, :, 0, 1]  # (2, 5, 6, 3): the channels for sub-position (0, 1)
+    rows = 0.75 * sub[:, 1] + 0.25 * sub[:, 0]  # (2, 6, 3)
+    expected = 0.75 * rows[:, 1] + 0.25 * rows[:, 2]
+    torch.testing.assert_close(smooth[:, 2, 3], expected)
+
+    # steps across parent borders shrink: the block split's jumps are what seams are made of
+    def border_step(t):
+        return (t[:, 2::2] - t[:, 1:-1:2]).abs().mean()
+
+    assert border_step(smooth) < 0.7 * border_step(block)

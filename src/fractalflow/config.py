@@ -115,6 +115,7 @@ CHOICES = {
     "feed_forward": ("geglu", "gelu"),
     "prediction": ("velocity", "x0"),
     "split_mixing": ("none", "depthwise-conv"),
+    "token_split": ("block", "bilinear"),
 }
 
 
@@ -159,6 +160,10 @@ class FractalConfig(JsonConfig):
     # after each TokenSplit: nothing, or a zero-initialised residual 3x3 depthwise convolution
     # that lets a token see its neighbours across the border of the coarser token it came from
     split_mixing: str = "none"
+    # how a TokenSplit places its projections: each child takes its own parent's ("block"), or
+    # the bilinear blend of the neighbouring parents' projections for its sub-position
+    # ("bilinear": the same weights, no step at the parent's border)
+    token_split: str = "block"
 
     def __post_init__(self) -> None:
         problems = []

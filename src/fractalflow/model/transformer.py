@@ -22,6 +22,7 @@ References:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fractalflow.config import FractalConfig
@@ -45,6 +46,20 @@ def split_tokens(x: Tensor, factor: int) -> Tensor:
     channels = dim // (factor * factor)
     x = x.view(batch, h, w, factor, factor, channels).permute(0, 1, 3, 2, 4, 5)  # (B, h, f, w, f, C)
     return x.reshape(batch, h * factor, w * factor, channels)
+
+
+def bilinear_split_tokens(x: Tensor, factor: int) -> Tensor:
+    """As :func:`split_tokens`, but child token (Y, X) takes the bilinear blend, over the parents
+    around it, of the channels for its sub-position ``(Y % f, X % f)``: ``(B, h, w, f*f*C)`` ->
+    ``(B, h*f, w*f, C)``. Equal to :func:`split_tokens` where neighbouring parents are equal."""
+    batch, h, w, dim = x.shape
+    channels = dim // (factor * factor)
+    up = F.interpolate(x.permute(0, 3, 1, 2), scale_factor=factor, mode="bilinear", align_corners=False)
+    up = up.view(batch, factor, factor, channels, h, factor, w, factor)  # (B, fy, fx, C, h, sy, w, sx)
+    # keep sub-position (sy, sx) of the channels meant for it: fy == sy and fx == sx
+    picked = torch.stack([up[:, i, :, :, :, i] for i in range(factor)], dim=4)  # (B, fx, C, h, sy, w, sx)
+    picked = torch.stack([picked[:, j, :, :, :, :, j] for j in range(factor)], dim=5)  # (B, C, h, sy, w, sx)
+    return picked.reshape(batch, channels, h * factor, w * factor).permute(0, 2, 3, 1)  # (B, H, W, C)
 
 
 def patchify(x: Tensor, patch: int) -> Tensor:
@@ -129,14 +144,15 @@ class TokenMerge(nn.Module):
 class TokenSplit(nn.Module):
     """One inner token -> ``factor``×``factor`` tokens, blended with the skip by a learned factor."""
 
-    def __init__(self, inner_width: int, width: int, factor: int):
+    def __init__(self, inner_width: int, width: int, factor: int, placement: str = "block"):
         super().__init__()
         self.factor = factor
+        self.place = bilinear_split_tokens if placement == "bilinear" else split_tokens
         self.proj = nn.Linear(inner_width, width * factor * factor, bias=False)
         self.skip_blend = nn.Parameter(torch.tensor(0.5))
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        x = split_tokens(self.proj(x), self.factor)  # (B, h, w, inner) -> (B, h*f, w*f, width)
+        x = self.place(self.proj(x), self.factor)  # (B, h, w, inner) -> (B, h*f, w*f, width)
         return torch.lerp(skip, x, self.skip_blend.to(x.dtype))
 
 
@@ -188,7 +204,7 @@ class FractalLevel(nn.Module):
             inner_width = config.widths[index + 1]
             self.merge = TokenMerge(width, inner_width, config.merge_factor)
             self.inner = FractalLevel(config, index + 1, block)
-            self.split = TokenSplit(inner_width, width, config.merge_factor)
+            self.split = TokenSplit(inner_width, width, config.merge_factor, config.token_split)
             if config.split_mixing == "depthwise-conv":
                 self.mix = SplitMixing(width)
             self.up_blocks = blocks(depth)
