@@ -32,7 +32,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,15 +39,12 @@ sys.path.insert(0, str(REPO / "src"))
 
 import torch  # noqa: E402
 
-from fractalflow.config import CHOICES, FractalConfig, TrainConfig, model_preset  # noqa: E402
+from fractalflow.config import CHOICES, DEFAULT_MODEL_SHAPE, FractalConfig, TrainConfig, model_preset  # noqa: E402
 from fractalflow.data.pack import read_pack, unpack_text_encoder  # noqa: E402
 from fractalflow.model.text import CaptionTable, TextEncoder  # noqa: E402
-from fractalflow.model.weights import load_model, save_model  # noqa: E402
 from fractalflow.training import Trainer  # noqa: E402
-from fractalflow.training.trainer import training_flops_per_image  # noqa: E402
+from fractalflow.training.trainer import network_to_train, training_flops_per_image  # noqa: E402
 
-# patch 4, as scripts/train_default.py and the shipped model
-MODEL = dict(in_channels=3, cond_dim=384, cross_attention_levels=1, sample_size=64, patch_size=4)
 # dense bf16 peak of the GPUs we are lent, for MFU (NVIDIA's datasheets, without sparsity)
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 SHARD_BYTES = 15 * 2**20
@@ -112,19 +108,9 @@ def train_config(args: argparse.Namespace, steps: int) -> TrainConfig:
     )
 
 
-def model_config(args: argparse.Namespace) -> FractalConfig:
-    """The preset's network from scratch, else the --init folder's; with --split-mixing added."""
-    config = model_preset(args.preset, **MODEL)
-    if args.init:
-        config = replace(load_model(args.init).config, trained_sizes=())
-    if args.split_mixing:
-        config = replace(config, split_mixing=args.split_mixing)
-    return config
-
-
-def build_trainer(args, steps: int, dataset, captions: CaptionTable, out: Path) -> Trainer:
+def build_trainer(args, network: FractalConfig, steps: int, dataset, captions: CaptionTable, out: Path) -> Trainer:
     trainer = Trainer(
-        model_config(args),
+        network,
         train_config(args, steps),
         dataset,
         out,
@@ -184,9 +170,10 @@ def main() -> None:
     captions = CaptionTable(encoder, [c for variants in dataset.caption_variants for c in variants], device)
     loaded = time.perf_counter() - started
 
+    network = network_to_train(model_preset(args.preset, **DEFAULT_MODEL_SHAPE), args.init, args.split_mixing)
     probe_steps, warm_steps = 20, 10
     work = Path(tempfile.mkdtemp(prefix="gpu_train-"))  # logs of the trainers; only the results go to --out
-    probe = build_trainer(args, probe_steps + warm_steps, dataset, captions, work / "probe")
+    probe = build_trainer(args, network, probe_steps + warm_steps, dataset, captions, work / "probe")
     for _ in range(warm_steps):
         probe.train_step()
     if device.type == "cuda":
@@ -207,11 +194,10 @@ def main() -> None:
     steps = max(1, int(0.9 * budget / step_seconds))
     if args.max_steps:
         steps = min(steps, args.max_steps)
-    trainer = build_trainer(args, steps, dataset, captions, work / "run")
+    trainer = build_trainer(args, network, steps, dataset, captions, work / "run")
     with BusySampler(device) as busy:
         summary = trainer.train(max_seconds=budget)
-    config = replace(trainer.model_config, trained_sizes=trainer.trained_sizes)
-    save_model(trainer.ema.module, out / "model", torch.float16, max_shard_bytes=SHARD_BYTES, config=config)
+    trainer.export(out / "model", torch.float16, max_shard_bytes=SHARD_BYTES)
 
     flops = training_flops_per_image(trainer.ema.module, 64)
     peak = peak_tflops(device)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from fractalflow import FractalFlowPipeline, GenerationConfig, TrainConfig, model_preset
-from fractalflow.config import CHOICES
+from fractalflow.config import CHOICES, DEFAULT_MODEL_SHAPE
 from fractalflow.data.emoji import load_emoji, prepare
 from fractalflow.hardware import describe_device, resolve_device
 from fractalflow.inference.calibrate import CalibrationSettings, calibrate, training_captions, write_policies
@@ -35,6 +35,7 @@ from fractalflow.model.weights import load_model, save_model
 from fractalflow.monitoring.drift import PROMPT_REFERENCE_FILE
 from fractalflow.pipeline import default_model_folder
 from fractalflow.training import Trainer
+from fractalflow.training.trainer import network_to_train
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = TrainConfig(
@@ -48,9 +49,6 @@ TRAIN = TrainConfig(
     log_every=50,
     snapshot_minutes=(30, 60, 90, 120, 150, 180, 240, 300, 360),
 )
-# patch 4: at equal CPU minutes it recognised concepts better than patch 2 on the peers
-# benchmark (top-5 2.1x, recall 1.4x at 32 px) and samples 2.6x faster
-MODEL = dict(in_channels=3, cond_dim=384, cross_attention_levels=1, sample_size=64, patch_size=4)
 GRID_PROMPTS = [
     "red heart",
     "cat face, twemoji style",
@@ -129,11 +127,7 @@ def main() -> None:
         added_layers_lr_scale=args.added_layers_lr_scale,
     )
     train_config = TrainConfig(**{**TRAIN.to_dict(), **overrides})
-    model_config = model_preset(args.preset, **MODEL)
-    if args.init:
-        model_config = replace(load_model(args.init).config, trained_sizes=())
-    if args.split_mixing:
-        model_config = replace(model_config, split_mixing=args.split_mixing)
+    model_config = network_to_train(model_preset(args.preset, **DEFAULT_MODEL_SHAPE), args.init, args.split_mixing)
     trainer = Trainer(model_config, train_config, dataset, args.out, device=device, text_encoder=encoder)
     resumed_from = trainer.step if trainer.resume() else 0
     started = time.perf_counter()

@@ -17,7 +17,7 @@ from fractalflow.model.weights import load_model
 from fractalflow.monitoring import HealthSettings, TrainingHealth
 from fractalflow.training import Trainer
 from fractalflow.training.checkpoint import MANIFEST, CheckpointError, file_digest, list_checkpoints
-from fractalflow.training.trainer import TrainingDiverged
+from fractalflow.training.trainer import TrainingDiverged, network_to_train
 
 
 def digits(count):
@@ -290,6 +290,16 @@ def test_a_start_may_add_split_mixing_but_not_drop_it(tmp_path):
             tmp_path / "s",
             progress=False,
         )
+
+
+def test_the_network_to_train_is_the_init_folder_s_with_its_sizes_cleared_and_mixing_added(tmp_path):
+    make_trainer(tmp_path / "first", digits(32), steps=2, checkpoint_every=0).train()
+    saved = load_model(tmp_path / "first" / "model").config
+    fresh = model_preset("tiny", in_channels=1, widths=(48, 64))
+    assert network_to_train(fresh, None) == fresh
+    grown = network_to_train(fresh, str(tmp_path / "first" / "model"), "depthwise-conv")
+    assert saved.trained_sizes and grown.trained_sizes == ()
+    assert grown == dataclasses.replace(saved, trained_sizes=(), split_mixing="depthwise-conv")
 
 
 def test_a_rollback_lowers_every_group_s_rate_and_keeps_the_added_layers_multiple(tmp_path):

@@ -227,6 +227,15 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# what the default text-to-image model (scripts/train_default.py, scripts/gpu_train.py) adds
+# to a preset: RGB, MiniLM's 384-d text, cross-attention at the coarsest level, 64 px, and
+# patch 4: at equal CPU minutes it recognised concepts better than patch 2 on the peers
+# benchmark (top-5 2.1x, recall 1.4x at 32 px) and samples 2.6x faster
+DEFAULT_MODEL_SHAPE: dict[str, Any] = dict(
+    in_channels=3, cond_dim=384, cross_attention_levels=1, sample_size=64, patch_size=4
+)
+
+
 def model_preset(name: str, **overrides: Any) -> FractalConfig:
     """A named size preset (``tiny``, ``small``, ``base``) in the preset block design, with
     fields overridden."""

@@ -238,10 +238,11 @@ class CaptionTable:
     def encode(self, captions: list[str]) -> Conditioning:
         """Token features ``(B, L, width)`` (``L``: the longest of these captions) with ``mask``,
         and pooled vectors ``(B, width)``, on the table's device."""
-        missing = [caption for caption in captions if caption not in self.rows]
-        if missing:
-            raise KeyError(f"{len(missing)} captions are not in the table, e.g. {missing[0]!r}")
-        rows = torch.tensor([self.rows[caption] for caption in captions])
+        try:
+            rows = torch.tensor([self.rows[caption] for caption in captions])  # one lookup each, every step
+        except KeyError:
+            missing = [caption for caption in captions if caption not in self.rows]
+            raise KeyError(f"{len(missing)} captions are not in the table, e.g. {missing[0]!r}") from None
         length = int(self.lengths[rows].max())
         on_device = rows.to(self.device)
         return Conditioning(

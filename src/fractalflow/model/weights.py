@@ -26,6 +26,7 @@ from fractalflow.model.transformer import FractalTransformer
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 CONFIG_NAME = "config.json"
+MAX_SHARD_BYTES = 2 * 1024**3  # weights per safetensors file unless a caller asks for smaller
 DIGEST_KEY = "tensors_sha256"  # safetensors metadata: SHA-256 of the tensor bytes, keys in sorted order
 
 
@@ -59,7 +60,7 @@ def save_model(
     model: torch.nn.Module,
     folder: str | Path,
     dtype: torch.dtype | None = None,
-    max_shard_bytes: int = 2 * 1024**3,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
     config: JsonConfig | None = None,
 ) -> None:
     """Write ``model`` to ``folder`` (replaced as a whole), weights cast to ``dtype`` if given;

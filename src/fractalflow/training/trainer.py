@@ -26,7 +26,7 @@ from fractalflow.model.conditioning import Conditioning
 from fractalflow.model.flops import forward_flops
 from fractalflow.model.text import CaptionTable, TextEncoder
 from fractalflow.model.transformer import FractalTransformer
-from fractalflow.model.weights import load_model, save_model
+from fractalflow.model.weights import MAX_SHARD_BYTES, load_model, save_model
 from fractalflow.monitoring.health import HealthSettings, TrainingHealth
 from fractalflow.training.checkpoint import (
     CheckpointError,
@@ -83,6 +83,14 @@ def kind_weights(dataset: CaptionedImages, kinds: set[str]) -> dict[str, torch.T
             raise ValueError(f"a curriculum stage draws only {kind} images but the dataset has none")
         weights[kind] = base * mask
     return weights
+
+
+def network_to_train(fresh: FractalConfig, init: str | None, split_mixing: str | None = None) -> FractalConfig:
+    """The network a run trains: ``fresh`` from scratch, else the ``init`` folder's (its sizes
+    trained at cleared); with ``split_mixing`` where given, which :meth:`Trainer.start_from`
+    may add to an ``init`` network without it."""
+    config = replace(load_model(init).config, trained_sizes=()) if init else fresh
+    return replace(config, split_mixing=split_mixing) if split_mixing else config
 
 
 def training_flops_per_image(model: torch.nn.Module, image_size: int) -> float:
@@ -523,10 +531,10 @@ class Trainer:
         """Image sizes this run has trained at so far."""
         return self.sizes_until(self.curriculum.index if self.curriculum is not None else None)
 
-    def export(self, folder: Path, dtype: torch.dtype | None = None) -> None:
+    def export(self, folder: Path, dtype: torch.dtype | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
         """Write the EMA weights as a model folder (config.json with the sizes trained at, and
-        model.safetensors), or, for a LoRA run, as an adapter folder of the LoRA weights; by the
-        main process."""
+        safetensors shards of at most ``max_shard_bytes``), or, for a LoRA run, as an adapter
+        folder of the LoRA weights; by the main process."""
         if not self.processes.is_main:
             return
         if self.config.lora_rank:
@@ -535,7 +543,7 @@ class Trainer:
         config = self.model_config
         if isinstance(config, FractalConfig):
             config = replace(config, trained_sizes=self.trained_sizes)
-        save_model(self.ema.module, folder, dtype, config=config)
+        save_model(self.ema.module, folder, dtype, max_shard_bytes, config=config)
 
     @torch.no_grad()
     def sample_grid(self, steps: int = 20, guidance: float = 3.0) -> torch.Tensor:
