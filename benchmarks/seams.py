@@ -43,12 +43,13 @@ def main() -> None:
     rows = eval_rows(args.n, len(held_out))
     settings = EvalSettings(num_images=args.n, batch_size=64, generation=GenerationConfig(size=64))
     real = held_out.images[rows]
+    real_steps = line_steps(real)  # (63,) at 64 px: line k at entry k - 1
     results, worst = {"real held-out images": seam_ratios(real)}, {}
     for folder in args.models:
         pipeline = FractalFlowPipeline.from_pretrained(folder, device=device)
         images = generate_for_captions(pipeline, [held_out.captions[i] for i in rows], settings, progress=False)
         results[folder] = seam_ratios(images)
-        against_real = line_steps(images) / line_steps(real)  # (63,) at 64 px: line k at entry k - 1
+        against_real = line_steps(images) / real_steps
         order = against_real.argsort(descending=True)[:WORST_LINES]
         worst[folder] = {int(k) + 1: round(float(against_real[k]), 3) for k in order}
     header = f"{'images':40s}" + "".join(f"{f'{p} px':>8s}" for p in PERIODS) + "  worst lines (x real step)"
