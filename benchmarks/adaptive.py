@@ -1,7 +1,7 @@
 """AdaptiveDepth against full compute: wall-clock and quality of the calibrated policies, one run.
 
-The shipped model samples one image per held-out caption (Euler, 20 steps, guidance 3, the
-same seeds) under the ``cpu`` profile with early stopping (0.02), at 64 px (``standard``)
+The shipped model samples one image per held-out caption (its own sampling defaults, the same
+seeds) under the ``cpu`` profile with early stopping (0.02), at 64 px (``standard``)
 and at 128 px (``high``: refined from 64 px), with ``adaptive`` off, at each calibrated
 target (the model's ``adaptive.json``, from ``fractalflow calibrate`` on training captions)
 and, as the plain way to spend less, with fewer sampling steps. Each row has the
@@ -30,7 +30,6 @@ from fractalflow.evaluation.alignment import load_alignment_encoder
 from fractalflow.evaluation.concepts import asked_concept_images
 from fractalflow.evaluation.evaluate import EvalSettings, eval_rows, evaluate
 from fractalflow.files import atomic_write_text
-from fractalflow.generation import GenerationConfig
 from fractalflow.hardware import describe_device
 from fractalflow.inference import InferenceEngine
 
@@ -86,6 +85,7 @@ def main() -> None:
     if policies is None:
         raise SystemExit("the shipped model has no adaptive.json: run 'fractalflow calibrate' first")
     targets = sorted(policies.policies)
+    defaults = engine.pipeline.generation_config  # the model's sampling, as calibrate used it
     alignment = load_alignment_encoder()
     rows = []
     for resolution, count in (("standard", args.n), ("high", args.n_high)):
@@ -93,7 +93,7 @@ def main() -> None:
         held_out = load_emoji(args.data, image_size=size, split="eval")
         gallery = asked_concept_images(args.data, held_out, eval_rows(count, len(held_out)), size)
         for label, fields in cases(targets):
-            generation = GenerationConfig(resolution=resolution, early_stop=EARLY_STOP, **fields)
+            generation = defaults.merged(resolution=resolution, early_stop=EARLY_STOP, **fields)
             settings = EvalSettings(num_images=count, batch_size=32, generation=generation)
             print(f"== {size} px, {label}", flush=True)
             seconds = latency(engine, settings)

@@ -1,7 +1,7 @@
 """Do colour words act? "<colour> heart" for six colours, eight seeds each, per model.
 
 An image counts when the median hue of its saturated, not-dark pixels falls in the asked
-colour's hue range. Prints a table and writes ``results/colour-words.json``.
+colour's hue range. Prints a table and writes ``results/colour-words.json`` (or ``--out``).
 
     python benchmarks/colour_words.py runs/default-p4/snapshots/final-222min src/fractalflow/weights/default
 """
@@ -43,7 +43,8 @@ def shows(image, colour: str) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("models", nargs="+", help="model folders")
+    parser.add_argument("models", nargs="+", help="model folders (each sampled with its own defaults, 20 steps)")
+    parser.add_argument("--out", default=str(RESULTS / "colour-words.json"), help="JSON file to write")
     args = parser.parse_args()
     rows = []
     for folder in args.models:
@@ -52,10 +53,12 @@ def main() -> None:
         for colour in HUES:
             images = pipeline.generate([f"{colour} heart"] * len(SEEDS), seeds=SEEDS, steps=20).images
             counts[colour] = sum(shows(image, colour) for image in images)
-        rows.append({"model": folder, "counts": counts, "total": sum(counts.values()), "of": len(SEEDS) * len(HUES)})
+        sampling = pipeline.generation_config.merged(steps=20).describe()
+        rows.append({"model": folder, "sampling": sampling, "counts": counts, "total": sum(counts.values())})
+        rows[-1]["of"] = len(SEEDS) * len(HUES)
         print(f"{folder:50s} {counts} {rows[-1]['total']} of {rows[-1]['of']}", flush=True)
-    payload = {"seeds": SEEDS, "steps": 20, "guidance": 3.0, "hardware": describe_device("cpu"), "rows": rows}
-    atomic_write_text(RESULTS / "colour-words.json", json.dumps(payload, indent=2) + "\n")
+    payload = {"seeds": SEEDS, "hardware": describe_device("cpu"), "rows": rows}
+    atomic_write_text(Path(args.out), json.dumps(payload, indent=2) + "\n")
 
 
 if __name__ == "__main__":

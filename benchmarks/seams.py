@@ -1,7 +1,8 @@
 """Seams on the token grid: generated images against real held-out ones.
 
 For each model folder, one image per held-out caption (spread over the split as
-``fractalflow eval`` spreads them; seed i for image i; 20 Euler steps, guidance 3, 64 px),
+``fractalflow eval`` spreads them; seed i for image i; 20 steps at 64 px with the folder's
+own sampling defaults, its generation_config.json: what the model draws for a user),
 then :func:`fractalflow.evaluation.seams.seam_ratios`: the mean step between neighbouring
 pixels across lines at multiples of 4, 8, 16 and 32 px, over the mean step inside a 4 px patch.
 Real held-out images are measured alike; a ratio near theirs means no visible grid. Also the
@@ -41,12 +42,13 @@ def main() -> None:
     device = resolve_device(args.device)
     held_out = load_emoji(args.data, image_size=64, split="eval")
     rows = eval_rows(args.n, len(held_out))
-    settings = EvalSettings(num_images=args.n, batch_size=64, generation=GenerationConfig(size=64))
     real = held_out.images[rows]
     real_steps = line_steps(real)  # (63,) at 64 px: line k at entry k - 1
     results, worst = {"real held-out images": seam_ratios(real)}, {}
     for folder in args.models:
         pipeline = FractalFlowPipeline.from_pretrained(folder, device=device)
+        sampling = GenerationConfig.for_model(folder).merged(size=64, steps=20)
+        settings = EvalSettings(num_images=args.n, batch_size=64, generation=sampling)
         images = generate_for_captions(pipeline, [held_out.captions[i] for i in rows], settings, progress=False)
         results[folder] = seam_ratios(images)
         against_real = line_steps(images) / real_steps

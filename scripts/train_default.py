@@ -147,17 +147,18 @@ def main() -> None:
 
 def install(model: torch.nn.Module, device: torch.device, data: str) -> None:
     """Write ``model`` as fp16 into the package as the default model (keeping its hand-written
-    card and its prompt reference), calibrate its step caching (``adaptive.json``, on training captions of ``data``)
-    and redraw the card's sample grids."""
+    card, its prompt reference and its measured sampling defaults), calibrate its step caching
+    (``adaptive.json``, on training captions of ``data``) and redraw the card's sample grids."""
     target = default_model_folder()
     card = target / "MODEL_CARD.md"
     card_text = card.read_text() if card.is_file() else None
     reference = target / PROMPT_REFERENCE_FILE  # built from the training captions, not the weights: kept
     reference_bytes = reference.read_bytes() if reference.is_file() else None
+    sampling = GenerationConfig.for_model(target)  # chosen by benchmarks/guidance.py, kept for the new weights
     # snapshots exported before FractalConfig recorded the sizes trained at: this run trains at 64 px
     config = replace(model.config, trained_sizes=model.config.trained_sizes or (TRAIN.image_size,))
     save_model(model, target, torch.float16, config=config)
-    GenerationConfig().save(target)  # the library's sampling defaults, stated in the folder
+    sampling.save(target)
     if card_text is not None:
         card.write_text(card_text)
     if reference_bytes is not None:

@@ -124,3 +124,29 @@ def test_guidance_extrapolates_from_unconditional_to_conditional(guidance):
     expected = guidance * torch.tensor([2.0, 4.0])
     torch.testing.assert_close(out[:, 0], expected)
     assert not math.isnan(out.sum().item())
+
+
+def test_guidance_interval_guides_only_inside_it_with_one_forward_outside():
+    class Counting(LabelScale):
+        batches: list[int] = []
+
+        def forward(self, x, t, cond, drop=None):
+            self.batches.append(x.shape[0])
+            return super().forward(x, t, cond, drop)
+
+    model = Counting()
+    velocity = guided_velocity(model, Conditioning(labels=torch.tensor([1, 3])), 2.5, interval=(0.3, 0.8))
+    x = torch.zeros(2, 2)
+    guided, inside_edge = velocity(x, torch.full((2,), 0.5)), velocity(x, torch.full((2,), 0.3))
+    plain_late, plain_early = velocity(x, torch.full((2,), 0.1)), velocity(x, torch.full((2,), 0.9))
+    torch.testing.assert_close(guided[:, 0], torch.tensor([5.0, 10.0]))
+    torch.testing.assert_close(inside_edge, guided)
+    for plain in (plain_late, plain_early):  # the conditional model alone: label + 1
+        torch.testing.assert_close(plain[:, 0], torch.tensor([2.0, 4.0]))
+    assert model.batches == [4, 4, 2, 2]
+
+
+@pytest.mark.parametrize("interval", [(0.5, 0.5), (0.6, 0.2), (-0.1, 1.0), (0.0, 1.5)])
+def test_guidance_interval_must_be_increasing_within_zero_one(interval):
+    with pytest.raises(ValueError, match="low < high"):
+        guided_velocity(LabelScale(), Conditioning(labels=torch.tensor([1])), 2.0, interval=interval)

@@ -33,6 +33,8 @@ SETTINGS = [f.name for f in dataclasses.fields(GenerationConfig)]
         ({"scales": (1.0, 0.5)}, "must be positive, finite and strictly increasing"),
         ({"scales": tuple(float(i) for i in range(1, 10))}, "give 1 to 8 scales"),
         ({"adaptive": "fast"}, "adaptive='fast': allowed are 'off', 'auto'"),
+        ({"guidance_interval": (0.8, 0.2)}, "guidance_interval=(0.8, 0.2): give low:high with 0 <= low < high <= 1"),
+        ({"guidance_interval": (0.0, float("inf"))}, "give low:high with 0 <= low < high <= 1"),
     ],
 )
 def test_each_bad_setting_gets_one_line_naming_it_and_what_is_allowed(values, message):

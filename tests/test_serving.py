@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import json
+import os
 import re
 import signal
 import socket
@@ -16,13 +17,14 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from fractalflow import FractalFlowPipeline
+from fractalflow import FractalFlowPipeline, GenerationConfig
 from fractalflow.inference import PROFILES, InferenceEngine
 from fractalflow.model.adaptive import AdaptivePolicies, CacheSettings
 from fractalflow.serving import ServerConfig, create_app
@@ -465,3 +467,33 @@ def test_without_a_browser_model_the_files_are_404_and_a_bad_folder_is_refused_a
         assert missing.status_code == 404 and "browser_model" in missing.json()["detail"]
     with pytest.raises(ValueError, match="not an ONNX export \\(missing onnx_export.json"):
         create_app(ServerConfig(browser_model=str(tmp_path)), engine_for(pipeline))
+
+
+OPENAPI_FIXTURE = Path(__file__).parents[1] / "web/tests/fixtures/openapi-generate.json"
+
+
+def generate_request_document(client) -> dict:
+    """The parts of the server's OpenAPI document that the web UI reads its form's defaults
+    from: POST /v1/generate and the request schema it references."""
+    document = client.get("/openapi.json").json()
+    body = document["paths"]["/v1/generate"]["post"]["requestBody"]
+    name = body["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+    return {
+        "paths": {"/v1/generate": {"post": {"requestBody": body}}},
+        "components": {"schemas": {name: document["components"]["schemas"][name]}},
+    }
+
+
+def test_the_request_schema_states_the_served_models_sampling_defaults_as_the_ui_reads_them(tiny_model_folder):
+    pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    pipeline.generation_config = GenerationConfig(steps=7, guidance=4.5, guidance_interval=(0.5, 1.0), early_stop=0.05)
+    with TestClient(create_app(ServerConfig(), engine_for(pipeline))) as client:
+        document = generate_request_document(client)
+    (schema,) = document["components"]["schemas"].values()
+    defaults = {name: schema["properties"][name]["default"] for name in ("steps", "guidance", "early_stop")}
+    assert defaults == {"steps": 7, "guidance": 4.5, "early_stop": 0.05}
+    assert "guidance_interval" not in schema["properties"]  # the model's own, as its card measured it
+    # web/tests/api.test.ts reads this copy: FRACTALFLOW_UPDATE_FIXTURES=1 rewrites it when the layout changes
+    if os.environ.get("FRACTALFLOW_UPDATE_FIXTURES"):
+        OPENAPI_FIXTURE.write_text(json.dumps(document, indent=2) + "\n")
+    assert json.loads(OPENAPI_FIXTURE.read_text()) == document, f"{OPENAPI_FIXTURE} is out of date"

@@ -88,6 +88,14 @@ def _adaptive(text: str) -> str | float:
         raise argparse.ArgumentTypeError(f"{text!r}: give off, auto or a speed-up such as 2") from None
 
 
+def _interval(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give two flow times low:high, e.g. 0.3:1") from None
+    return low, high
+
+
 def _name_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -103,6 +111,7 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
 
     parse = {
         "scales": _scale_list,
+        "guidance_interval": _interval,
         "adaptive": _adaptive,
         "resolution": _resolution,
         "sampler": str,
@@ -161,6 +170,18 @@ def _add_history_command(commands) -> None:
         type=float,
         default=0.05,
         help="smallest relative change (in the bad direction) that counts as a regression (default: 0.05)",
+    )
+    history.add_argument(
+        "--min-paired-change",
+        type=float,
+        default=0.02,
+        help="the same for per-image eval values, paired by seed, which carry no machine noise (default: 0.02)",
+    )
+    history.add_argument(
+        "--max-baseline-drift",
+        type=float,
+        default=0.10,
+        help="a timing whose baseline runs differ by more than this (relative) is not judged (default: 0.1)",
     )
     history.add_argument(
         "--baseline-runs", type=int, default=5, help="earlier comparable runs to check against (default: 5)"
@@ -294,8 +315,8 @@ def _add_calibrate_command(commands) -> None:
     calibrate.add_argument(
         "--auto", type=_adaptive, default=1.5, help="the target adaptive=auto uses, or off (default: 1.5)"
     )
-    calibrate.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
-    calibrate.add_argument("--guidance", type=float, default=3.0, help="guidance scale (default: 3)")
+    calibrate.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    calibrate.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     calibrate.add_argument(
         "--out", default=None, help="folder to write adaptive.json into (default: the model's folder)"
     )
@@ -399,10 +420,11 @@ def _add_tune_command(commands) -> None:
     tune = commands.add_parser(
         "tune",
         help="search sampling settings for speed and quality (Optuna)",
-        description="Multi-objective search (seconds per image, FD-EffNetL0) over steps, guidance, sampler, early "
-        "stop and step caching, on training captions only; the first trial is the model's defaults. Writes every "
-        "trial, the Pareto front and the chosen config (the fastest within --fd-tolerance of the defaults' FD) as "
-        "JSON and the front as SVG; --write stores the chosen config as the model's generation_config.json.",
+        description="Multi-objective search (seconds per image, FD-EffNetL0) over steps, guidance and where it "
+        "stops, sampler, early stop and step caching, on training captions only; the first trial is the model's "
+        "defaults. Writes every trial, the Pareto front and the chosen config (the fastest within --fd-tolerance "
+        "of the defaults' FD) as JSON and the front as SVG; --write stores the chosen config as the model's "
+        "generation_config.json.",
     )
     tune.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     tune.add_argument("--data", default="data/emoji", help="prepared emoji folder (default: data/emoji)")
@@ -644,6 +666,7 @@ def run_eval(args: argparse.Namespace) -> None:
     from fractalflow.evaluation.concepts import asked_concept_images
     from fractalflow.evaluation.evaluate import EvalSettings, eval_rows, evaluate
     from fractalflow.files import atomic_write_text
+    from fractalflow.monitoring.selfopt import eval_samples
 
     pipeline = _load_pipeline(args.model, args.adapter)
     settings = EvalSettings(
@@ -679,7 +702,7 @@ def run_eval(args: argparse.Namespace) -> None:
     name = "fashion-mnist" if data == "fashion-mnist" else Path(data).name
     out = Path(args.out or f"benchmarks/results/eval-{name}-{report['model_sha256'][:10]}.json")
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
-    samples = {"fd_effnet_l0": report["fd_resampled"]} if report["fd_resampled"] else {}
+    samples = eval_samples(report)
     _record(
         args,
         kind="eval",
@@ -812,7 +835,13 @@ def run_history(args: argparse.Namespace) -> int:
         return 0
     if len(args.runs) > 1:
         raise UsageError("history check takes at most one run id (default: the newest run)")
-    settings = CheckSettings(alpha=args.alpha, min_change=args.min_change, baseline_runs=args.baseline_runs)
+    settings = CheckSettings(
+        alpha=args.alpha,
+        min_change=args.min_change,
+        min_paired_change=args.min_paired_change,
+        max_baseline_drift=args.max_baseline_drift,
+        baseline_runs=args.baseline_runs,
+    )
     newest = history.runs(args.kind, 1)
     if not args.runs and not newest:
         raise UsageError(f"no runs recorded in {history.path}")
@@ -829,7 +858,13 @@ def run_history(args: argparse.Namespace) -> int:
     if not findings:
         print("  no metric with repeated samples in both to test")
     regressed = [f.metric for f in findings if f.regressed]
-    print(f"regression in {', '.join(regressed)}" if regressed else "no regression")
+    unsure = [f.metric for f in findings if f.inconclusive]
+    if regressed:
+        print(f"regression in {', '.join(regressed)}")
+    elif unsure:
+        print(f"no regression found; {', '.join(unsure)} cannot be judged: measure again on a steadier machine")
+    else:
+        print("no regression")
     return 1 if regressed else 0
 
 

@@ -304,7 +304,7 @@ class FractalFlowPipeline:
             warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
             # a preview is a copy to the CPU every step (a device sync on a GPU): only when someone listens
             listener = on_event if callback is not None or progress else None
-            velocity = guided_velocity(self.model, cond, config.guidance)
+            velocity = guided_velocity(self.model, cond, config.guidance, config.guidance_interval)
             sampled, report = refiner.run(velocity, noise, listener, caching.exact_since_last_asked)
         images = postprocess(sampled, config.postprocess)
         bar.close()

@@ -9,7 +9,7 @@ import { spawn } from "node:child_process";
 import { createServer } from "node:net";
 import path from "node:path";
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -161,7 +161,12 @@ test("generate on this device: no request to /v1/generate, the pipeline's image"
   const device = page.getByLabel("run on").locator("option[value=device]");
   await page.waitForFunction((option) => !option.disabled, await device.elementHandle(), { timeout: 10_000 });
   await page.getByLabel("run on").selectOption("device");
-  const [prompt, seed, steps, guidance] = ["red heart", 5, 8, 3];
+  const [prompt, seed, steps] = ["red heart", 5, 8];
+  // the form starts from the served model's defaults (its generation_config.json), not the UI's own
+  const modelDefaults = JSON.parse(readFileSync(path.join(repo, "src/fractalflow/weights/default/generation_config.json"), "utf8"));
+  await page.waitForFunction((wanted) => document.querySelector("input[aria-label=guidance]")?.value === String(wanted),
+    modelDefaults.guidance, { timeout: 10_000 });
+  const guidance = Number(await page.getByLabel("guidance").inputValue());
   await page.getByLabel("prompt").fill(prompt);
   await page.getByLabel("seed").fill(String(seed));
   await page.getByLabel("steps").fill(String(steps));

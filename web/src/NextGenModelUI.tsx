@@ -1,5 +1,5 @@
 import { type CSSProperties, type FormEvent, useCallback, useEffect, useReducer, useRef, useState } from "react";
-import { cancelJob, createJob, followEvents, type GenerateSettings, offersBrowserModel } from "./api";
+import { cancelJob, createJob, followEvents, type GenerateSettings, offersBrowserModel, servedDefaults } from "./api";
 import { absoluteUrl, healthWarning, type JobEvent, initialState, isFinal, madeBy, uiReducer } from "./events";
 import type { LocalGenerator } from "./local/generator";
 
@@ -41,6 +41,11 @@ export function NextGenModelUI({ serverUrl, onImageGenerated, styles = {}, apiKe
     seed: null,
     early_stop: 0.02,
   });
+  const edited = useRef(false); // once the user has changed a setting, the server's defaults no longer replace it
+  const edit = (next: GenerateSettings) => {
+    edited.current = true;
+    setSettings(next);
+  };
   const [runOn, setRunOn] = useState<RunOn>("server");
   const [deviceOffered, setDeviceOffered] = useState(false);
   const listening = useRef<AbortController | null>(null);
@@ -56,6 +61,10 @@ export function NextGenModelUI({ serverUrl, onImageGenerated, styles = {}, apiKe
   useEffect(() => {
     let current = true;
     offersBrowserModel(serverUrl, apiKey).then((offered) => current && setDeviceOffered(offered));
+    // the form starts from the served model's defaults (its generation_config.json)
+    servedDefaults(serverUrl, apiKey).then(
+      (defaults) => current && !edited.current && setSettings((s) => ({ ...s, ...defaults })),
+    );
     return () => {
       current = false;
     };
@@ -130,7 +139,7 @@ export function NextGenModelUI({ serverUrl, onImageGenerated, styles = {}, apiKe
   }
 
   const number = (key: "steps" | "guidance") => (e: { target: { value: string } }) =>
-    setSettings({ ...settings, [key]: Number(e.target.value) });
+    edit({ ...settings, [key]: Number(e.target.value) });
   const job = state.job;
   const percent = job && job.total ? Math.round((100 * job.step) / job.total) : 0;
 
@@ -143,7 +152,7 @@ export function NextGenModelUI({ serverUrl, onImageGenerated, styles = {}, apiKe
             aria-label="prompt"
             value={settings.prompt}
             placeholder="red heart"
-            onChange={(e) => setSettings({ ...settings, prompt: e.target.value })}
+            onChange={(e) => edit({ ...settings, prompt: e.target.value })}
             style={{ display: "block", width: 280 }}
           />
         </label>
@@ -168,7 +177,7 @@ export function NextGenModelUI({ serverUrl, onImageGenerated, styles = {}, apiKe
             aria-label="resolution"
             disabled={runOn === "device"}
             value={settings.resolution}
-            onChange={(e) => setSettings({ ...settings, resolution: e.target.value })}
+            onChange={(e) => edit({ ...settings, resolution: e.target.value })}
             style={{ display: "block" }}
           >
             {RESOLUTIONS.map((name) => (
@@ -194,7 +203,7 @@ export function NextGenModelUI({ serverUrl, onImageGenerated, styles = {}, apiKe
             min={0}
             placeholder="random"
             value={settings.seed ?? ""}
-            onChange={(e) => setSettings({ ...settings, seed: e.target.value === "" ? null : Number(e.target.value) })}
+            onChange={(e) => edit({ ...settings, seed: e.target.value === "" ? null : Number(e.target.value) })}
             style={{ display: "block", width: 80 }}
           />
         </label>

@@ -96,6 +96,36 @@ export async function followEvents(
 }
 
 /** Whether the server hands out an ONNX export for generation on this device (`/v1/browser/`). */
+/** The sampling settings a form shows, as far as the served model sets their defaults. */
+export type SamplingDefaults = Partial<Pick<GenerateSettings, "steps" | "guidance" | "early_stop">>;
+
+/**
+ * The defaults of `POST /v1/generate`'s request body in an OpenAPI document: the server derives
+ * them from the served model's generation_config.json, so a form that starts from them draws
+ * what the model's card describes. Settings the document does not state are left out.
+ */
+export function requestDefaults(openapi: any): SamplingDefaults {
+  const body = openapi?.paths?.["/v1/generate"]?.post?.requestBody?.content?.["application/json"]?.schema;
+  const name = typeof body?.$ref === "string" ? body.$ref.split("/").pop() : undefined;
+  const properties = (name ? openapi?.components?.schemas?.[name] : body)?.properties ?? {};
+  const defaults: SamplingDefaults = {};
+  for (const key of ["steps", "guidance", "early_stop"] as const) {
+    const value = properties[key]?.default;
+    if (typeof value === "number" && Number.isFinite(value)) defaults[key] = value;
+  }
+  return defaults;
+}
+
+/** The served model's sampling defaults (`requestDefaults` of the server's /openapi.json); none when it cannot say. */
+export async function servedDefaults(serverUrl: string, apiKey?: string): Promise<SamplingDefaults> {
+  try {
+    const response = await fetch(absoluteUrl(serverUrl, "openapi.json"), { headers: headers(apiKey) });
+    return response.ok ? requestDefaults(await response.json()) : {};
+  } catch {
+    return {};
+  }
+}
+
 export async function offersBrowserModel(serverUrl: string, apiKey?: string): Promise<boolean> {
   try {
     const response = await fetch(absoluteUrl(serverUrl, "v1/browser/onnx_export.json"), { headers: headers(apiKey) });

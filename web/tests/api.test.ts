@@ -1,5 +1,6 @@
+import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { parseEventStream } from "../src/api";
+import { parseEventStream, requestDefaults } from "../src/api";
 
 describe("parseEventStream", () => {
   it("returns the data of complete events and keeps an unfinished one for the next chunk", () => {
@@ -12,5 +13,20 @@ describe("parseEventStream", () => {
   it("joins multi-line data, accepts CRLF line ends and skips events without data", () => {
     const text = "data: a\r\ndata: b\r\n\r\n: a comment\n\nevent: ping\n\n";
     expect(parseEventStream(text)).toEqual({ data: ["a\nb"], rest: "" });
+  });
+});
+
+describe("requestDefaults", () => {
+  it("reads the served model's sampling defaults from the server's OpenAPI document", () => {
+    // checked by tests/test_serving.py against a server whose model sets steps 7, guidance 4.5, early stop 0.05
+    const openapi = JSON.parse(readFileSync(new URL("./fixtures/openapi-generate.json", import.meta.url), "utf8"));
+    expect(requestDefaults(openapi)).toEqual({ steps: 7, guidance: 4.5, early_stop: 0.05 });
+  });
+
+  it("leaves out what a document does not state", () => {
+    expect(requestDefaults({})).toEqual({});
+    const inline = { paths: { "/v1/generate": { post: { requestBody: { content: { "application/json": {
+      schema: { properties: { steps: { default: 12 }, guidance: { default: "high" } } } } } } } } } };
+    expect(requestDefaults(inline)).toEqual({ steps: 12 });
   });
 });

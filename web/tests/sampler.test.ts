@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { eulerStep, guide, sample, seededNoise, timeGrid, toRgba } from "../src/local/sampler";
+import { eulerStep, guide, guidedAt, sample, seededNoise, timeGrid, toRgba } from "../src/local/sampler";
 
 describe("the browser sampler", () => {
   it("steps on an even grid from 1 to 0, as the pipeline's plain path", () => {
@@ -31,6 +31,12 @@ describe("the browser sampler", () => {
     expect(Array.from(guide(cond, uncond, 1))).toEqual([1, 2]);
     expect(Array.from(guide(cond, uncond, 0))).toEqual([0, 4]);
     expect(Array.from(guide(cond, uncond, 3))).toEqual([3, -2]);
+  });
+
+  it("guides within the model's guidance interval only, ends included, and everywhere without one", () => {
+    const interval: [number, number] = [0.5, 1];
+    expect([1, 0.75, 0.5, 0.25, 0].map((t) => guidedAt(t, interval))).toEqual([true, true, true, false, false]);
+    expect([1, 0.5, 0].map((t) => guidedAt(t, null))).toEqual([true, true, true]);
   });
 
   it("stops when cancelled", async () => {

@@ -2,7 +2,8 @@
 
 :class:`OnnxGenerator` follows the torch pipeline's plain path step for step (one scale at
 the exported size, Euler steps from t = 1 to 0 on an even grid, classifier-free guidance with
-the conditional and null rows in one batch), so with the same noise it draws the same image;
+the conditional and null rows in one batch, within the model's guidance interval), so with
+the same noise it draws the same image;
 the browser's generator is written after it.
 """
 
@@ -53,22 +54,20 @@ class OnnxGenerator:
         tokens, pooled = self.text_encoder.run(None, {"ids": ids, "mask": mask})
         return {"pooled": pooled, "tokens": tokens * mask[..., None], "mask": mask}
 
-    def velocity(self, text: dict[str, np.ndarray], guidance: float):
-        """``v(x, t)``, guided: conditional and null rows in one batch unless ``guidance`` is 1. The text
-        feeds (doubled for guidance) are built once here, not at every step."""
+    def velocity(self, text: dict[str, np.ndarray], guidance: float, interval: tuple[float, float] | None = None):
+        """``v(x, t)``, guided: conditional and null rows in one batch unless ``guidance`` is 1, or
+        ``t`` is outside the guidance ``interval`` (then the conditional rows alone). The text
+        feeds are built once here, not at every step."""
         batch = len(text["pooled"])
-        if guidance == 1.0:
-            fixed, rows = {**text, "drop": np.zeros(batch, dtype=bool)}, 1
-        else:
-            fixed = {name: np.concatenate([value, value]) for name, value in text.items()}
-            fixed["drop"], rows = np.arange(2 * batch) >= batch, 2
+        single = {**text, "drop": np.zeros(batch, dtype=bool)}
+        doubled = {name: np.concatenate([value, value]) for name, value in text.items()}
+        doubled["drop"] = np.arange(2 * batch) >= batch
 
         def velocity(x: np.ndarray, t: float) -> np.ndarray:
-            times = np.full(rows * batch, t, dtype=np.float32)
-            both = x if rows == 1 else np.concatenate([x, x])
-            out = self.transformer.run(None, {**fixed, "x": both, "t": times})[0]
-            if rows == 1:
-                return out
+            if guidance == 1.0 or (interval is not None and not interval[0] <= t <= interval[1]):
+                return self.transformer.run(None, {**single, "x": x, "t": np.full(batch, t, dtype=np.float32)})[0]
+            times = np.full(2 * batch, t, dtype=np.float32)
+            out = self.transformer.run(None, {**doubled, "x": np.concatenate([x, x]), "t": times})[0]
             conditional, unconditional = np.split(out, 2)
             return unconditional + guidance * (conditional - unconditional)
 
@@ -82,7 +81,7 @@ class OnnxGenerator:
         expected = (len(prompts), self.transformer.get_inputs()[0].shape[1], self.size, self.size)
         if noise.shape != expected:
             raise ValueError(f"noise of shape {noise.shape}: this export takes {expected} for {len(prompts)} prompt(s)")
-        velocity = self.velocity(self.encode(prompts), guidance)
+        velocity = self.velocity(self.encode(prompts), guidance, self.defaults.guidance_interval)
         times = np.linspace(1.0, 0.0, steps + 1, dtype=np.float32)
         x = noise.astype(np.float32)
         for t, t_next in zip(times[:-1], times[1:]):

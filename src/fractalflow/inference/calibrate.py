@@ -35,13 +35,14 @@ from fractalflow.pipeline import FractalFlowPipeline
 
 @dataclass(frozen=True)
 class CalibrationSettings(JsonConfig):
-    """``captions`` training captions drawn with ``steps`` Euler steps at ``guidance`` (image
-    ``i`` with seed ``seed + i``), ``batch_size`` at a time; ``targets``: the speed-ups to
+    """``captions`` training captions drawn with ``steps`` steps at ``guidance`` (None: the
+    model's sampling defaults, its guidance interval included; image ``i`` with seed
+    ``seed + i``), ``batch_size`` at a time; ``targets``: the speed-ups to
     find settings for; ``auto``: the target ``adaptive="auto"`` uses (None: auto stays off)."""
 
     captions: int = 64
-    steps: int = 20
-    guidance: float = 3.0
+    steps: int | None = None
+    guidance: float | None = None
     seed: int = 0
     batch_size: int = 32
     targets: tuple[float, ...] = (1.5, 2.0, 3.0)
@@ -52,8 +53,13 @@ class CalibrationSettings(JsonConfig):
             "CalibrationSettings",
             [
                 ("captions", self.captions, "from 2 to 4096", 2 <= self.captions <= 4096),
-                ("steps", self.steps, f"from 2 to {MAX_STEPS}", 2 <= self.steps <= MAX_STEPS),
-                ("guidance", self.guidance, f"from 0 to {MAX_GUIDANCE}", 0 <= self.guidance <= MAX_GUIDANCE),
+                ("steps", self.steps, f"from 2 to {MAX_STEPS}", self.steps is None or 2 <= self.steps <= MAX_STEPS),
+                (
+                    "guidance",
+                    self.guidance,
+                    f"from 0 to {MAX_GUIDANCE}",
+                    self.guidance is None or 0 <= self.guidance <= MAX_GUIDANCE,
+                ),
                 ("batch_size", self.batch_size, "from 1 to 1024", 1 <= self.batch_size <= 1024),
                 (
                     "targets",

@@ -18,8 +18,9 @@ from fractalflow.serving.config import ServerConfig
 JobState = Literal["queued", "running", "done", "error", "cancelled"]
 
 
-# the GenerationConfig fields a request may set; the others (size, scales, upscale_strength)
-# keep the served model's defaults: the server draws at named resolutions or pixel sizes
+# the GenerationConfig fields a request may set; the others keep the served model's defaults:
+# the server draws at named resolutions or pixel sizes (not size, scales, upscale_strength),
+# and guidance_interval's rule (low < high) is one a JSON schema cannot state
 SERVED_SETTINGS = ("resolution", "steps", "guidance", "early_stop", "sampler", "postprocess", "adaptive")
 
 

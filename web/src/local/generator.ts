@@ -5,7 +5,7 @@
 import type { InferenceSession, Tensor } from "onnxruntime-web";
 import { headers } from "../api";
 import type { JobEvent } from "../events";
-import { guide, sample, seededNoise, toRgba } from "./sampler";
+import { type GuidanceInterval, guide, guidedAt, sample, seededNoise, toRgba } from "./sampler";
 import { type PromptTokens, type TokenizerJson, WordPieceTokens } from "./tokens";
 
 type Ort = typeof import("onnxruntime-web");
@@ -64,6 +64,8 @@ export class LocalGenerator {
     private readonly tokens: WordPieceTokens,
     readonly manifest: ExportManifest,
     readonly backend: Backend,
+    /** Where guidance applies (the export's generation_config.json); null: every step. */
+    readonly guidanceInterval: GuidanceInterval,
   ) {}
 
   /** Loads an export folder served at `assetsUrl` (e.g. the server's `/v1/browser/`). */
@@ -74,9 +76,13 @@ export class LocalGenerator {
     ort.env.wasm.numThreads = globalThis.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
     const gpu = prefer !== "wasm" && "gpu" in navigator && (await (navigator as any).gpu.requestAdapter()) !== null;
     const backend: Backend = gpu ? "webgpu" : "wasm";
-    const [manifest, tokenizer] = await Promise.all([
+    const [manifest, tokenizer, defaults] = await Promise.all([
       fetchOk(`${base}onnx_export.json`, apiKey).then((r) => r.json() as Promise<ExportManifest>),
       fetchOk(`${base}tokenizer.json`, apiKey).then((r) => r.json() as Promise<TokenizerJson>),
+      // exports before the guidance interval existed have no word on it: guidance at every step
+      fetch(`${base}generation_config.json`, { headers: headers(apiKey) }).then(
+        (r): Promise<{ guidance_interval?: GuidanceInterval }> => (r.ok ? r.json() : Promise.resolve({})),
+      ),
     ]);
     const options: InferenceSession.SessionOptions = { executionProviders: [backend] };
     const [transformer, textEncoder] = await Promise.all(
@@ -85,7 +91,8 @@ export class LocalGenerator {
         return ort.InferenceSession.create(bytes, options);
       }),
     );
-    return new LocalGenerator(ort, transformer, textEncoder, new WordPieceTokens(tokenizer, manifest.max_length), manifest, backend);
+    const tokens = new WordPieceTokens(tokenizer, manifest.max_length);
+    return new LocalGenerator(ort, transformer, textEncoder, tokens, manifest, backend, defaults.guidance_interval ?? null);
   }
 
   /** Text features for one prompt: pooled `(1, 384)`, tokens `(1, L, 384)`, mask `(1, L)`. */
@@ -104,26 +111,28 @@ export class LocalGenerator {
     const plane = 3 * size * size;
     const [tokens, pooled] = [text.tokens.data as Float32Array, text.pooled.data as Float32Array];
     const length = text.mask.dims[1];
-    const twice = (data: Float32Array) => {
-      const out = new Float32Array(data.length * 2);
-      out.set(data);
-      out.set(data, data.length);
+    const rows = (count: number, data: Float32Array) => {
+      const out = new Float32Array(data.length * count);
+      for (let row = 0; row < count; row++) out.set(data, row * data.length);
       return out;
     };
-    const feeds = {
-      pooled: new this.ort.Tensor("float32", twice(pooled), [2, pooled.length]),
-      tokens: new this.ort.Tensor("float32", twice(tokens), [2, length, tokens.length / length]),
-      mask: new this.ort.Tensor("bool", new Uint8Array(2 * length).fill(1), [2, length]),
-      drop: new this.ort.Tensor("bool", Uint8Array.from([0, 1]), [2]), // row 2: the null condition
-    };
+    // one row (the prompt) or two (the prompt and the null condition, for guidance)
+    const feeds = (count: number) => ({
+      pooled: new this.ort.Tensor("float32", rows(count, pooled), [count, pooled.length]),
+      tokens: new this.ort.Tensor("float32", rows(count, tokens), [count, length, tokens.length / length]),
+      mask: new this.ort.Tensor("bool", new Uint8Array(count * length).fill(1), [count, length]),
+      drop: new this.ort.Tensor("bool", Uint8Array.from([0, 1].slice(0, count)), [count]),
+    });
+    const [single, both] = [feeds(1), feeds(2)];
     return async (x: Float32Array, t: number) => {
+      const count = guidance !== 1 && guidedAt(t, this.guidanceInterval) ? 2 : 1;
       const out = await this.transformer.run({
-        ...feeds,
-        x: new this.ort.Tensor("float32", twice(x), [2, 3, size, size]),
-        t: new this.ort.Tensor("float32", Float32Array.from([t, t]), [2]),
+        ...(count === 2 ? both : single),
+        x: new this.ort.Tensor("float32", rows(count, x), [count, 3, size, size]),
+        t: new this.ort.Tensor("float32", new Float32Array(count).fill(t), [count]),
       });
-      const both = out.velocity.data as Float32Array;
-      return guide(both.subarray(0, plane), both.subarray(plane), guidance);
+      const velocity = out.velocity.data as Float32Array;
+      return count === 2 ? guide(velocity.subarray(0, plane), velocity.subarray(plane), guidance) : velocity;
     };
   }
 
@@ -161,7 +170,12 @@ export class LocalGenerator {
       seeds: [request.seed],
       size,
       seconds,
-      config: { steps: request.steps, guidance: request.guidance, sampler: "euler" },
+      config: {
+        steps: request.steps,
+        guidance: request.guidance,
+        guidance_interval: this.guidanceInterval,
+        sampler: "euler",
+      },
       model: `this device (${this.backend})`,
     };
     onEvent({ id: id++, job, type: "done", images: [pngDataUrl(pixels, size)], metadata });

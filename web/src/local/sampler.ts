@@ -1,5 +1,6 @@
 // The sampler of the Python pipeline's plain path, for generation in the browser: an even
-// time grid from 1 to 0, Euler steps, classifier-free guidance. Pure array code (no
+// time grid from 1 to 0, Euler steps, classifier-free guidance within the model's guidance
+// interval. Pure array code (no
 // onnxruntime, no DOM), so it is unit-tested on its own; src/fractalflow/export/runtime.py
 // is the same loop in numpy.
 
@@ -16,6 +17,14 @@ export function guide(conditional: Float32Array, unconditional: Float32Array, gu
     out[i] = unconditional[i] + guidance * (conditional[i] - unconditional[i]);
   }
   return out;
+}
+
+/** A guidance interval `[low, high]` of flow times (`guidance_interval` in the model's generation_config.json). */
+export type GuidanceInterval = [number, number] | null;
+
+/** Whether guidance applies at flow time `t`: everywhere without an interval, else within it (ends included). */
+export function guidedAt(t: number, interval: GuidanceInterval): boolean {
+  return interval === null || (interval[0] <= t && t <= interval[1]);
 }
 
 /** One Euler step from `t` to `tNext`, and the clean-image estimate `x - t v` the preview shows. */

@@ -1,0 +1,103 @@
+"""Which guidance draws the asked concept best? The shipped model under several sampling settings.
+
+Every variant is one ``GenerationConfig`` over the model's defaults, measured with
+``fractalflow eval``'s metrics on the same held-out captions and seeds (64 px, one scale), in
+one process, so the rows compare: FD-EffNetL0, precision/recall, alignment top-5, concept
+retrieval, and seconds per image (batches of 64, this machine).
+
+    python benchmarks/guidance.py --n 661                      # ~1.5 min per variant on 2 cores
+    python benchmarks/guidance.py --variants "guidance=3" "guidance=5,guidance_interval=0.2:1"
+    python benchmarks/guidance.py --split train ...            # the same on training captions
+
+A variant is comma-separated ``name=value`` settings; ``a:b`` is a pair. Writes
+``benchmarks/results/guidance-<model name>.json`` after every variant; variants measured
+before with the same model, ``--n``, size and hardware are kept, not redrawn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from fractalflow import FractalFlowPipeline
+from fractalflow.data.emoji import load_emoji
+from fractalflow.evaluation.alignment import load_alignment_encoder
+from fractalflow.evaluation.concepts import asked_concept_images
+from fractalflow.evaluation.evaluate import EvalSettings, eval_rows, evaluate
+from fractalflow.files import atomic_write_text
+from fractalflow.generation import GenerationConfig
+from fractalflow.hardware import describe_device, resolve_device
+from fractalflow.pipeline import default_model_folder
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results"
+DEFAULT_VARIANTS = ["guidance=1.5", "guidance=3", "guidance=4.5", "guidance=6", "guidance=8"]
+
+
+def parse_value(text: str) -> int | float | str | tuple:
+    """``10`` -> 10, ``4.5`` -> 4.5, ``0.2:1`` -> (0.2, 1.0), ``heun`` -> "heun"."""
+    if ":" in text:
+        return tuple(float(part) for part in text.split(":"))
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_variant(text: str) -> dict:
+    """``guidance=5,guidance_interval=0.2:1`` -> ``{"guidance": 5, "guidance_interval": (0.2, 1.0)}``."""
+    return {name.strip(): parse_value(value) for name, _, value in (item.partition("=") for item in text.split(","))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(default_model_folder()), help="model folder (default: the shipped one)")
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, help="settings to compare")
+    parser.add_argument("--n", type=int, default=661, help="held-out captions (default: 661)")
+    parser.add_argument("--size", type=int, default=64, help="side in pixels (default: 64)")
+    parser.add_argument("--data", default=str(REPO / "data" / "emoji"), help="prepared emoji data folder")
+    parser.add_argument(
+        "--split", choices=("eval", "train"), default="eval", help="captions and images to measure with (default: eval)"
+    )
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    pipeline = FractalFlowPipeline.from_pretrained(args.model, device=device)
+    defaults = GenerationConfig.for_model(args.model).merged(size=args.size)
+    held_out = load_emoji(args.data, image_size=args.size, split=args.split)
+    gallery = asked_concept_images(args.data, held_out, eval_rows(args.n, len(held_out)), args.size)
+    alignment = load_alignment_encoder()
+    suffix = "" if args.split == "eval" else f"-{args.split}"
+    path = RESULTS / f"guidance-{Path(args.model).name}{suffix}.json"
+    header = {"model": args.model, "n": args.n, "size": args.size, "split": args.split}
+    header["hardware"] = describe_device(device)
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    same = {k: previous.get(k) for k in header} == header
+    rows = previous.get("variants", []) if same else []
+    for variant in args.variants:
+        if any(row["variant"] == variant for row in rows):
+            continue
+        config = defaults.merged(**parse_variant(variant))
+        settings = EvalSettings(num_images=args.n, batch_size=64, generation=config)
+        print(f"== {variant}", flush=True)
+        report = evaluate(pipeline, held_out, settings, alignment, gallery=gallery, progress=False)
+        report.pop("per_image")  # one value per image: for regression checks, too long to keep here
+        rows.append({"variant": variant, "config": config.describe(), "eval": report})
+        atomic_write_text(path, json.dumps({**header, "variants": rows}, indent=2) + "\n")
+
+    header_line = f"{'variant':40s} {'FD':>7s} {'prec':>5s} {'rec':>5s} {'top5':>5s} {'concept':>7s} {'s/img':>6s}"
+    print(header_line + "\n" + "-" * len(header_line))
+    for row in rows:
+        m = row["eval"]["metrics"]
+        print(
+            f"{row['variant']:40s} {m['fd_effnet_l0']:7.1f} {m['precision']:5.3f} {m['recall']:5.3f} "
+            f"{m['alignment_top5']:5.3f} {m['concept_retrieval']:7.3f} {row['eval']['seconds_per_image']:6.3f}"
+        )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
