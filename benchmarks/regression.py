@@ -8,12 +8,14 @@ On this machine, with the shipped model and the ``cpu`` profile, in one process:
   lets them idle, and an idle core's clock may boost for the next image);
 - **quality**: 6 clean evals (``--n`` held-out captions, 20 steps), then two whose sampler
   silently runs half, and a quarter of, the steps while the recorded settings still say 20;
+  each is judged on its FD (bootstrap) and on its per-image values, paired by seed;
 
 every run recorded in a fresh history; each clean run after the first five and the injected
 ones are checked against the five before them with the default ``CheckSettings``. Writes
-``results/regression-check.json`` and prints a table.
+``results/regression-check.json`` (every run's measurements included) and prints a table.
 
-    python benchmarks/regression.py            # ~6 min on the 2-core CPU
+    python benchmarks/regression.py            # ~12 min on the 2-core CPU
+    python benchmarks/regression.py --recheck benchmarks/results/regression-check.json   # judge again
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ from pathlib import Path
 import torch
 
 from fractalflow.data.emoji import load_emoji
+from fractalflow.evaluation.alignment import load_alignment_encoder
 from fractalflow.evaluation.evaluate import EvalSettings, evaluate, model_fingerprint
 from fractalflow.files import atomic_write_text
 from fractalflow.generation import GenerationConfig
 from fractalflow.hardware import describe_device
 from fractalflow.inference import InferenceEngine
 from fractalflow.inference.bench import latency_samples
-from fractalflow.monitoring.selfopt import CheckSettings, RunHistory, RunRecord, check_regression
+from fractalflow.monitoring.selfopt import CheckSettings, RunHistory, RunRecord, check_regression, eval_samples
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -75,58 +78,84 @@ class FewerSteps(Injected):
         return self.pipeline.generate(*args, config=config.merged(steps=max(1, config.steps // self.divisor)), **kwargs)
 
 
-def checked(history: RunHistory, run: RunRecord, settings: CheckSettings) -> dict:
+RECORD_FIELDS = ("kind", "name", "settings", "metrics", "samples", "model", "hardware")
+
+
+def checked(history: RunHistory, case: str, run: RunRecord, settings: CheckSettings) -> dict:
+    """Record ``run`` (a ``case`` of the script) and check it against the runs before it."""
     recorded = history.record(run)
     baseline = history.comparable(recorded, settings.baseline_runs)
     findings = check_regression(recorded, baseline, settings) if len(baseline) == settings.baseline_runs else []
     return {
+        "kind": run.kind,
+        "case": case,
         "run": recorded.id,
         "baseline": [b.id for b in baseline],
-        "findings": [f.__dict__ for f in findings],
+        "findings": [{**f.__dict__, "verdict": f.verdict} for f in findings],
         "regressed": any(f.regressed for f in findings),
+        "record": {name: getattr(run, name) for name in RECORD_FIELDS},
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=10, help="images timed per bench run (default: 10)")
-    parser.add_argument("--n", type=int, default=100, help="held-out captions per eval (default: 100)")
-    parser.add_argument("--data", default=str(REPO / "data" / "emoji"), help="prepared emoji data folder")
-    args = parser.parse_args()
+def measure(args: argparse.Namespace, history: RunHistory, settings: CheckSettings) -> list[dict]:
+    """Run the clean and injected benches and evals, each checked as it is recorded."""
     engine = InferenceEngine(profile="cpu")
     pipeline, hardware = engine.pipeline, describe_device("cpu")
     model = model_fingerprint(pipeline.model)
-    settings = CheckSettings()
-    history = RunHistory(Path(tempfile.mkdtemp()) / "history.sqlite")
     config = GenerationConfig(resolution="standard", early_stop=0.02, adaptive=engine.profile.adaptive)
     bench_settings = {"config": config.describe(), "repeats": args.repeats, "profile": engine.profile.to_dict()}
     rows = []
     for label, subject in [*[("clean", pipeline)] * CLEAN_RUNS, ("20 % slower", Slowed(pipeline))]:
         _, finished = latency_samples(subject, config, args.repeats)
         run = RunRecord("bench", "cpu/standard", bench_settings, {}, {"seconds_to_image": finished}, model, hardware)
-        rows.append({"kind": "bench", "case": label, **checked(history, run, settings)})
-        print(rows[-1]["case"], rows[-1]["regressed"], [f["worse_by"] for f in rows[-1]["findings"]], flush=True)
+        rows.append(checked(history, label, run, settings))
+        print(label, rows[-1]["regressed"], [f["worse_by"] for f in rows[-1]["findings"]], flush=True)
 
     held_out = load_emoji(args.data, image_size=64, split="eval")
+    alignment = load_alignment_encoder()
     eval_settings = EvalSettings(num_images=args.n, batch_size=32, generation=GenerationConfig())
     injected = [("half the steps", FewerSteps(pipeline, 2)), ("a quarter of the steps", FewerSteps(pipeline, 4))]
     for label, subject in [*[("clean", pipeline)] * CLEAN_RUNS, *injected]:
-        report = evaluate(subject, held_out, eval_settings, progress=False)
-        samples = {"fd_effnet_l0": report["fd_resampled"]}
-        run = RunRecord("eval", "default", eval_settings.to_dict(), report["metrics"], samples, model, hardware)
-        fd = report["metrics"]["fd_effnet_l0"]
-        rows.append({"kind": "eval", "case": label, "fd": fd, **checked(history, run, settings)})
-        print(rows[-1]["case"], rows[-1]["fd"], rows[-1]["regressed"], flush=True)
+        report = evaluate(subject, held_out, eval_settings, alignment, progress=False)
+        run = RunRecord(
+            "eval", "default", eval_settings.to_dict(), report["metrics"], eval_samples(report), model, hardware
+        )
+        rows.append(checked(history, label, run, settings))
+        print(label, report["metrics"]["fd_effnet_l0"], rows[-1]["regressed"], flush=True)
+    return rows
 
-    print(f"\n{'kind':5s} {'case':22s} {'run':>3s} {'checked':>7s} {'worse by':>9s} {'p':>8s} verdict")
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=10, help="images timed per bench run (default: 10)")
+    parser.add_argument("--n", type=int, default=500, help="held-out captions per eval (default: 500)")
+    parser.add_argument("--data", default=str(REPO / "data" / "emoji"), help="prepared emoji data folder")
+    parser.add_argument(
+        "--recheck",
+        default=None,
+        help="a results JSON of this script: judge its recorded runs again with today's check, measuring nothing",
+    )
+    args = parser.parse_args()
+    settings = CheckSettings()
+    history = RunHistory(Path(tempfile.mkdtemp()) / "history.sqlite")
+    if args.recheck:
+        earlier = json.loads(Path(args.recheck).read_text())
+        args.repeats, args.n = earlier["repeats"], earlier["n"]
+        rows = [checked(history, row["case"], RunRecord(**row["record"]), settings) for row in earlier["rows"]]
+    else:
+        rows = measure(args, history, settings)
+
+    print(f"\n{'kind':5s} {'case':22s} {'run':>3s} {'metric':34s} {'worse by':>9s} {'p':>8s} verdict")
     for row in rows:
-        finding = row["findings"][0] if row["findings"] else None
-        worse = f"{finding['worse_by']:+9.1%}" if finding else f"{'':9s}"
-        p_value = f"{finding['p_value']:8.2g}" if finding else f"{'':8s}"
-        verdict = "REGRESSED" if row["regressed"] else ("ok" if finding else "(baseline)")
-        print(f"{row['kind']:5s} {row['case']:22s} {row['run']:>3d} {bool(finding)!s:>7s} {worse} {p_value} {verdict}")
+        for finding in row["findings"] or [None]:
+            metric = finding["metric"] if finding else ""
+            worse = f"{finding['worse_by']:+9.1%}" if finding else f"{'':9s}"
+            p_value = f"{finding['p_value']:8.2g}" if finding else f"{'':8s}"
+            verdict = finding["verdict"] if finding else "(baseline)"
+            print(f"{row['kind']:5s} {row['case']:22s} {row['run']:>3d} {metric:34s} {worse} {p_value} {verdict}")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "regression-check.json"
+    hardware = rows[0]["record"]["hardware"]
     payload = {"hardware": hardware, "check_settings": settings.to_dict(), "repeats": args.repeats, "n": args.n}
     atomic_write_text(out, json.dumps({**payload, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")

@@ -181,6 +181,10 @@ def test_evaluate_is_deterministic_and_reports_every_field(text_encoder, monkeyp
         assert key in first
     assert first["real_images"] == 4 and first["size"] == 16 and len(first["model_sha256"]) == 64
     assert first["metrics"]["fd_effnet_l0"] > 0
+    # one value per image, image by image the same under other batching: what a check pairs
+    assert first["per_image"] == second["per_image"]
+    distances, cosines = first["per_image"]["nearest_real_distance"], first["per_image"]["alignment_cosine"]
+    assert len(distances) == len(cosines) == 6 and min(distances) > 0 and all(-1 <= c <= 1 for c in cosines)
 
 
 ALIGNMENT_TOP5_BOUND = 0.6  # measured 0.740 among 1,935 captions (results/alignment-encoder.json); chance 0.0026

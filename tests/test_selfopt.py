@@ -60,6 +60,21 @@ def test_a_twenty_percent_slowdown_is_flagged_and_five_clean_repeats_are_not(tmp
     assert finding.regressed and finding.test == "rank" and 0.12 < finding.worse_by < 0.3, finding
 
 
+def test_a_timing_whose_baseline_drifted_is_inconclusive_not_a_regression(tmp_path):
+    rng = np.random.default_rng(5)
+    history = RunHistory(tmp_path / "h.sqlite")
+    # the machine slows by 35 % after four runs, as a shared one does when a neighbour starts
+    record_timings(history, timings(rng, 4) + timings(rng, 1, scale=1.35))
+    after = record_timings(history, timings(rng, 1, scale=1.35))[0]
+    (finding,) = check_regression(after, history.comparable(after, 5))
+    assert finding.p_value < 0.01 and finding.worse_by > 0.2  # the rank test alone would cry wolf
+    assert finding.inconclusive and not finding.regressed and finding.baseline_drift > 0.25
+    assert "UNSURE" in finding.describe() and "the machine changed speed" in finding.describe()
+    # on a steady baseline the same test judges
+    steady = check_regression(after, history.comparable(after, 5)[1:])[0]  # newest first: the four before
+    assert steady.regressed and not steady.inconclusive and steady.baseline_drift < 0.1
+
+
 def test_a_small_but_significant_change_is_below_the_threshold_and_faster_is_never_a_regression(tmp_path):
     rng = np.random.default_rng(1)
     baseline = [RunRecord("bench", "x", SETTINGS, {}, {"seconds_to_image": t}) for t in timings(rng, 5, 30)]
@@ -86,6 +101,33 @@ def test_fd_resamples_spread_around_the_fd_and_a_quality_drop_is_flagged_by_the_
     assert not check_regression(again, baseline)[0].regressed
     finding = check_regression(dropped, baseline)[0]
     assert finding.regressed and finding.test == "bootstrap" and finding.p_value < 0.01
+
+
+def test_per_image_values_pair_by_seed_so_a_consistent_drop_is_flagged_and_identical_repeats_are_not():
+    rng = np.random.default_rng(4)
+    distances = rng.lognormal(np.log(20.0), 0.3, 100)  # image i's distance to the nearest real image
+    cosines = rng.uniform(0.2, 0.6, 100)
+
+    def run(distance, cosine):
+        samples = {"per_image:nearest_real_distance": list(distance), "per_image:alignment_cosine": list(cosine)}
+        return RunRecord("eval", "m", {}, {}, samples)
+
+    baseline = [run(distances, cosines) for _ in range(5)]  # the same seeds draw the same images
+    repeat = check_regression(run(distances, cosines), baseline)
+    assert [f.test for f in repeat] == ["signed-rank"] * 2 and not any(f.regressed for f in repeat)
+    assert all(f.p_value == 1.0 for f in repeat)
+    # each image a little off, by more than its own jitter on average: what fewer steps do
+    blurred = run(distances * rng.normal(1.08, 0.05, 100), cosines - rng.normal(0.03, 0.02, 100))
+    by_metric = {f.metric: f for f in check_regression(blurred, baseline)}
+    distance = by_metric["per_image:nearest_real_distance"]
+    assert distance.regressed and distance.p_value < 1e-6 and 0.05 < distance.worse_by < 0.12
+    assert by_metric["per_image:alignment_cosine"].worse_by > 0
+    # under the 2 % paired threshold: significant, but too small to count
+    slight = {f.metric: f for f in check_regression(run(distances * rng.normal(1.01, 0.005, 100), cosines), baseline)}
+    assert slight["per_image:nearest_real_distance"].p_value < 1e-6
+    assert not any(f.regressed for f in slight.values())
+    fewer_images = run(distances[:50], cosines[:50])  # another image count pairs with nothing
+    assert check_regression(fewer_images, baseline) == []
 
 
 def test_history_check_exits_1_on_a_regression_with_the_evidence_and_0_otherwise(tmp_path, capsys):

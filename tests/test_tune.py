@@ -5,7 +5,7 @@ import torch
 from conftest import randomize
 
 from fractalflow import FractalFlowPipeline, FractalTransformer, GenerationConfig, model_preset
-from fractalflow.monitoring.tune import TuneSettings, choose, pareto_front, pareto_svg, tune
+from fractalflow.monitoring.tune import GUIDED_DOWN_TO, TuneSettings, choose, pareto_front, pareto_svg, tune
 
 
 def trial(number, seconds, fd):
@@ -36,6 +36,8 @@ def test_tune_starts_from_the_defaults_and_reports_every_trial(encoder):
     assert all(t["seconds"] > 0 and t["fd"] >= 0 for t in result["trials"])
     assert result["chosen"] in result["pareto"] or result["chosen"] is result["trials"][0]
     assert GenerationConfig.from_dict(result["chosen"]["config"]).steps <= 4
+    intervals = {tuple(t["config"]["guidance_interval"] or ()) for t in result["trials"][1:]}
+    assert intervals <= {(low, 1.0) for low in GUIDED_DOWN_TO}  # where guidance stops is searched too
     assert pareto_svg(result).count("<circle") == 3 + 2
 
 

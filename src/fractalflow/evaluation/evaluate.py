@@ -131,6 +131,12 @@ def generate_for_captions(
     return torch.cat(images)
 
 
+def nearest_distances(points, references) -> list[float]:
+    """For each of ``points`` (N, D), the distance to its nearest of ``references`` (M, D)."""
+    points, references = torch.as_tensor(points).double(), torch.as_tensor(references).double()
+    return torch.cat([torch.cdist(chunk, references).min(dim=1).values for chunk in points.split(1024)]).tolist()
+
+
 def evaluate(
     pipeline: FractalFlowPipeline,
     held_out: CaptionedImages,
@@ -148,7 +154,10 @@ def evaluate(
     or their :class:`ConceptGallery` from :func:`concept_gallery`), concept retrieval too
     (:mod:`fractalflow.evaluation.concepts`). ``images``: the images these settings generate,
     made before (to measure one set with several encoders); then nothing is drawn.
-    Metrics of the real held-out images under the same encoders are reported as ceilings."""
+    Metrics of the real held-out images under the same encoders are reported as ceilings.
+    ``per_image`` holds each image's distance to its nearest real image in the FD features
+    and (with ``alignment``) the cosine between it and its caption: values that two runs with
+    the same seeds pair image by image (:func:`~fractalflow.monitoring.selfopt.check_regression`)."""
     started = time.perf_counter()
     count = settings.num_images
     order = eval_rows(count, len(held_out))
@@ -175,12 +184,14 @@ def evaluate(
         "recall": recall,
     }
     fd_resampled = frechet_distance_resampled(real_features, fake_features, settings.fd_resamples, settings.seed)
+    per_image = {"nearest_real_distance": nearest_distances(fake_features, real_features)}
     ceilings: dict[str, float] = {}
     if alignment is not None:
         distinct, own = caption_index(held_out.captions)
         captions = alignment.embed_texts(pipeline.text_encoder.encode(distinct).pooled)
         real_embedded, fake_embedded = image_embeddings(alignment, real_unit), image_embeddings(alignment, fake_unit)
         generated = alignment_scores(ranks_of_own_captions(fake_embedded, own[order], captions))
+        per_image["alignment_cosine"] = (fake_embedded * captions[own[order]]).sum(dim=1).tolist()
         real_scores = alignment_scores(ranks_of_own_captions(real_embedded, own[real_rows], captions))
         metrics.update(
             alignment_top1=generated["top1"],
@@ -221,6 +232,7 @@ def evaluate(
         "real_images": real_count,
         "metrics": metrics,
         "fd_resampled": fd_resampled,
+        "per_image": per_image,
         "real_held_out": ceilings,
         "seconds_per_image": generation_seconds / count,
         "seconds_total": total,

@@ -103,7 +103,7 @@ def history_section(history: RunHistory, settings: CheckSettings) -> str:
         verdict = "regression" if any(f.regressed for f in findings) else "no regression"
         checked = [
             [f.metric, f"{f.new_median:.4g}", f"{f.baseline_median:.4g}", f"{f.worse_by:+.1%}", f"{f.p_value:.2g}",
-             "REGRESSED" if f.regressed else "ok"]
+             f.verdict]
             for f in findings
         ]  # fmt: skip
         parts.append(

@@ -13,11 +13,21 @@ metric with samples in both, a one-sided test asks whether the new run is worse:
 - repeated timings (seconds: lower is better; images/s: higher): the Mann-Whitney U rank
   test of the new repeats against the baseline's pooled repeats;
 - bootstrap distributions (FD): the share of paired draws in which the new value is better
-  than the baseline's, a bootstrap p-value.
+  than the baseline's, a bootstrap p-value;
+- per-image values (``per_image:`` samples of an eval: each image's distance to the nearest
+  real image, the cosine between it and its caption): image i of every run has the same
+  caption and seed, so the new run's values pair with the baseline's per-image medians, and
+  the Wilcoxon signed-rank test asks whether they moved the bad way. An FD of a few hundred
+  images barely notices half the sampling steps; paired images do.
 
 A metric *regresses* when the test's p-value is below ``alpha`` **and** the change of its
 median is beyond ``min_change`` (relative) in the bad direction: statistics alone would flag
 a 1 % slowdown measured often enough, and a shared machine's noise is several per cent.
+Per-image values carry no machine noise (a clean repeat draws the same images), so their
+threshold is the smaller ``min_paired_change``. A timing is *inconclusive*, never regressed,
+when the baseline runs' own medians differ by more than ``max_baseline_drift``: the machine
+changed speed while they ran (a shared machine does, for minutes at a time), and a new run
+cannot be told apart from that.
 ``fractalflow history check`` exits 1 when any metric regresses, printing the evidence.
 """
 
@@ -30,12 +40,12 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import mannwhitneyu
+from scipy.stats import mannwhitneyu, wilcoxon
 
 from fractalflow.config import JsonConfig, check_ranges
 from fractalflow.files import cache_dir
@@ -59,8 +69,9 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS comparable ON runs (kind, hardware, settings_key, id);
 """
 # the direction of each metric a check knows; others are listed but never judged
-LOWER_IS_BETTER = ("seconds", "fd_", "peak_rss", "loss")
-HIGHER_IS_BETTER = ("images_per_s", "precision", "recall", "top", "concept_retrieval")
+LOWER_IS_BETTER = ("seconds", "fd_", "peak_rss", "loss", "distance")
+HIGHER_IS_BETTER = ("images_per_s", "precision", "recall", "top", "concept_retrieval", "cosine")
+PER_IMAGE = "per_image:"  # samples with one value per image, paired across runs by caption and seed
 
 
 def default_history_path() -> Path:
@@ -194,6 +205,8 @@ class CheckSettings(JsonConfig):
 
     alpha: float = 0.01
     min_change: float = 0.05
+    min_paired_change: float = 0.02
+    max_baseline_drift: float = 0.10
     resamples: int = 2000
     baseline_runs: int = 5
     seed: int = 0
@@ -204,6 +217,8 @@ class CheckSettings(JsonConfig):
             [
                 ("alpha", self.alpha, "in (0, 0.5)", 0 < self.alpha < 0.5),
                 ("min_change", self.min_change, "in [0, 1)", 0 <= self.min_change < 1),
+                ("min_paired_change", self.min_paired_change, "in [0, 1)", 0 <= self.min_paired_change < 1),
+                ("max_baseline_drift", self.max_baseline_drift, "> 0", self.max_baseline_drift > 0),
                 ("resamples", self.resamples, "from 100 to 100000", 100 <= self.resamples <= 100_000),
                 ("baseline_runs", self.baseline_runs, ">= 1", self.baseline_runs >= 1),
             ],
@@ -221,13 +236,21 @@ class Finding:
     worse_by: float
     p_value: float
     regressed: bool
+    baseline_drift: float | None = None  # timings: spread of the baseline runs' medians, relative
+    inconclusive: bool = False
+
+    @property
+    def verdict(self) -> str:
+        return "REGRESSED" if self.regressed else ("UNSURE" if self.inconclusive else "ok")
 
     def describe(self) -> str:
-        verdict = "REGRESSED" if self.regressed else "ok"
-        return (
-            f"{verdict:9s} {self.metric}: {self.new_median:.4g} against {self.baseline_median:.4g} "
+        text = (
+            f"{self.verdict:9s} {self.metric}: {self.new_median:.4g} against {self.baseline_median:.4g} "
             f"({self.worse_by:+.1%} worse), {self.test} p = {self.p_value:.2g}"
         )
+        if self.inconclusive:
+            text += f"; the baseline runs themselves differ by {self.baseline_drift:.0%}: the machine changed speed"
+        return text
 
 
 def direction(metric: str) -> int:
@@ -250,10 +273,20 @@ def bootstrap_p_value(new: np.ndarray, baseline: np.ndarray, worse: int, setting
     return float((not_worse.sum() + 1) / (settings.resamples + 1))
 
 
+def signed_rank_p_value(new: np.ndarray, baseline: np.ndarray, worse: int) -> float:
+    """One-sided Wilcoxon signed-rank p-value that the paired ``new`` values moved the bad way
+    (1 when no pair differs)."""
+    differences = worse * (new - baseline)
+    if not differences.any():
+        return 1.0
+    return float(wilcoxon(differences, alternative="greater").pvalue)
+
+
 def check_metric(
     metric: str, new: Sequence[float], baseline: Sequence[float], test: str, settings: CheckSettings
 ) -> Finding:
-    """One metric of a new run against the baseline's samples, by ``test`` ("rank" or "bootstrap")."""
+    """One metric of a new run against the baseline's samples, by ``test``: "rank",
+    "bootstrap", or "signed-rank" (``baseline`` then holds the values paired with ``new``)."""
     worse = direction(metric)
     new_values, base_values = np.asarray(new, dtype=float), np.asarray(baseline, dtype=float)
     new_median, base_median = float(np.median(new_values)), float(np.median(base_values))
@@ -261,25 +294,61 @@ def check_metric(
     if test == "rank":
         alternative = "greater" if worse > 0 else "less"
         p_value = float(mannwhitneyu(new_values, base_values, alternative=alternative).pvalue)
+    elif test == "signed-rank":
+        p_value = signed_rank_p_value(new_values, base_values, worse)
     else:
         p_value = bootstrap_p_value(new_values, base_values, worse, settings)
-    regressed = p_value < settings.alpha and worse_by > settings.min_change
+    threshold = settings.min_paired_change if test == "signed-rank" else settings.min_change
+    regressed = p_value < settings.alpha and worse_by > threshold
     return Finding(metric, test, new_median, base_median, worse_by, p_value, regressed)
 
 
 def check_regression(run: RunRecord, baseline: list[RunRecord], settings: CheckSettings | None = None) -> list[Finding]:
     """Every judged metric of ``run`` that has samples in it and in the ``baseline`` runs.
     Timings (metrics named ``seconds`` or ``images_per_s``) use the rank test on repeats;
-    other sampled metrics (bootstrap resamples, e.g. FD) the bootstrap test."""
+    per-image values (``per_image:``) the signed-rank test against the baseline runs'
+    per-image medians (runs of another image count are left out); other sampled metrics
+    (bootstrap resamples, e.g. FD) the bootstrap test."""
     settings = settings or CheckSettings()
     findings = []
     for metric, values in sorted(run.samples.items()):
-        pooled = [v for earlier in baseline for v in earlier.samples.get(metric, [])]
-        if not direction(metric) or len(values) < 2 or len(pooled) < 2:
+        if not direction(metric) or len(values) < 2:
             continue
-        timing = "seconds" in metric or "images_per_s" in metric
-        findings.append(check_metric(metric, values, pooled, "rank" if timing else "bootstrap", settings))
+        if metric.startswith(PER_IMAGE):
+            paired = [
+                earlier.samples[metric] for earlier in baseline if len(earlier.samples.get(metric, ())) == len(values)
+            ]
+            if paired:
+                findings.append(check_metric(metric, values, np.median(paired, axis=0), "signed-rank", settings))
+            continue
+        pooled = [v for earlier in baseline for v in earlier.samples.get(metric, [])]
+        if len(pooled) < 2:
+            continue
+        if "seconds" in metric or "images_per_s" in metric:
+            findings.append(check_timing(metric, values, baseline, pooled, settings))
+        else:
+            findings.append(check_metric(metric, values, pooled, "bootstrap", settings))
     return findings
+
+
+def check_timing(
+    metric: str, values: list[float], baseline: list[RunRecord], pooled: list[float], settings: CheckSettings
+) -> Finding:
+    """The rank test of a timing, inconclusive when the baseline runs drift among themselves."""
+    finding = check_metric(metric, values, pooled, "rank", settings)
+    medians = [float(np.median(run.samples[metric])) for run in baseline if run.samples.get(metric)]
+    drift = (max(medians) - min(medians)) / min(medians) if min(medians) > 0 else 0.0
+    if drift <= settings.max_baseline_drift:
+        return replace(finding, baseline_drift=drift)
+    return replace(finding, baseline_drift=drift, regressed=False, inconclusive=True)
+
+
+def eval_samples(report: dict) -> dict[str, list[float]]:
+    """The samples a check tests from an ``evaluate`` report: the FD's bootstrap resamples and
+    the per-image values (``per_image:<name>``)."""
+    samples = {"fd_effnet_l0": report["fd_resampled"]} if report.get("fd_resampled") else {}
+    samples.update({PER_IMAGE + name: values for name, values in report.get("per_image", {}).items()})
+    return samples
 
 
 def numeric(values: dict[str, Any]) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """``fractalflow tune``: search sampling settings for speed and quality at once (Optuna).
 
-Each trial is a :class:`~fractalflow.generation.GenerationConfig` (steps, guidance, sampler,
-early stop, step caching) over the model's defaults. It draws one image per **training**
+Each trial is a :class:`~fractalflow.generation.GenerationConfig` (steps, guidance and where
+it starts, sampler, early stop, step caching) over the model's defaults. It draws one image per **training**
 caption (never the held-out split) and is scored on two objectives, both minimised: seconds
 per image (in batches) and FD-EffNetL0 against the real images of those captions. The first
 trial is the model's own defaults, so the Pareto front is read against them. Optuna's NSGA-II
@@ -27,6 +27,7 @@ from fractalflow.pipeline import FractalFlowPipeline
 
 ADAPTIVE_CHOICES = ("off", "auto")
 EARLY_STOPS = (0.0, 0.01, 0.02, 0.05)
+GUIDED_DOWN_TO = (0.0, 0.3, 0.5, 0.7)  # guidance applies from t = 1 (noise) down to here; 0: every step
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ def suggest(trial, defaults: GenerationConfig, settings: TuneSettings) -> Genera
     return defaults.merged(
         steps=trial.suggest_int("steps", 2, settings.max_steps),
         guidance=trial.suggest_float("guidance", 1.0, 8.0),
+        guidance_interval=(trial.suggest_categorical("guided_down_to", list(GUIDED_DOWN_TO)), 1.0),
         sampler=trial.suggest_categorical("sampler", ["euler", "heun"]),
         early_stop=trial.suggest_categorical("early_stop", list(EARLY_STOPS)),
         adaptive=trial.suggest_categorical("adaptive", list(ADAPTIVE_CHOICES)),
@@ -67,9 +69,11 @@ def suggest(trial, defaults: GenerationConfig, settings: TuneSettings) -> Genera
 
 def as_params(config: GenerationConfig) -> dict:
     """The trial parameters that reproduce ``config`` (for enqueueing the defaults)."""
+    low, high = config.guidance_interval or (0.0, 1.0)
     return {
         "steps": config.steps,
         "guidance": config.guidance,
+        "guided_down_to": low if high == 1.0 and low in GUIDED_DOWN_TO else 0.0,
         "sampler": config.sampler,
         "early_stop": config.early_stop if config.early_stop in EARLY_STOPS else 0.0,
         "adaptive": config.adaptive if config.adaptive in ADAPTIVE_CHOICES else "off",
