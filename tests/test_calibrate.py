@@ -12,6 +12,7 @@ from fractalflow.inference.calibrate import (
     CalibrationSettings,
     ForwardFlops,
     calibrate,
+    choose_policies,
     training_captions,
     write_policies,
 )
@@ -79,6 +80,19 @@ def test_each_target_gets_the_least_error_candidate_that_reaches_it(calibrated):
         reaching = [row for row in rows if row["speedup"] >= policy["target"]]
         assert policy["settings"] == min(reaching, key=lambda row: row["error"])["settings"]
     assert result["auto"] == 1.2
+
+
+def test_a_target_only_reached_past_the_error_ceiling_gets_no_policy():
+    rows = [
+        {"settings": CacheSettings(every=2).to_dict(), "speedup": 1.6, "error": 0.08},
+        {"settings": CacheSettings(every=3).to_dict(), "speedup": 2.1, "error": 0.76},
+        {"settings": CacheSettings(every=4).to_dict(), "speedup": 2.4, "error": 0.9},
+    ]
+    assert choose_policies(rows, (1.5, 2.0), max_error=0.5) == {1.5: CacheSettings(every=2)}
+    assert choose_policies(rows, (1.5, 2.0), max_error=1.0) == {
+        1.5: CacheSettings(every=2),
+        2.0: CacheSettings(every=3),
+    }
 
 
 def test_the_counted_speedup_follows_the_reused_share_of_the_flops(calibrated):

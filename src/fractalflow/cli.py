@@ -315,6 +315,13 @@ def _add_calibrate_command(commands) -> None:
     calibrate.add_argument(
         "--auto", type=_adaptive, default=1.5, help="the target adaptive=auto uses, or off (default: 1.5)"
     )
+    calibrate.add_argument(
+        "--max-error",
+        type=float,
+        default=0.5,
+        help="largest feature error (distance to full compute over the distance between two images) a policy may "
+        "have; a target reached only past it gets none (default: 0.5)",
+    )
     calibrate.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     calibrate.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     calibrate.add_argument(
@@ -773,6 +780,7 @@ def run_calibrate(args: argparse.Namespace) -> None:
         guidance=args.guidance,
         targets=args.targets,
         auto=None if args.auto == "off" else args.auto,
+        max_error=args.max_error,
     )
     folder, pipeline = _text_model_and_data(args, "calibrate")
     result = calibrate(pipeline, training_captions(args.data, settings.captions, settings.seed), settings)

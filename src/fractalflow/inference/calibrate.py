@@ -38,7 +38,9 @@ class CalibrationSettings(JsonConfig):
     """``captions`` training captions drawn with ``steps`` steps at ``guidance`` (None: the
     model's sampling defaults, its guidance interval included; image ``i`` with seed
     ``seed + i``), ``batch_size`` at a time; ``targets``: the speed-ups to
-    find settings for; ``auto``: the target ``adaptive="auto"`` uses (None: auto stays off)."""
+    find settings for; ``auto``: the target ``adaptive="auto"`` uses (None: auto stays off);
+    ``max_error``: the largest feature error a policy may have (a target that only worse
+    candidates reach gets no policy: a request for it gets the next smaller one)."""
 
     captions: int = 64
     steps: int | None = None
@@ -47,6 +49,7 @@ class CalibrationSettings(JsonConfig):
     batch_size: int = 32
     targets: tuple[float, ...] = (1.5, 2.0, 3.0)
     auto: float | None = 1.5
+    max_error: float = 0.5
 
     def __post_init__(self) -> None:
         check_ranges(
@@ -68,6 +71,7 @@ class CalibrationSettings(JsonConfig):
                     bool(self.targets) and all(1 < target <= MAX_SPEEDUP for target in self.targets),
                 ),
                 ("auto", self.auto, "one of the targets or None", self.auto is None or self.auto in self.targets),
+                ("max_error", self.max_error, "> 0", self.max_error > 0),
             ],
         )
 
@@ -187,13 +191,20 @@ def calibrate(
                 "blocks_full": report["blocks_full"],
             }
         )
-    chosen = {}
-    for target in settings.targets:
-        reaching = [row for row in rows if row["speedup"] >= target]
-        if reaching:
-            chosen[target] = CacheSettings.from_dict(min(reaching, key=lambda row: row["error"])["settings"])
+    chosen = choose_policies(rows, settings.targets, settings.max_error)
     auto = settings.auto if settings.auto in chosen else None
     return {**AdaptivePolicies(chosen, auto).to_dict(), "calibration": {"settings": settings.to_dict(), "rows": rows}}
+
+
+def choose_policies(rows: list[dict], targets: tuple[float, ...], max_error: float) -> dict[float, CacheSettings]:
+    """For each target, the candidate row of least error among those that reach it, if its
+    error is at most ``max_error``."""
+    chosen = {}
+    for target in targets:
+        reaching = [row for row in rows if row["speedup"] >= target and row["error"] <= max_error]
+        if reaching:
+            chosen[target] = CacheSettings.from_dict(min(reaching, key=lambda row: row["error"])["settings"])
+    return chosen
 
 
 def write_policies(folder: str | Path, calibration: dict) -> Path:
