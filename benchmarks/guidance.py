@@ -26,7 +26,6 @@ from fractalflow.evaluation.alignment import load_alignment_encoder
 from fractalflow.evaluation.concepts import asked_concept_images
 from fractalflow.evaluation.evaluate import EvalSettings, eval_rows, evaluate
 from fractalflow.files import atomic_write_text
-from fractalflow.generation import GenerationConfig
 from fractalflow.hardware import describe_device, resolve_device
 from fractalflow.pipeline import default_model_folder
 
@@ -66,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     pipeline = FractalFlowPipeline.from_pretrained(args.model, device=device)
-    defaults = GenerationConfig.for_model(args.model).merged(size=args.size)
+    defaults = pipeline.generation_config.merged(size=args.size)
     held_out = load_emoji(args.data, image_size=args.size, split=args.split)
     gallery = asked_concept_images(args.data, held_out, eval_rows(args.n, len(held_out)), args.size)
     alignment = load_alignment_encoder()

@@ -23,7 +23,6 @@ from fractalflow.data.emoji import load_emoji
 from fractalflow.evaluation.evaluate import EvalSettings, eval_rows, generate_for_captions
 from fractalflow.evaluation.seams import PERIODS, line_steps, seam_ratios
 from fractalflow.files import atomic_write_text
-from fractalflow.generation import GenerationConfig
 from fractalflow.hardware import describe_device, resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +46,7 @@ def main() -> None:
     results, worst = {"real held-out images": seam_ratios(real)}, {}
     for folder in args.models:
         pipeline = FractalFlowPipeline.from_pretrained(folder, device=device)
-        sampling = GenerationConfig.for_model(folder).merged(size=64, steps=20)
+        sampling = pipeline.generation_config.merged(size=64, steps=20)
         settings = EvalSettings(num_images=args.n, batch_size=64, generation=sampling)
         images = generate_for_captions(pipeline, [held_out.captions[i] for i in rows], settings, progress=False)
         results[folder] = seam_ratios(images)

@@ -20,7 +20,7 @@ from typing import Any
 
 from fractalflow.config import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, JsonConfig
 from fractalflow.flow.refine import NAMED_RESOLUTIONS, RefineSettings
-from fractalflow.flow.samplers import SAMPLERS
+from fractalflow.flow.samplers import SAMPLERS, guidance_interval_problem
 from fractalflow.model.adaptive import check_adaptive
 from fractalflow.plugins import registry
 
@@ -92,8 +92,8 @@ class GenerationConfig(JsonConfig):
         problems = [problem for f in dataclasses.fields(self) if (problem := out_of_limits(f, getattr(self, f.name)))]
         if self.size is not None and self.resolution is not None:
             problems.append("give size (one scale) or resolution (coarse to fine), not both")
-        if self.guidance_interval is not None and not guidance_interval_ok(self.guidance_interval):
-            problems.append(f"guidance_interval={self.guidance_interval}: give low:high with 0 <= low < high <= 1")
+        if self.guidance_interval is not None and (problem := guidance_interval_problem(self.guidance_interval)):
+            problems.append(f"guidance_interval={self.guidance_interval}: {problem}")
         if self.scales is not None and not 1 <= len(self.scales) <= MAX_SCALES:
             problems.append(f"scales={self.scales}: give 1 to {MAX_SCALES} scales")
         if len(self.postprocess) > MAX_POSTPROCESSORS:
@@ -157,15 +157,6 @@ class GenerationConfig(JsonConfig):
         if not isinstance(self.adaptive, (str, int, float)):
             values["adaptive"] = self.adaptive.to_dict()
         return values
-
-
-def guidance_interval_ok(interval: Any) -> bool:
-    """Is ``interval`` two finite flow times ``low < high`` within [0, 1]?"""
-    if not isinstance(interval, (tuple, list)) or len(interval) != 2:
-        return False
-    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in interval):
-        return False
-    return 0 <= interval[0] < interval[1] <= 1
 
 
 def out_of_limits(spec: dataclasses.Field, value: Any) -> str | None:

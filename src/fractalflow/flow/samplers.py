@@ -10,6 +10,7 @@ each step.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -104,6 +105,19 @@ def get_sampler(name: str) -> SamplerStep:
     return registry().get("sampler", name)
 
 
+def guidance_interval_problem(interval: object) -> str | None:
+    """What is wrong with a guidance ``interval`` (two finite flow times ``low < high`` within
+    [0, 1]), or None: the one rule the sampler and GenerationConfig's validation share."""
+    if (
+        not isinstance(interval, (tuple, list))
+        or len(interval) != 2
+        or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in interval)
+        or not 0 <= interval[0] < interval[1] <= 1
+    ):
+        return "give low:high with 0 <= low < high <= 1"
+    return None
+
+
 def guided_velocity(
     model: torch.nn.Module, cond: Conditioning, guidance: float, interval: tuple[float, float] | None = None
 ) -> Velocity:
@@ -118,8 +132,8 @@ def guided_velocity(
     """
     if guidance < 0:
         raise ValueError(f"guidance={guidance} must be >= 0")
-    if interval is not None and not 0 <= interval[0] < interval[1] <= 1:
-        raise ValueError(f"guidance interval {interval}: give low:high with 0 <= low < high <= 1")
+    if interval is not None and (problem := guidance_interval_problem(interval)):
+        raise ValueError(f"guidance_interval={interval}: {problem}")
     if guidance == 1.0:
         return lambda x, t: model(x, t, cond)
     both = Conditioning.cat([cond, cond])

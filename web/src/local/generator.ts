@@ -112,6 +112,7 @@ export class LocalGenerator {
     const [tokens, pooled] = [text.tokens.data as Float32Array, text.pooled.data as Float32Array];
     const length = text.mask.dims[1];
     const rows = (count: number, data: Float32Array) => {
+      if (count === 1) return data;
       const out = new Float32Array(data.length * count);
       for (let row = 0; row < count; row++) out.set(data, row * data.length);
       return out;
