@@ -2,6 +2,7 @@
 pipeline's image for the same noise, and a failed export leaves nothing behind."""
 
 import json
+import shutil
 import stat
 from pathlib import Path
 
@@ -11,8 +12,10 @@ import pytest
 from fractalflow.cli import main
 from fractalflow.export import onnx as onnx_export
 from fractalflow.export.onnx import MANIFEST_FILE, TEXT_ENCODER_FILE, TRANSFORMER_FILE, ExportSettings, export_onnx
-from fractalflow.export.runtime import OnnxGenerator, browser_noise
+from fractalflow.export.runtime import OnnxGenerator, browser_noise, time_grid
+from fractalflow.flow import samplers
 from fractalflow.flow.refine import seeded_noise
+from fractalflow.generation import GenerationConfig
 from fractalflow.pipeline import FractalFlowPipeline
 
 pytest.importorskip("onnxruntime")
@@ -51,6 +54,20 @@ def test_the_exported_folder_draws_the_pipelines_image_for_the_same_noise(export
     assert difference.max() <= 2  # rounding of fp32 differences to 8-bit levels
     assert difference.mean() < 0.05
     assert np.abs(got[0].astype(int) - got[1].astype(int)).mean() > 10  # the prompts draw different images
+
+
+def test_an_export_samples_on_its_models_time_grid(exported, tmp_path):
+    np.testing.assert_array_equal(time_grid(20, 3.0), samplers.time_grid(20, 3.0).numpy())  # float32 alike
+    shifted = tmp_path / "shifted"
+    shutil.copytree(exported, shifted)
+    GenerationConfig.for_model(shifted).merged(time_shift=3.0).save(shifted)
+    pipeline = FractalFlowPipeline.default(device="cpu")
+    expected = np.asarray(pipeline.generate("red heart", seed=3, steps=8, time_shift=3.0).images[0], dtype=int)
+    noise = seeded_noise([3], 3, "cpu")(64).numpy()
+    got = OnnxGenerator(shifted).generate(["red heart"], noise, steps=8)[0].astype(int)
+    even = OnnxGenerator(exported).generate(["red heart"], noise, steps=8)[0].astype(int)
+    assert np.abs(got - expected).max() <= 2 and np.abs(got - expected).mean() < 0.05
+    assert np.abs(got - even).mean() > 1  # the folder's shift is used, not an even grid
 
 
 def test_a_failed_export_keeps_the_old_folder_and_leaves_no_partial_files(tmp_path, monkeypatch):

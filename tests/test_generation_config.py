@@ -9,7 +9,7 @@ import pytest
 
 from fractalflow import FractalFlowPipeline, GenerationConfig
 from fractalflow.cli import build_parser
-from fractalflow.config import MAX_GUIDANCE, MAX_STEPS
+from fractalflow.config import MAX_GUIDANCE, MAX_STEPS, MAX_TIME_SHIFT
 from fractalflow.generation import GENERATION_CONFIG_NAME
 from fractalflow.plugins import registry
 from fractalflow.serving.config import ServerConfig
@@ -35,6 +35,8 @@ SETTINGS = [f.name for f in dataclasses.fields(GenerationConfig)]
         ({"adaptive": "fast"}, "adaptive='fast': allowed are 'off', 'auto'"),
         ({"guidance_interval": (0.8, 0.2)}, "guidance_interval=(0.8, 0.2): give low:high with 0 <= low < high <= 1"),
         ({"guidance_interval": (0.0, float("inf"))}, "give low:high with 0 <= low < high <= 1"),
+        ({"time_shift": 0.0}, f"time_shift=0.0 must be in (0, {MAX_TIME_SHIFT:g}]"),
+        ({"time_shift": float("inf")}, "time_shift=inf must be a finite number"),
     ],
 )
 def test_each_bad_setting_gets_one_line_naming_it_and_what_is_allowed(values, message):

@@ -126,6 +126,7 @@ def test_early_stop_is_judged_between_exact_steps_only():
         ({"renoise": 1.5}, "renoise"),
         ({"upscale_strength": 0.0}, "upscale_strength=0.0 must be in \\(0, 1\\]"),
         ({"early_stop": -1.0}, "early_stop"),
+        ({"time_shift": 0.0}, "time_shift=0.0 must be a finite number > 0"),
         ({"sampler": "ddim"}, "unknown sampler"),
     ],
 )
@@ -143,6 +144,19 @@ def test_single_scale_pipeline_matches_a_plain_euler_run(tiny_model_folder):
         expected = sample_euler(guided_velocity(pipeline.model, cond, 3.0), noise, time_grid(6))
     got = torch.stack([torch.from_numpy(np.array(i)) for i in result.images]).float()
     torch.testing.assert_close(got, expected[:, 0].clamp(-1, 1).add(1).mul(127.5).round(), atol=1, rtol=0)
+
+
+def test_a_time_shift_samples_on_the_warped_grid_and_one_is_the_even_grid(tiny_model_folder):
+    pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    cond = Conditioning(labels=torch.tensor([2]))
+    noise = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = sample_euler(guided_velocity(pipeline.model, cond, 3.0), noise, time_grid(6, shift=3.0))
+    shifted = np.asarray(pipeline.generate("two", steps=6, seed=3, size=16, time_shift=3.0).images[0], dtype=float)
+    even = np.asarray(pipeline.generate("two", steps=6, seed=3, size=16, time_shift=1.0).images[0], dtype=float)
+    want = expected[0, 0].clamp(-1, 1).add(1).mul(127.5).round().numpy()
+    assert np.abs(shifted - want).max() <= 1
+    assert np.abs(shifted - even).mean() > 1  # the warp changes the image: it is not ignored
 
 
 def test_progressive_pipeline_images_do_not_depend_on_the_batch(tiny_model_folder):

@@ -486,12 +486,15 @@ def generate_request_document(client) -> dict:
 
 def test_the_request_schema_states_the_served_models_sampling_defaults_as_the_ui_reads_them(tiny_model_folder):
     pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
-    pipeline.generation_config = GenerationConfig(steps=7, guidance=4.5, guidance_interval=(0.5, 1.0), early_stop=0.05)
+    pipeline.generation_config = GenerationConfig(
+        steps=7, guidance=4.5, guidance_interval=(0.5, 1.0), time_shift=2.0, early_stop=0.05
+    )
     with TestClient(create_app(ServerConfig(), engine_for(pipeline))) as client:
         document = generate_request_document(client)
     (schema,) = document["components"]["schemas"].values()
-    defaults = {name: schema["properties"][name]["default"] for name in ("steps", "guidance", "early_stop")}
-    assert defaults == {"steps": 7, "guidance": 4.5, "early_stop": 0.05}
+    names = ("steps", "guidance", "time_shift", "early_stop")
+    defaults = {name: schema["properties"][name]["default"] for name in names}
+    assert defaults == {"steps": 7, "guidance": 4.5, "time_shift": 2.0, "early_stop": 0.05}
     assert "guidance_interval" not in schema["properties"]  # the model's own, as its card measured it
     # web/tests/api.test.ts reads this copy: FRACTALFLOW_UPDATE_FIXTURES=1 rewrites it when the layout changes
     if os.environ.get("FRACTALFLOW_UPDATE_FIXTURES"):

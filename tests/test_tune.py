@@ -5,7 +5,15 @@ import torch
 from conftest import randomize
 
 from fractalflow import FractalFlowPipeline, FractalTransformer, GenerationConfig, model_preset
-from fractalflow.monitoring.tune import GUIDED_DOWN_TO, TuneSettings, choose, pareto_front, pareto_svg, tune
+from fractalflow.monitoring.tune import (
+    GUIDED_DOWN_TO,
+    TIME_SHIFTS,
+    TuneSettings,
+    choose,
+    pareto_front,
+    pareto_svg,
+    tune,
+)
 
 
 def trial(number, seconds, fd):
@@ -38,6 +46,7 @@ def test_tune_starts_from_the_defaults_and_reports_every_trial(encoder):
     assert GenerationConfig.from_dict(result["chosen"]["config"]).steps <= 4
     intervals = {tuple(t["config"]["guidance_interval"] or ()) for t in result["trials"][1:]}
     assert intervals <= {(low, 1.0) for low in GUIDED_DOWN_TO}  # where guidance stops is searched too
+    assert {t["config"]["time_shift"] for t in result["trials"][1:]} <= set(TIME_SHIFTS)  # and the time grid
     assert pareto_svg(result).count("<circle") == 3 + 2
 
 

@@ -105,6 +105,7 @@ def read_json_object(path: str | Path) -> dict[str, Any]:
 MAX_GUIDANCE = 100.0  # the largest classifier-free guidance scale accepted (as ComfyUI's cfg)
 # limits of one FractalFlowPipeline.generate call (the server has its own, lower, in ServerConfig)
 MAX_STEPS = 1000  # sampling steps (ComfyUI's KSampler allows 10000; flow models need 10-50)
+MAX_TIME_SHIFT = 20.0  # SD3 samples at 3; past 20 nearly every step sits at t > 0.9
 MAX_SIDE = 2048  # pixels per image side, 32x the default model's trained size
 MAX_CALL_PIXELS = 2**22  # images x pixels in one call: 1024 images of 64 px, 4 of 1024 px
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fractalflow.config import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, JsonConfig
+from fractalflow.config import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, MAX_TIME_SHIFT, JsonConfig
 from fractalflow.flow.refine import NAMED_RESOLUTIONS, RefineSettings
 from fractalflow.flow.samplers import SAMPLERS, guidance_interval_problem
 from fractalflow.model.adaptive import check_adaptive
@@ -40,8 +40,8 @@ def setting(default: Any, help: str, **limits: float) -> Any:
 
 @dataclass(frozen=True)
 class GenerationConfig(JsonConfig):
-    """How to sample: steps, guidance, sampler, the size or coarse-to-fine resolution, early
-    stopping and step caching. Seeds and the number of images belong to a request, not here.
+    """How to sample: steps, guidance, the time grid, sampler, the size or coarse-to-fine
+    resolution, early stopping and step caching. Seeds and the number of images belong to a request, not here.
 
     ``size`` samples at one scale; ``resolution`` refines coarse to fine through ``scales``;
     with neither, the model's ``standard`` resolution (coarse to fine from the smallest size it
@@ -57,6 +57,13 @@ class GenerationConfig(JsonConfig):
         None,
         "guide only while the flow time t (1: noise, 0: image) lies in low:high, e.g. 0.3:1; elsewhere the "
         "conditional model alone, at half the cost (unset: every step)",
+    )
+    time_shift: float = setting(
+        1.0,
+        "warp the even time grid to s*t/(1+(s-1)*t): above 1 more steps at high noise, where the layout is decided "
+        "(SD3 samples at 3; 1: even)",
+        gt=0.0,
+        le=MAX_TIME_SHIFT,
     )
     sampler: str = setting("euler", f"sampler: {', '.join(SAMPLERS)} or a sampler plugin (fractalflow plugins list)")
     size: int | None = setting(
@@ -123,6 +130,7 @@ class GenerationConfig(JsonConfig):
             early_stop=self.early_stop,
             sampler=self.sampler,
             upscale_strength=self.upscale_strength,
+            time_shift=self.time_shift,
         )
 
     def merged(self, **overrides: Any) -> GenerationConfig:

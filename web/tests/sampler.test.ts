@@ -8,6 +8,13 @@ describe("the browser sampler", () => {
     expect(() => timeGrid(2.5)).toThrow(/whole number/);
   });
 
+  it("warps the grid toward high noise with a time shift, as time_grid(steps, shift)", () => {
+    // torch: time_grid(4, shift=3.0) -> [1, 0.9, 0.75, 0.5, 0] (float32)
+    expect(Array.from(timeGrid(4, 3))).toEqual(Array.from(Float32Array.from([1, 0.9, 0.75, 0.5, 0])));
+    expect(Array.from(timeGrid(4, 1))).toEqual(Array.from(timeGrid(4)));
+    expect(() => timeGrid(4, 0)).toThrow(/time_shift=0/);
+  });
+
   it("lands on the image when the velocity is the straight line's (Euler is exact there)", async () => {
     const image = Float32Array.from([0.5, -0.25, 1, -1]);
     const noise = Float32Array.from([1.5, 0.3, -0.7, 0.2]);

@@ -1,7 +1,8 @@
 """Text to image from an exported ONNX folder with onnxruntime and numpy only (no torch).
 
 :class:`OnnxGenerator` follows the torch pipeline's plain path step for step (one scale at
-the exported size, Euler steps from t = 1 to 0 on an even grid, classifier-free guidance with
+the exported size, Euler steps from t = 1 to 0 on the model's time grid (even, or warped by its
+``time_shift``), classifier-free guidance with
 the conditional and null rows in one batch, within the model's guidance interval), so with
 the same noise it draws the same image;
 the browser's generator is written after it.
@@ -82,12 +83,20 @@ class OnnxGenerator:
         if noise.shape != expected:
             raise ValueError(f"noise of shape {noise.shape}: this export takes {expected} for {len(prompts)} prompt(s)")
         velocity = self.velocity(self.encode(prompts), guidance, self.defaults.guidance_interval)
-        times = np.linspace(1.0, 0.0, steps + 1, dtype=np.float32)
+        times = time_grid(steps, self.defaults.time_shift)
         x = noise.astype(np.float32)
         for t, t_next in zip(times[:-1], times[1:]):
             x = x + (t_next - t) * velocity(x, float(t))
         pixels = np.clip((x + 1) * 127.5, 0, 255).round().astype(np.uint8)  # [-1, 1] -> [0, 255]
         return pixels.transpose(0, 2, 3, 1)  # (B, C, S, S) -> (B, S, S, C)
+
+
+def time_grid(steps: int, shift: float) -> np.ndarray:
+    """``steps + 1`` float32 flow times from 1 to 0, warped by ``shift``, as
+    :func:`fractalflow.flow.samplers.time_grid` computes them."""
+    t = np.linspace(1.0, 0.0, steps + 1, dtype=np.float32)
+    shift = np.float32(shift)
+    return shift * t / (1 + (shift - 1) * t)
 
 
 def browser_noise(seed: int, shape: tuple[int, ...]) -> np.ndarray:

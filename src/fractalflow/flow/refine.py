@@ -67,7 +67,9 @@ class RefineSettings(JsonConfig):
     the model's trained size; those up to the final one are used), ``steps`` for a full
     noise-to-image trajectory (a scale that starts at time t gets ``round(steps * t)``, at
     least ``min_stage_steps``), and ``early_stop``: stop a scale when the clean-image estimate changes by less than this
-    (relative L2) between two steps; 0 turns it off. ``renoise`` overrides the start time
+    (relative L2) between two steps; 0 turns it off. ``time_shift`` warps each scale's even
+    time grid to ``s t / (1 + (s - 1) t)``, so ``s > 1`` spends more steps at high noise
+    (SD3's shift; a scale starting at time t0 takes the warped grid times t0). ``renoise`` overrides the start time
     of every scale after the first; ``upscale_strength`` that of the scales above the
     trained size (like img2img strength: how much of the upsampled image is redrawn)."""
 
@@ -79,6 +81,7 @@ class RefineSettings(JsonConfig):
     upscale_strength: float | None = None
     early_stop: float = 0.0
     sampler: str = "euler"
+    time_shift: float = 1.0
     preview_size: int = 64
 
     def __post_init__(self) -> None:
@@ -109,6 +112,8 @@ class RefineSettings(JsonConfig):
                 problems.append(f"{name}={value} must be in (0, 1]")
         if not 0 <= self.early_stop < math.inf:
             problems.append(f"early_stop={self.early_stop} must be a finite number >= 0")
+        if not 0 < self.time_shift < math.inf:
+            problems.append(f"time_shift={self.time_shift} must be a finite number > 0")
         if problems:
             raise ValueError("invalid RefineSettings: " + "; ".join(problems))
         get_sampler(self.sampler)
@@ -216,7 +221,7 @@ class ProgressiveRefiner:
         for stage in self.stages:
             fresh = noise(stage.size)
             x = fresh if image is None else torch.lerp(upsample(image, stage.size), fresh, stage.start)
-            times = time_grid(stage.steps, device=x.device) * stage.start
+            times = time_grid(stage.steps, self.settings.time_shift, x.device) * stage.start
             settled, ran, settled_at = None, 0, 0  # the last exact clean-image estimate, and its step
             for i in range(stage.steps):
                 x, x0 = self.sample_step(velocity, x, times[i], times[i + 1])

@@ -1,13 +1,14 @@
 """``fractalflow tune``: search sampling settings for speed and quality at once (Optuna).
 
 Each trial is a :class:`~fractalflow.generation.GenerationConfig` (steps, guidance and where
-it starts, sampler, early stop, step caching) over the model's defaults. It draws one image per **training**
-caption (never the held-out split) and is scored on two objectives, both minimised: seconds
-per image (in batches) and FD-EffNetL0 against the real images of those captions. The first
-trial is the model's own defaults, so the Pareto front is read against them. Optuna's NSGA-II
-sampler explores; the chosen config is the fastest Pareto trial whose FD is within
-``fd_tolerance`` of the defaults' (equal quality, less time), else the defaults themselves.
-``--write`` stores it as the model's ``generation_config.json``.
+it starts, the time grid's shift, sampler, early stop, step caching) over the model's
+defaults. It draws one image per **training** caption (never the held-out split) and is
+scored on two objectives, both minimised: seconds per image (in batches) and FD-EffNetL0
+against the real images of those captions. The first trial is the model's own defaults, so
+the Pareto front is read against them. Optuna's NSGA-II sampler explores; the chosen config
+is the fastest Pareto trial whose FD is within ``fd_tolerance`` of the defaults' (equal
+quality, less time), else the defaults themselves. ``--write`` stores it as the model's
+``generation_config.json``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from fractalflow.pipeline import FractalFlowPipeline
 ADAPTIVE_CHOICES = ("off", "auto")
 EARLY_STOPS = (0.0, 0.01, 0.02, 0.05)
 GUIDED_DOWN_TO = (0.0, 0.3, 0.5, 0.7)  # guidance applies from t = 1 (noise) down to here; 0: every step
+TIME_SHIFTS = (1.0, 1.5, 2.0, 3.0)  # 1: an even time grid; SD3 samples at 3
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ def suggest(trial, defaults: GenerationConfig, settings: TuneSettings) -> Genera
         steps=trial.suggest_int("steps", 2, settings.max_steps),
         guidance=trial.suggest_float("guidance", 1.0, 8.0),
         guidance_interval=(trial.suggest_categorical("guided_down_to", list(GUIDED_DOWN_TO)), 1.0),
+        time_shift=trial.suggest_categorical("time_shift", list(TIME_SHIFTS)),
         sampler=trial.suggest_categorical("sampler", ["euler", "heun"]),
         early_stop=trial.suggest_categorical("early_stop", list(EARLY_STOPS)),
         adaptive=trial.suggest_categorical("adaptive", list(ADAPTIVE_CHOICES)),
@@ -74,6 +77,7 @@ def as_params(config: GenerationConfig) -> dict:
         "steps": config.steps,
         "guidance": config.guidance,
         "guided_down_to": low if high == 1.0 and low in GUIDED_DOWN_TO else 0.0,
+        "time_shift": config.time_shift if config.time_shift in TIME_SHIFTS else 1.0,
         "sampler": config.sampler,
         "early_stop": config.early_stop if config.early_stop in EARLY_STOPS else 0.0,
         "adaptive": config.adaptive if config.adaptive in ADAPTIVE_CHOICES else "off",

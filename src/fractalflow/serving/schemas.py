@@ -21,7 +21,16 @@ JobState = Literal["queued", "running", "done", "error", "cancelled"]
 # the GenerationConfig fields a request may set; the others keep the served model's defaults:
 # the server draws at named resolutions or pixel sizes (not size, scales, upscale_strength),
 # and guidance_interval's rule (low < high) is one a JSON schema cannot state
-SERVED_SETTINGS = ("resolution", "steps", "guidance", "early_stop", "sampler", "postprocess", "adaptive")
+SERVED_SETTINGS = (
+    "resolution",
+    "steps",
+    "guidance",
+    "time_shift",
+    "early_stop",
+    "sampler",
+    "postprocess",
+    "adaptive",
+)
 
 
 class RequestBase(BaseModel):
@@ -94,6 +103,7 @@ def served_settings(
         ),
         steps=setting_field("steps", min(defaults.steps, max_steps), le=max_steps),
         guidance=setting_field("guidance", min(defaults.guidance, max_guidance), le=max_guidance),
+        time_shift=setting_field("time_shift", defaults.time_shift),
         early_stop=setting_field("early_stop", defaults.early_stop),
         sampler=(samplers, Field(defaults.sampler, description=GENERATION_FIELDS["sampler"].metadata["help"])),
         postprocess=(

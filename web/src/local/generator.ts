@@ -66,6 +66,8 @@ export class LocalGenerator {
     readonly backend: Backend,
     /** Where guidance applies (the export's generation_config.json); null: every step. */
     readonly guidanceInterval: GuidanceInterval,
+    /** The time grid's warp (the export's generation_config.json); 1: an even grid. */
+    readonly timeShift: number,
   ) {}
 
   /** Loads an export folder served at `assetsUrl` (e.g. the server's `/v1/browser/`). */
@@ -79,9 +81,10 @@ export class LocalGenerator {
     const [manifest, tokenizer, defaults] = await Promise.all([
       fetchOk(`${base}onnx_export.json`, apiKey).then((r) => r.json() as Promise<ExportManifest>),
       fetchOk(`${base}tokenizer.json`, apiKey).then((r) => r.json() as Promise<TokenizerJson>),
-      // exports before the guidance interval existed have no word on it: guidance at every step
+      // older exports have no word on the interval or the shift: guidance at every step, an even grid
       fetch(`${base}generation_config.json`, { headers: headers(apiKey) }).then(
-        (r): Promise<{ guidance_interval?: GuidanceInterval }> => (r.ok ? r.json() : Promise.resolve({})),
+        (r): Promise<{ guidance_interval?: GuidanceInterval; time_shift?: number }> =>
+          r.ok ? r.json() : Promise.resolve({}),
       ),
     ]);
     const options: InferenceSession.SessionOptions = { executionProviders: [backend] };
@@ -92,7 +95,8 @@ export class LocalGenerator {
       }),
     );
     const tokens = new WordPieceTokens(tokenizer, manifest.max_length);
-    return new LocalGenerator(ort, transformer, textEncoder, tokens, manifest, backend, defaults.guidance_interval ?? null);
+    const { guidance_interval: interval = null, time_shift: shift = 1 } = defaults;
+    return new LocalGenerator(ort, transformer, textEncoder, tokens, manifest, backend, interval, shift);
   }
 
   /** Text features for one prompt: pooled `(1, 384)`, tokens `(1, L, 384)`, mask `(1, L)`. */
@@ -164,6 +168,7 @@ export class LocalGenerator {
           preview: pngDataUrl(x0, size),
         }),
       signal,
+      this.timeShift,
     );
     const seconds = (performance.now() - started) / 1000;
     const metadata = {
@@ -175,6 +180,7 @@ export class LocalGenerator {
         steps: request.steps,
         guidance: request.guidance,
         guidance_interval: this.guidanceInterval,
+        time_shift: this.timeShift,
         sampler: "euler",
       },
       model: `this device (${this.backend})`,

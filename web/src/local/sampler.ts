@@ -1,13 +1,21 @@
-// The sampler of the Python pipeline's plain path, for generation in the browser: an even
-// time grid from 1 to 0, Euler steps, classifier-free guidance within the model's guidance
-// interval. Pure array code (no
+// The sampler of the Python pipeline's plain path, for generation in the browser: a time
+// grid from 1 to 0 (even, or warped by the model's time shift), Euler steps, classifier-free
+// guidance within the model's guidance interval. Pure array code (no
 // onnxruntime, no DOM), so it is unit-tested on its own; src/fractalflow/export/runtime.py
 // is the same loop in numpy.
 
-/** `steps + 1` flow times from 1 (noise) to 0 (image), as `torch.linspace(1, 0, steps + 1)`. */
-export function timeGrid(steps: number): Float32Array {
+/**
+ * `steps + 1` flow times from 1 (noise) to 0 (image): an even grid warped to
+ * `shift t / (1 + (shift - 1) t)`, as `fractalflow.flow.samplers.time_grid` (shift 1: even;
+ * above 1, more steps at high noise).
+ */
+export function timeGrid(steps: number, shift = 1): Float32Array {
   if (!Number.isInteger(steps) || steps < 1) throw new Error(`steps=${steps}: give a whole number of steps >= 1`);
-  return Float32Array.from({ length: steps + 1 }, (_, i) => 1 - i / steps);
+  if (!(shift > 0 && Number.isFinite(shift))) throw new Error(`time_shift=${shift}: give a finite number > 0`);
+  return Float32Array.from({ length: steps + 1 }, (_, i) => {
+    const t = Math.fround(1 - i / steps);
+    return (shift * t) / (1 + (shift - 1) * t);
+  });
 }
 
 /** `uncond + guidance * (cond - uncond)`: the guided velocity from one batch of both rows. */
@@ -48,15 +56,19 @@ export interface StepInfo {
   x0: Float32Array;
 }
 
-/** Integrate from `noise` at t = 1 to t = 0; `onStep` after every step; stops when `signal` aborts. */
+/**
+ * Integrate from `noise` at t = 1 to t = 0 on `timeGrid(steps, shift)`; `onStep` after every
+ * step; stops when `signal` aborts.
+ */
 export async function sample(
   velocity: Velocity,
   noise: Float32Array,
   steps: number,
   onStep?: (info: StepInfo) => void | Promise<void>,
   signal?: AbortSignal,
+  shift = 1,
 ): Promise<Float32Array> {
-  const times = timeGrid(steps);
+  const times = timeGrid(steps, shift);
   let x = noise;
   for (let i = 0; i < steps; i++) {
     if (signal?.aborted) throw new DOMException("generation cancelled", "AbortError");
