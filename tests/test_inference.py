@@ -1,5 +1,6 @@
 """InferenceEngine: profiles and auto, int8, lazy loading, and dynamic batching."""
 
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -218,10 +219,47 @@ def test_bench_runs_each_profile_with_its_step_caching_and_the_baseline_in_full(
     from fractalflow.inference.bench import BenchCase, generation_config
 
     pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    pipeline.generation_config = GenerationConfig(guidance=6.0, guidance_interval=(0.5, 1.0), time_shift=2.0)
     cpu = generation_config(BenchCase(profile="cpu"), pipeline, PROFILES["cpu"])
     base = generation_config(BenchCase(), pipeline, PROFILES["cpu"])
     assert cpu.adaptive == PROFILES["cpu"].adaptive == "auto"
     assert base.adaptive == "off" and base.size == 16
+    for config in (cpu, base):  # both sample as the model's own defaults say, as a user's call would
+        assert (config.guidance, config.guidance_interval, config.time_shift) == (6.0, (0.5, 1.0), 2.0)
+
+
+class Recorded:
+    """A stand-in pipeline that records which of two ran each image and takes ``seconds``."""
+
+    def __init__(self, name, seconds, log):
+        self.name, self.seconds, self.log = name, seconds, log
+        self.config = type("Config", (), {"class_names": ["x"]})()
+
+    def generate(self, prompt, seed, callback, config):
+        self.log.append((self.name, seed))
+        callback(None)
+        time.sleep(self.seconds)
+
+
+def test_interleaved_timing_alternates_the_two_models_and_pairs_image_by_image():
+    from fractalflow.inference.bench import interleaved_latency
+
+    log = []
+    new, old = interleaved_latency(Recorded("A", 0.02, log), Recorded("B", 0.01, log), GenerationConfig(), repeats=4)
+    # a warm-up pair, then A B / B A in turn, so a drift in time hits both alike
+    assert [name for name, _ in log] == ["A", "B", "B", "A", "A", "B", "B", "A", "A", "B"]
+    assert [seed for _, seed in log] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert len(new) == len(old) == 4 and all(a > b for a, b in zip(new, old))
+
+
+def test_bench_with_a_reference_records_paired_timings(tiny_model_folder):
+    from fractalflow.inference.bench import format_table, run_bench
+
+    report = run_bench([], ["standard"], model=str(tiny_model_folder), repeats=4, reference=str(tiny_model_folder))
+    (row,) = report["rows"]
+    assert len(row["samples"]["seconds_to_image"]) == len(row["samples"]["reference:seconds_to_image"]) == 4
+    assert 0.5 < row["time_vs_reference"] < 2  # the same model on both sides
+    assert "the reference model's seconds to the image" in format_table(report["rows"])
 
 
 @pytest.mark.parametrize(

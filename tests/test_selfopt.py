@@ -75,6 +75,34 @@ def test_a_timing_whose_baseline_drifted_is_inconclusive_not_a_regression(tmp_pa
     assert steady.regressed and not steady.inconclusive and steady.baseline_drift < 0.1
 
 
+def drifting_pairs(rng, slowdown, repeats=20):
+    """Seconds of ``repeats`` image pairs drawn alternately on a machine whose speed wanders by
+    up to 40 % during the run (both of a pair see the same moment), each image with 4 % jitter;
+    the first of a pair is ``slowdown`` slower in its work."""
+    speed = np.cumprod(rng.uniform(0.93, 1.08, repeats)).clip(0.8, 1.4)
+    jitter = rng.lognormal(np.log(0.15), 0.04, (2, repeats))
+    return list(speed * jitter[0] * (1 + slowdown)), list(speed * jitter[1])
+
+
+def test_timings_paired_with_a_reference_judge_a_drifting_machine_without_earlier_runs():
+    rng = np.random.default_rng(7)
+    for repeat in range(5):
+        new, reference = drifting_pairs(rng, 0.0)
+        run = RunRecord("bench", "x", SETTINGS, {}, {"seconds_to_image": new, "reference:seconds_to_image": reference})
+        (finding,) = check_regression(run, [])
+        assert finding.test == "paired" and not finding.regressed and not finding.inconclusive, (repeat, finding)
+    new, reference = drifting_pairs(rng, 0.2)
+    run = RunRecord("bench", "x", SETTINGS, {}, {"seconds_to_image": new, "reference:seconds_to_image": reference})
+    (finding,) = check_regression(run, [])
+    assert finding.regressed and 0.12 < finding.worse_by < 0.3 and finding.p_value < 0.01, finding
+    # the same timings unpaired, against runs of the same drifting machine, cannot be judged
+    earlier = [
+        RunRecord("bench", "x", SETTINGS, {}, {"seconds_to_image": drifting_pairs(rng, 0.0)[1]}) for _ in range(5)
+    ]
+    unpaired = RunRecord("bench", "x", SETTINGS, {}, {"seconds_to_image": new})
+    assert check_regression(unpaired, earlier)[0].verdict != "REGRESSED"
+
+
 def test_a_small_but_significant_change_is_below_the_threshold_and_faster_is_never_a_regression(tmp_path):
     rng = np.random.default_rng(1)
     baseline = [RunRecord("bench", "x", SETTINGS, {}, {"seconds_to_image": t}) for t in timings(rng, 5, 30)]
@@ -144,6 +172,12 @@ def test_history_check_exits_1_on_a_regression_with_the_evidence_and_0_otherwise
     assert main(["history", "--path", str(path)]) == 0 and "cpu/standard" in capsys.readouterr().out
     assert main(["history", "compare", "1", "6", "--path", str(path)]) == 0
     assert "seconds_to_image" in capsys.readouterr().out
+    new, reference = drifting_pairs(rng, 0.25)
+    paired = {"seconds_to_image": new, "reference:seconds_to_image": reference}
+    history.record(RunRecord("bench", "cpu/standard", {"reference": "v1"}, {}, paired, "v2", "cpu-x"))
+    assert main(["history", "check", "--path", str(path)]) == 1  # no earlier run with its settings: the pairs judge
+    out = capsys.readouterr().out
+    assert "against its reference:" in out and "REGRESSED seconds_to_image" in out and "paired p =" in out
 
 
 @pytest.mark.parametrize(

@@ -291,6 +291,12 @@ def _add_bench_command(commands) -> None:
     bench.add_argument(
         "--repeats", type=int, default=3, help="images timed one at a time per case, after a warm-up (default: 3)"
     )
+    bench.add_argument(
+        "--reference",
+        default="",
+        help="a model folder to time alternately with --model, image by image in the same process: the pairs "
+        "compare the two on a machine whose speed drifts, and 'history check' judges the run by them",
+    )
     _add_history_options(bench)
     bench.add_argument(
         "--out", default=None, help="JSON file to write (default: benchmarks/results/bench-<cpu|cuda>.json)"
@@ -760,7 +766,11 @@ def run_bench(args: argparse.Namespace) -> None:
         raise UsageError(f"--resolutions {args.resolutions!r}: choose from {list(NAMED_RESOLUTIONS)}")
     if args.n > 0 and not Path(args.data, "records.jsonl").is_file():
         raise UsageError(f"{args.data} holds no prepared emoji set for FD; run 'make data' or pass --n 0")
-    report = run_bench(profiles, resolutions, args.model, args.n, args.data, args.early_stop, args.repeats)
+    if args.reference and not Path(args.reference).is_dir():
+        raise UsageError(f"--reference {args.reference!r}: no such model folder")
+    report = run_bench(
+        profiles, resolutions, args.model, args.n, args.data, args.early_stop, args.repeats, args.reference
+    )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     report.update(hardware=describe_device(device), torch=torch.__version__)
     print(format_table(report["rows"]))
@@ -817,7 +827,7 @@ def _record(args: argparse.Namespace, **run) -> None:
 
 
 def run_history(args: argparse.Namespace) -> int:
-    from fractalflow.monitoring.selfopt import CheckSettings, RunHistory, check_regression, format_runs
+    from fractalflow.monitoring.selfopt import REFERENCE, CheckSettings, RunHistory, check_regression, format_runs
 
     history = RunHistory(args.path)
     if args.action == "list":
@@ -855,12 +865,13 @@ def run_history(args: argparse.Namespace) -> int:
         raise UsageError(f"no runs recorded in {history.path}")
     run = history.get(args.runs[0]) if args.runs else newest[0]
     baseline = history.comparable(run, settings.baseline_runs)
-    if not baseline:
+    paired = any(name.startswith(REFERENCE) for name in run.samples)
+    if not baseline and not paired:
         print(f"run {run.id}: no earlier {run.kind} run with the same hardware and settings to check against")
         return 0
     findings = check_regression(run, baseline, settings)
-    ids = ", ".join(str(b.id) for b in baseline)
-    print(f"run {run.id} ({run.kind} {run.name}, commit {run.git_commit}) against runs {ids}:")
+    against = [f"runs {', '.join(str(b.id) for b in baseline)}"] * bool(baseline) + ["its reference"] * paired
+    print(f"run {run.id} ({run.kind} {run.name}, commit {run.git_commit}) against {' and '.join(against)}:")
     for finding in findings:
         print("  " + finding.describe())
     if not findings:

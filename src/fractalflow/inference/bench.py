@@ -29,6 +29,7 @@ from fractalflow.inference.profiles import PROFILES, InferenceProfile, get_profi
 from fractalflow.pipeline import FractalFlowPipeline, default_model_folder
 
 BASELINE = "baseline"
+REFERENCE = "reference:"  # samples paired one to one with the same-named samples of the measured model
 TEXT_PROMPT = "red heart"
 
 
@@ -44,6 +45,7 @@ class BenchCase(JsonConfig):
     eval_images: int = 0
     data: str = "data/emoji"
     repeats: int = 3
+    reference: str = ""
 
     def __post_init__(self) -> None:
         if not (self.steps >= 1 and self.eval_images >= 0 and self.repeats >= 1 and 0 <= self.early_stop < math.inf):
@@ -54,14 +56,15 @@ class BenchCase(JsonConfig):
 
 
 def generation_config(case: BenchCase, pipeline: FractalFlowPipeline, profile: InferenceProfile) -> GenerationConfig:
-    """The baseline samples the named resolution's size at one scale in full; profiles refine
-    coarse to fine, with their step caching (``adaptive``)."""
+    """The model's own sampling defaults (guidance, its interval, the time grid) with the
+    case's steps: the baseline samples the named resolution's size at one scale in full;
+    profiles refine coarse to fine, with their early stop and step caching (``adaptive``)."""
+    defaults = pipeline.generation_config
     if case.profile == BASELINE:
         model = pipeline.config
-        return GenerationConfig(
-            size=resolution_size(case.resolution, model.sample_size, model.downsampling), steps=case.steps
-        )
-    return GenerationConfig(
+        size = resolution_size(case.resolution, model.sample_size, model.downsampling)
+        return defaults.merged(size=size, steps=case.steps, early_stop=0.0, adaptive="off", postprocess=())
+    return defaults.merged(
         resolution=case.resolution, steps=case.steps, early_stop=case.early_stop, adaptive=profile.adaptive
     )
 
@@ -76,26 +79,44 @@ def bench_prompt(pipeline: FractalFlowPipeline) -> str:
     return names[0] if names else TEXT_PROMPT
 
 
+def time_one(pipeline: FractalFlowPipeline, config: GenerationConfig, seed: int) -> tuple[float, float]:
+    """Seconds to the first preview event and to the finished image of one image."""
+    stamps: list[float] = []
+    begin = time.perf_counter()
+    pipeline.generate(
+        bench_prompt(pipeline),
+        seed=seed,
+        callback=lambda _, seen=stamps: seen.append(time.perf_counter()),
+        config=config,
+    )
+    return stamps[0] - begin, time.perf_counter() - begin
+
+
 def latency_samples(
     pipeline: FractalFlowPipeline, config: GenerationConfig, repeats: int = 3
 ) -> tuple[list[float], list[float]]:
     """Seconds to the first preview event and to the finished image of each of ``repeats``
     images drawn one at a time, after one warm-up run (which also compiles, where the profile
     compiles)."""
-    first_preview, finished = [], []
+    timings = [time_one(pipeline, config, seed) for seed in range(repeats + 1)][1:]
+    return [first for first, _ in timings], [finished for _, finished in timings]
+
+
+def interleaved_latency(
+    pipeline: FractalFlowPipeline, reference: FractalFlowPipeline, config: GenerationConfig, repeats: int = 10
+) -> tuple[list[float], list[float]]:
+    """Seconds to the finished image of ``pipeline`` and of ``reference``, ``repeats`` pairs
+    drawn alternately in one process (ABBA order: A B, B A, A B, ... after a warm-up pair),
+    so a machine that changes speed slows both alike and pair i of the two lists is comparable."""
+    new, old = [], []
     for seed in range(repeats + 1):
-        stamps: list[float] = []
-        begin = time.perf_counter()
-        pipeline.generate(
-            bench_prompt(pipeline),
-            seed=seed,
-            callback=lambda _, seen=stamps: seen.append(time.perf_counter()),
-            config=config,
-        )
-        if seed:
-            first_preview.append(stamps[0] - begin)
-            finished.append(time.perf_counter() - begin)
-    return first_preview, finished
+        if seed % 2 == 0:
+            new.append(time_one(pipeline, config, seed)[1])
+            old.append(time_one(reference, config, seed)[1])
+        else:
+            old.append(time_one(reference, config, seed)[1])
+            new.append(time_one(pipeline, config, seed)[1])
+    return new[1:], old[1:]
 
 
 def latency(pipeline: FractalFlowPipeline, config: GenerationConfig, repeats: int = 3) -> tuple[float, float]:
@@ -104,16 +125,23 @@ def latency(pipeline: FractalFlowPipeline, config: GenerationConfig, repeats: in
     return statistics.median(first_preview), statistics.median(finished)
 
 
-def measure(case: BenchCase) -> dict:
-    """Run one case in this process (call it in a fresh one for a clean peak RSS)."""
-    started = time.perf_counter()
-    if case.profile == BASELINE:
+def load_case(model: str, profile_name: str) -> tuple[InferenceProfile, FractalFlowPipeline]:
+    """The profile and pipeline a case measures ``model`` with ("": the shipped model)."""
+    if profile_name == BASELINE:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        profile = InferenceProfile(name=BASELINE, device=device)
-        pipeline = FractalFlowPipeline.from_pretrained(case.model or default_model_folder(), device=device)
-    else:
-        engine = InferenceEngine(case.model or None, profile=case.profile)
-        profile, pipeline = engine.profile, engine.pipeline
+        pipeline = FractalFlowPipeline.from_pretrained(model or default_model_folder(), device=device)
+        return InferenceProfile(name=BASELINE, device=device), pipeline
+    engine = InferenceEngine(model or None, profile=profile_name)
+    return engine.profile, engine.pipeline
+
+
+def measure(case: BenchCase) -> dict:
+    """Run one case in this process (call it in a fresh one for a clean peak RSS). With a
+    ``reference`` model, the seconds to the image are measured alternately with it (see
+    :func:`interleaved_latency`) and recorded as pairs, ``reference:seconds_to_image``
+    beside ``seconds_to_image``; the peak RSS then holds both models."""
+    started = time.perf_counter()
+    profile, pipeline = load_case(case.model, case.profile)
     prompt = bench_prompt(pipeline)
     if not pipeline.config.class_names:
         pipeline.text_encoder.encode([prompt])
@@ -121,6 +149,16 @@ def measure(case: BenchCase) -> dict:
     config = generation_config(case, pipeline, profile)
 
     first_previews, finishes = latency_samples(pipeline, config, case.repeats)
+    samples = {"seconds_to_first_preview": first_previews, "seconds_to_image": finishes}
+    paired = {}
+    if case.reference:
+        _, reference = load_case(case.reference, case.profile)
+        finishes, reference_finishes = interleaved_latency(pipeline, reference, config, case.repeats)
+        samples.update({"seconds_to_image": finishes, REFERENCE + "seconds_to_image": reference_finishes})
+        paired = {
+            "reference_seconds_to_image": statistics.median(reference_finishes),
+            "time_vs_reference": statistics.median(new / old for new, old in zip(finishes, reference_finishes)),
+        }
     throughput = {}
     for batch in sorted({1, 2, 4, profile.max_batch}):
         if batch > profile.max_batch:
@@ -132,10 +170,12 @@ def measure(case: BenchCase) -> dict:
         "case": case.to_dict(),
         "profile": profile.to_dict(),
         "size": pipeline.generate(prompt, seed=0, config=config, steps=1).metadata["size"],
+        "config": config.describe(),
         "load_seconds": load_seconds,
         "seconds_to_first_preview": statistics.median(first_previews),
         "seconds_to_image": statistics.median(finishes),
-        "samples": {"seconds_to_first_preview": first_previews, "seconds_to_image": finishes},
+        "samples": samples,
+        **paired,
         "model_sha256": model_fingerprint(pipeline.model),
         "images_per_s_batch1": throughput[1],
         "images_per_s_best": max(throughput.values()),
@@ -181,8 +221,10 @@ def run_bench(
     data: str = "data/emoji",
     early_stop: float = 0.0,
     repeats: int = 3,
+    reference: str = "",
 ) -> dict:
-    """Every (baseline and profile) x resolution, each in a fresh process; rows carry ratios to the baseline."""
+    """Every (baseline and profile) x resolution, each in a fresh process; rows carry ratios to
+    the baseline and, with a ``reference`` model folder, its paired timings."""
     for name in profiles:
         if name not in PROFILES:
             get_profile(name)  # raises the error that names the allowed profiles
@@ -199,6 +241,7 @@ def run_bench(
                 eval_images=eval_images,
                 data=data,
                 repeats=repeats,
+                reference=reference,
             )
             print(f"bench: {name} at {resolution} ...", file=sys.stderr, flush=True)
             row = run_case_in_subprocess(case)
@@ -226,6 +269,13 @@ def format_table(rows: list[dict]) -> str:
             f"{row['rss_ratio']:6.2f} {'' if fd is None else f'{fd:7.1f}':>7s} "
             f"{'' if fd is None else format(row['fd_ratio'], '6.3f'):>6s}"
         )
+    for row in rows:
+        if "time_vs_reference" in row:
+            lines.append(
+                f"{row['case']['profile']}/{row['case']['resolution']}: {row['time_vs_reference']:.3f}x the reference "
+                f"model's seconds to the image ({row['reference_seconds_to_image']:.3f} s), median of "
+                f"{len(row['samples']['seconds_to_image'])} pairs drawn alternately"
+            )
     return "\n".join(lines)
 
 

@@ -28,6 +28,12 @@ threshold is the smaller ``min_paired_change``. A timing is *inconclusive*, neve
 when the baseline runs' own medians differ by more than ``max_baseline_drift``: the machine
 changed speed while they ran (a shared machine does, for minutes at a time), and a new run
 cannot be told apart from that.
+
+**Paired timings** need no earlier run. ``fractalflow bench --reference FOLDER`` draws the
+run's images alternately with a reference model's in one process, so whatever the machine
+does, it does to both; the run then holds ``reference:<metric>`` beside ``<metric>``, and
+the check judges the pairs with the signed-rank test at ``min_change`` (as asv compares two
+commits in interleaved rounds). History runs of the metric are not consulted for it.
 ``fractalflow history check`` exits 1 when any metric regresses, printing the evidence.
 """
 
@@ -72,6 +78,7 @@ CREATE INDEX IF NOT EXISTS comparable ON runs (kind, hardware, settings_key, id)
 LOWER_IS_BETTER = ("seconds", "fd_", "peak_rss", "loss", "distance")
 HIGHER_IS_BETTER = ("images_per_s", "precision", "recall", "top", "concept_retrieval", "cosine")
 PER_IMAGE = "per_image:"  # samples with one value per image, paired across runs by caption and seed
+REFERENCE = "reference:"  # a reference model's timings, drawn alternately with the run's own (bench --reference)
 
 
 def default_history_path() -> Path:
@@ -286,15 +293,19 @@ def check_metric(
     metric: str, new: Sequence[float], baseline: Sequence[float], test: str, settings: CheckSettings
 ) -> Finding:
     """One metric of a new run against the baseline's samples, by ``test``: "rank",
-    "bootstrap", or "signed-rank" (``baseline`` then holds the values paired with ``new``)."""
+    "bootstrap", "signed-rank" (``baseline`` then holds the values paired with ``new``; the
+    threshold is ``min_paired_change``) or "paired" (timings paired with a reference's drawn
+    alternately: the signed-rank test at ``min_change``, the change being the pairs' median ratio)."""
     worse = direction(metric)
     new_values, base_values = np.asarray(new, dtype=float), np.asarray(baseline, dtype=float)
     new_median, base_median = float(np.median(new_values)), float(np.median(base_values))
     worse_by = worse * (new_median - base_median) / abs(base_median) if base_median else 0.0
+    if test == "paired" and (base_values > 0).all():
+        worse_by = worse * (float(np.median(new_values / base_values)) - 1)
     if test == "rank":
         alternative = "greater" if worse > 0 else "less"
         p_value = float(mannwhitneyu(new_values, base_values, alternative=alternative).pvalue)
-    elif test == "signed-rank":
+    elif test in ("signed-rank", "paired"):
         p_value = signed_rank_p_value(new_values, base_values, worse)
     else:
         p_value = bootstrap_p_value(new_values, base_values, worse, settings)
@@ -304,15 +315,20 @@ def check_metric(
 
 
 def check_regression(run: RunRecord, baseline: list[RunRecord], settings: CheckSettings | None = None) -> list[Finding]:
-    """Every judged metric of ``run`` that has samples in it and in the ``baseline`` runs.
-    Timings (metrics named ``seconds`` or ``images_per_s``) use the rank test on repeats;
+    """Every judged metric of ``run`` that has samples in it and in the ``baseline`` runs, or
+    a reference's paired samples in the run itself (``reference:<metric>``, judged on those
+    pairs alone). Timings (metrics named ``seconds`` or ``images_per_s``) use the rank test on repeats;
     per-image values (``per_image:``) the signed-rank test against the baseline runs'
     per-image medians (runs of another image count are left out); other sampled metrics
     (bootstrap resamples, e.g. FD) the bootstrap test."""
     settings = settings or CheckSettings()
     findings = []
     for metric, values in sorted(run.samples.items()):
-        if not direction(metric) or len(values) < 2:
+        if not direction(metric) or len(values) < 2 or metric.startswith(REFERENCE):
+            continue
+        reference = run.samples.get(REFERENCE + metric, ())
+        if len(reference) == len(values):
+            findings.append(check_metric(metric, values, reference, "paired", settings))
             continue
         if metric.startswith(PER_IMAGE):
             paired = [
