@@ -167,6 +167,23 @@ def test_a_batch_at_mixed_times_always_computes():
     assert (level.computed, level.reused) == (3, 0)
 
 
+def test_a_batch_that_halves_where_guidance_stops_goes_on_with_the_conditional_rows_stored(model):
+    clock = StepClock()
+    level = CachedLevel(lambda x, *context: 2 * x, CacheSettings(every=100), clock)
+    both = torch.arange(4.0).view(4, 1)  # guided_velocity's batch: conditional rows 0-1, then their copies
+    clock.tick(torch.ones(4))
+    level(both)
+    clock.tick(torch.full((2,), 0.4))  # below the interval: the conditional rows alone
+    assert torch.equal(level(both[:2] + 0.01), 2 * both[:2]) and (level.computed, level.reused) == (1, 1)
+
+    # in a whole run: 6 steps guided at t = 1 .. 1/2, then 2 unguided; no step recomputes for the halving
+    velocity = guided_velocity(model, Conditioning(labels=torch.tensor([1, 2])), 3.0, (0.5, 1.0))
+    noise = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    with AdaptiveDepth(model, CacheSettings(every=100)) as adaptive, torch.no_grad():
+        sample_euler(velocity, noise, time_grid(6))
+    assert counts(adaptive) == (1, 5)
+
+
 @pytest.fixture
 def text_model():
     torch.manual_seed(0)

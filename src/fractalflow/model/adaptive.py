@@ -15,7 +15,10 @@ A step recomputes the level when
 
 - it is a new run (the flow time went up, or the level's input has a new shape: another
   stage of a coarse-to-fine run, another batch), or the time is above ``start`` (the early,
-  high-noise steps that lay out the picture);
+  high-noise steps that lay out the picture). One change of shape is no new run: a batch
+  that halves where a guidance interval ends keeps the first half of what was stored, the
+  conditional rows of :func:`~fractalflow.flow.samplers.guided_velocity`'s
+  ``[conditional; unconditional]`` batch, which alone run from there on;
 - the schedule says so (at most ``every - 1`` reuses in a row);
 - or the level's input has drifted from the one its stored output was computed from by
   more than ``drift`` (relative L2, the batch's largest change): a per-input decision, so a
@@ -96,6 +99,12 @@ def count_blocks(level: nn.Module) -> int:
     return blocks
 
 
+def halved(stored: Tensor, x: Tensor) -> bool:
+    """Whether ``x`` is the first half of the batch ``stored`` was (the batch halved where
+    guidance stopped: the conditional rows go on)."""
+    return stored.shape[0] == 2 * x.shape[0] and stored.shape[1:] == x.shape[1:]
+
+
 class CachedLevel(nn.Module):
     """Stands in for ``level`` while caching: computes it, or serves its stored output."""
 
@@ -114,6 +123,10 @@ class CachedLevel(nn.Module):
         return bool(change.max() > self.settings.drift)
 
     def forward(self, x: Tensor, *context) -> Tensor:
+        if self.history and not self.clock.new_run and halved(self.input, x):
+            batch = x.shape[0]
+            self.input = self.input[:batch]
+            self.history = [(time, output[:batch]) for time, output in self.history]
         if self.clock.new_run or (self.history and x.shape != self.input.shape):
             self.history = []
         fresh = (
@@ -151,6 +164,8 @@ class FrozenCrossAttention(nn.Module):
         self.frozen = 0
 
     def forward(self, x: Tensor, tokens: Tensor, mask: Tensor | None) -> Tensor:
+        if self.output is not None and not self.clock.new_run and halved(self.output, x):
+            self.output = self.output[: x.shape[0]]
         if self.clock.new_run or (self.output is not None and self.output.shape != x.shape):
             self.output = None
         if self.output is not None and self.clock.time <= self.below:
