@@ -9,13 +9,16 @@ emoji is named by its code point's CLDR name, captioned "<name>, emojione v1 sty
 2. Trains LoRA adapters (``--rank``) on the training folder from the shipped default model for
    ``--steps`` steps (``fractalflow train --init default --lora-rank``), timed on this CPU.
 3. Draws every held-out caption with the base model and with the adapter (the same seeds, the
-   base model's sampling defaults) and measures FD-EffNetL0 and k-NN precision/recall against the held-out images.
+   base model's sampling defaults) and measures FD-EffNetL0 and k-NN precision/recall against
+   the held-out images; with ``--seeds K``, K times over with other seeds (image i of draw k
+   has seed ``10000 k + i``), so an FD difference can be told from the spread between draws.
 
 Prints a table and writes ``results/lora-style.json``; adapters trained before with other
 settings (same base model, data and eval) are kept in it, so runs build a sweep.
 
     python benchmarks/lora_style.py --steps 600
     python benchmarks/lora_style.py --steps 200 --learning-rate 5e-4 --rank 4
+    python benchmarks/lora_style.py --no-train --seeds 5    # the base and every kept adapter, 5 draws each
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -74,10 +78,79 @@ def write_imagefolders(node_modules: Path, work: Path, size: int = 64) -> dict[s
     return counts
 
 
-def evaluate_fd(pipeline: FractalFlowPipeline, held: object, settings: EvalSettings) -> dict:
-    """FD-EffNetL0 and precision/recall of ``pipeline`` on the held-out style images."""
-    metrics = evaluate(pipeline, held, settings, progress=False)["metrics"]
-    return {k: metrics[k] for k in ("fd_effnet_l0", "precision", "recall")}
+SEED_STRIDE = 10_000  # draw k's image i has seed SEED_STRIDE * k + i
+
+
+def evaluate_fd(pipeline: FractalFlowPipeline, held: object, settings: EvalSettings, seeds: int = 1) -> dict:
+    """FD-EffNetL0 and precision/recall of ``pipeline`` on the held-out style images (the first
+    draw's), and the FD of each of ``seeds`` draws (``fd_by_seed``)."""
+    draws = [
+        evaluate(pipeline, held, replace(settings, seed=SEED_STRIDE * k), progress=False)["metrics"]
+        for k in range(seeds)
+    ]
+    return {
+        **{k: draws[0][k] for k in ("fd_effnet_l0", "precision", "recall")},
+        "fd_by_seed": [draw["fd_effnet_l0"] for draw in draws],
+    }
+
+
+def fd_draws(row: dict) -> list[float]:
+    """A row's FD of each draw (rows written before draws were kept hold one)."""
+    return row.get("fd_by_seed", [row["fd_effnet_l0"]])
+
+
+def spread(values: list[float]) -> str:
+    """``mean ± sample sd`` (the value alone for one draw)."""
+    mean = statistics.fmean(values)
+    return f"{mean:.3f}" if len(values) < 2 else f"{mean:.3f} ± {statistics.stdev(values):.3f}"
+
+
+def print_table(base: dict, runs: list[dict]) -> None:
+    """FD per model as the mean over its draws, and its ratio to the base's, draw by draw."""
+    print(f"{'model':46s} {'draws':>5s} {'FD, mean':>9s} {'x base, mean ± sd':>18s} {'precision':>9s} {'recall':>7s}")
+    for row in [{"model": "base (shipped default)", **base}, *runs]:
+        ratios = [fd / b for fd, b in zip(fd_draws(row), fd_draws(base))]
+        print(
+            f"{row['model'][:46]:46s} {len(fd_draws(row)):5d} {statistics.fmean(fd_draws(row)):9.1f} "
+            f"{spread(ratios):>18s} {row['precision']:9.3f} {row['recall']:7.3f}"
+        )
+
+
+def adapted(run_folder: Path) -> FractalFlowPipeline:
+    """The shipped default with the adapter trained in ``run_folder``."""
+    pipeline = FractalFlowPipeline.default(device="cpu")
+    pipeline.load_adapter(run_folder / "model")
+    return pipeline
+
+
+def run_folder_name(rank: int, steps: int, batch_size: int, learning_rate: float) -> str:
+    return f"r{rank}-s{steps}-b{batch_size}-lr{learning_rate:g}"
+
+
+def train_adapter(args: argparse.Namespace, work: Path, train_set: object) -> dict:
+    """Train the adapter ``args`` asks for; its row without the eval."""
+    config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        image_size=64,
+        learning_rate=args.learning_rate,
+        warmup_steps=min(50, args.steps // 10),
+        init="default",
+        lora_rank=args.rank,
+        checkpoint_every=0,
+        log_every=50,
+    )
+    folder = work / "runs" / run_folder_name(args.rank, args.steps, args.batch_size, args.learning_rate)
+    base_model = load_model(default_model_folder())
+    encoder = TextEncoder.from_pretrained()
+    trainer = Trainer(replace(base_model.config, trained_sizes=()), config, train_set, folder, text_encoder=encoder)
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    adapter_bytes = sum(p.stat().st_size for p in (folder / "model").iterdir() if p.is_file())
+    print(f"adapter {adapter_bytes / 2**20:.2f} MiB, trained in {seconds / 60:.1f} min")
+    name = f"+ LoRA rank {args.rank}, {args.steps} steps of {args.batch_size}, lr {args.learning_rate:g}"
+    return {"model": name, "train": config.to_dict(), "seconds": seconds, "adapter_bytes": adapter_bytes}
 
 
 def main() -> None:
@@ -87,7 +160,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="images per step (default: 32)")
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank (default: 8)")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    parser.add_argument("--seeds", type=int, default=1, help="draws of the held-out captions per model (default: 1)")
+    parser.add_argument(
+        "--no-train", action="store_true", help="train nothing: draw the base and every kept adapter --seeds times"
+    )
     args = parser.parse_args()
+    if args.seeds < 1:
+        parser.error(f"--seeds {args.seeds}: draw at least once")
     work = REPO / args.work
     counts = write_imagefolders(REPO / "data" / "node_modules", work)
     train_set, held = load_imagefolder(work / "train", 64), load_imagefolder(work / "held-out", 64)
@@ -105,43 +184,27 @@ def main() -> None:
     header = json.loads(json.dumps(header))  # as read back (tuples become lists)
     previous = json.loads(out.read_text()) if out.is_file() else {}
     same = {k: previous.get(k) for k in header} == header
-    base = previous["base"] if same else evaluate_fd(FractalFlowPipeline.default(device="cpu"), held, settings)
+    base = previous["base"] if same else None
+    if base is None or len(fd_draws(base)) < args.seeds:
+        base = evaluate_fd(FractalFlowPipeline.default(device="cpu"), held, settings, args.seeds)
     runs = previous.get("runs", []) if same else []
-
-    config = TrainConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        image_size=64,
-        learning_rate=args.learning_rate,
-        warmup_steps=min(50, args.steps // 10),
-        init="default",
-        lora_rank=args.rank,
-        checkpoint_every=0,
-        log_every=50,
-    )
-    name = f"rank {args.rank}, {args.steps} steps of {args.batch_size}, lr {args.learning_rate:g}"
-    run_folder = work / "runs" / f"r{args.rank}-s{args.steps}-b{args.batch_size}-lr{args.learning_rate:g}"
-    base_model = load_model(default_model_folder())
-    encoder = TextEncoder.from_pretrained()
-    trainer = Trainer(replace(base_model.config, trained_sizes=()), config, train_set, run_folder, text_encoder=encoder)
-    started = time.perf_counter()
-    trainer.train()
-    train_seconds = time.perf_counter() - started
-    adapter = run_folder / "model"
-    adapter_bytes = sum(p.stat().st_size for p in adapter.iterdir() if p.is_file())
-    pipeline = FractalFlowPipeline.default(device="cpu")
-    pipeline.load_adapter(adapter)
-    row = {"model": f"+ LoRA {name}", "train": config.to_dict(), "seconds": train_seconds}
-    row["adapter_bytes"] = adapter_bytes
-    runs = [r for r in runs if r["model"] != row["model"]] + [{**row, **evaluate_fd(pipeline, held, settings)}]
+    if args.no_train:
+        runs = [{**row, **evaluate_fd(adapted(folder_of(work, row)), held, settings, args.seeds)} for row in runs]
+    else:
+        row = train_adapter(args, work, train_set)
+        row.update(evaluate_fd(adapted(folder_of(work, row)), held, settings, args.seeds))
+        runs = [r for r in runs if r["model"] != row["model"]] + [row]
     atomic_write_text(out, json.dumps({**header, "base": base, "runs": runs}, indent=2) + "\n")
+    print_table(base, runs)
+    print(f"{counts}; wrote {out}")
 
-    print(f"{'model':52s} {'FD':>8s} {'x base':>7s} {'precision':>9s} {'recall':>7s} {'train min':>9s}")
-    for r in [{"model": "base (shipped default)", **base}, *runs]:
-        fd, minutes = r["fd_effnet_l0"], f"{r['seconds'] / 60:9.1f}" if "seconds" in r else ""
-        ratio = fd / base["fd_effnet_l0"]
-        print(f"{r['model']:52s} {fd:8.1f} {ratio:7.3f} {r['precision']:9.3f} {r['recall']:7.3f} {minutes:>9s}")
-    print(f"{counts}; adapter {adapter_bytes / 2**20:.2f} MiB; wrote {out}")
+
+def folder_of(work: Path, row: dict) -> Path:
+    """The run folder of a row's adapter, from its training settings."""
+    train = row["train"]
+    return (
+        work / "runs" / run_folder_name(train["lora_rank"], train["steps"], train["batch_size"], train["learning_rate"])
+    )
 
 
 if __name__ == "__main__":
