@@ -10,8 +10,9 @@ retrieval, and seconds per image (batches of 64, this machine).
     python benchmarks/guidance.py --split train ...            # the same on training captions
 
 A variant is comma-separated ``name=value`` settings; ``a:b`` is a pair. Writes
-``benchmarks/results/guidance-<model name>.json`` after every variant; variants measured
-before with the same model, ``--n``, size and hardware are kept, not redrawn.
+``benchmarks/results/guidance-<model name>.json`` after every variant; settings measured
+before with the same model, ``--n``, size and hardware are kept, not redrawn (a row's
+``config`` is what ran: its variant was written over the model's defaults of that day).
 """
 
 from __future__ import annotations
@@ -77,9 +78,9 @@ def main() -> None:
     same = {k: previous.get(k) for k in header} == header
     rows = previous.get("variants", []) if same else []
     for variant in args.variants:
-        if any(row["variant"] == variant for row in rows):
-            continue
         config = defaults.merged(**parse_variant(variant))
+        if any(row["config"] == json.loads(json.dumps(config.describe())) for row in rows):
+            continue  # measured before (a variant is over the defaults of its day: the config says what ran)
         settings = EvalSettings(num_images=args.n, batch_size=64, generation=config)
         print(f"== {variant}", flush=True)
         report = evaluate(pipeline, held_out, settings, alignment, gallery=gallery, progress=False)

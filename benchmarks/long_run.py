@@ -3,11 +3,13 @@
 A run trained with ``--snapshot-minutes`` (``fractalflow train`` or
 ``scripts/train_default.py``) holds ``snapshots/<M>min`` model folders, the EMA model once
 training had run M minutes (summed over resumed runs). Each is measured with
-``fractalflow eval``'s metrics on the same held-out captions (Euler, 20 steps, guidance 3),
-so the table shows where more compute stops paying. The model to beat (by default the shipped
-default model) is measured alike on the first line.
+``fractalflow eval``'s metrics on the same held-out captions (Euler, 20 steps, guidance 3;
+or the sampling defaults of ``--sampling-from``'s model folder), so the table shows where
+more compute stops paying. The model to beat (by default the shipped default model) is
+measured alike on the first line.
 
     python benchmarks/long_run.py --run runs/default --n 661
+    python benchmarks/long_run.py --run runs/default-ft5 --sampling-from src/fractalflow/weights/default
 
 Prints a table and writes ``benchmarks/results/long-run-<run name>.json`` after every
 snapshot; snapshots already measured with the same settings are kept.
@@ -75,6 +77,12 @@ def main() -> None:
     parser.add_argument(
         "--baseline", default=str(default_model_folder()), help="model folder to beat (default: the shipped model)"
     )
+    parser.add_argument(
+        "--sampling-from",
+        default=None,
+        help="sample every model with this model folder's generation_config.json (default: guidance 3 at every "
+        "step, as the earlier tables)",
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     args = parser.parse_args()
     run = Path(args.run)
@@ -82,12 +90,15 @@ def main() -> None:
     if not found:
         parser.error(f"{run} has no snapshots/<M>min folders; train with --snapshot-minutes")
     device = resolve_device(args.device)
-    settings = EvalSettings(num_images=args.n, batch_size=64, generation=GenerationConfig(size=args.size))
+    sampling = GenerationConfig.for_model(args.sampling_from) if args.sampling_from else GenerationConfig()
+    settings = EvalSettings(num_images=args.n, batch_size=64, generation=sampling.merged(size=args.size))
     held_out = load_emoji(args.data, image_size=args.size, split="eval")
     gallery = asked_concept_images(args.data, held_out, eval_rows(args.n, len(held_out)), args.size)
     alignment = load_alignment_encoder()
     path = RESULTS / f"long-run-{run.name}.json"
     header = {"n": args.n, "size": args.size, "held_out_images": len(held_out), "hardware": describe_device(device)}
+    if args.sampling_from:  # earlier files, all sampled at guidance 3, have no such entry
+        header["generation"] = json.loads(json.dumps(settings.generation.to_dict()))
     previous = json.loads(path.read_text()) if path.is_file() else {}
     same = previous.get("settings") == header
     rows = previous.get("snapshots", []) if same else []
