@@ -58,16 +58,18 @@ def test_the_exported_folder_draws_the_pipelines_image_for_the_same_noise(export
 
 def test_an_export_samples_on_its_models_time_grid(exported, tmp_path):
     np.testing.assert_array_equal(time_grid(20, 3.0), samplers.time_grid(20, 3.0).numpy())  # float32 alike
-    shifted = tmp_path / "shifted"
-    shutil.copytree(exported, shifted)
-    GenerationConfig.for_model(shifted).merged(time_shift=3.0).save(shifted)
+    folders = {}
+    for shift in (1.0, 3.0):
+        folders[shift] = tmp_path / f"shift-{shift:g}"
+        shutil.copytree(exported, folders[shift])
+        GenerationConfig.for_model(folders[shift]).merged(time_shift=shift).save(folders[shift])
     pipeline = FractalFlowPipeline.default(device="cpu")
     expected = np.asarray(pipeline.generate("red heart", seed=3, steps=8, time_shift=3.0).images[0], dtype=int)
     noise = seeded_noise([3], 3, "cpu")(64).numpy()
-    got = OnnxGenerator(shifted).generate(["red heart"], noise, steps=8)[0].astype(int)
-    even = OnnxGenerator(exported).generate(["red heart"], noise, steps=8)[0].astype(int)
+    got = OnnxGenerator(folders[3.0]).generate(["red heart"], noise, steps=8)[0].astype(int)
+    even = OnnxGenerator(folders[1.0]).generate(["red heart"], noise, steps=8)[0].astype(int)
     assert np.abs(got - expected).max() <= 2 and np.abs(got - expected).mean() < 0.05
-    assert np.abs(got - even).mean() > 1  # the folder's shift is used, not an even grid
+    assert np.abs(got - even).mean() > 1  # the folder's shift is used
 
 
 def test_a_failed_export_keeps_the_old_folder_and_leaves_no_partial_files(tmp_path, monkeypatch):
