@@ -1,0 +1,70 @@
+"""Step caching against full compute, timed in pairs: the shipped model's own sampling
+defaults with ``adaptive="auto"`` (alone and with early stop 0.02) against ``adaptive="off"``,
+batches of held-out captions drawn alternately in one process (ABBA after a warm-up pair),
+so a machine that changes speed slows both alike. Prints the median ratio of each pair's
+seconds and writes ``results/adaptive-paired-b<batch>.json``. Quality of the same settings:
+``benchmarks/guidance.py --variants adaptive=auto "adaptive=auto,early_stop=0.02"``.
+
+    python benchmarks/adaptive_paired.py --batch 32 --pairs 6
+    python benchmarks/adaptive_paired.py --batch 1 --pairs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from fractalflow import FractalFlowPipeline
+from fractalflow.data.emoji import load_emoji
+from fractalflow.files import atomic_write_text
+from fractalflow.hardware import describe_device
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=32, help="captions per generate call (default: 32)")
+    parser.add_argument("--pairs", type=int, default=6, help="timed pairs after the warm-up pair (default: 6)")
+    parser.add_argument("--data", default=str(REPO / "data" / "emoji"), help="prepared emoji data folder")
+    args = parser.parse_args()
+    pipeline = FractalFlowPipeline.default(device="cpu")
+    captions = [variants[0] for variants in load_emoji(args.data, image_size=64, split="eval").caption_variants]
+    full = pipeline.generation_config
+    candidates = {
+        "auto": full.merged(adaptive="auto"),
+        "auto, early stop 0.02": full.merged(adaptive="auto", early_stop=0.02),
+    }
+    rows = {}
+    for name, candidate in candidates.items():
+        seconds = {"candidate": [], "full": []}
+        for i in range(args.pairs + 1):
+            start = (i * args.batch) % max(1, len(captions) - args.batch)
+            chunk = captions[start : start + args.batch]
+            order = (
+                [("candidate", candidate), ("full", full)] if i % 2 == 0 else [("full", full), ("candidate", candidate)]
+            )
+            for side, config in order:
+                begin = time.perf_counter()
+                pipeline.generate(chunk, seed=i, config=config)
+                seconds[side].append(time.perf_counter() - begin)
+        pairs = list(zip(seconds["full"][1:], seconds["candidate"][1:]))
+        speedup = statistics.median(f / c for f, c in pairs)
+        rows[name] = {
+            "speedup": speedup,
+            "full_seconds": seconds["full"][1:],
+            "candidate_seconds": seconds["candidate"][1:],
+        }
+        print(f"batch {args.batch}, {name}: {speedup:.3f}x full compute (median of {len(pairs)} pairs)", flush=True)
+    out = RESULTS / f"adaptive-paired-b{args.batch}.json"
+    payload = {"hardware": describe_device("cpu"), "config": full.describe(), "batch": args.batch, "rows": rows}
+    atomic_write_text(out, json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
