@@ -870,7 +870,11 @@ def run_history(args: argparse.Namespace) -> int:
         print(f"run {run.id}: no earlier {run.kind} run with the same hardware and settings to check against")
         return 0
     findings = check_regression(run, baseline, settings)
-    against = [f"runs {', '.join(str(b.id) for b in baseline)}"] * bool(baseline) + ["its reference"] * paired
+    against = []
+    if baseline:
+        against.append("runs " + ", ".join(str(b.id) for b in baseline))
+    if paired:
+        against.append("its reference")
     print(f"run {run.id} ({run.kind} {run.name}, commit {run.git_commit}) against {' and '.join(against)}:")
     for finding in findings:
         print("  " + finding.describe())
