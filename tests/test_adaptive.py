@@ -32,6 +32,9 @@ def model():
     return network.eval()
 
 
+ROWS = 4  # sample's batch: two prompts, each with its unconditional twin
+
+
 def sample(model, steps=6, size=16):
     velocity = guided_velocity(model, Conditioning(labels=torch.tensor([1, 2])), 3.0)
     noise = torch.randn(2, 1, size, size, generator=torch.Generator().manual_seed(0))
@@ -49,7 +52,7 @@ def test_caching_that_recomputes_every_step_is_bit_identical_to_full_compute(mod
     with AdaptiveDepth(model, CacheSettings(every=1)) as adaptive:
         cached = sample(model)
     assert torch.equal(full, cached)
-    assert counts(adaptive) == (6, 0)
+    assert counts(adaptive) == (6 * ROWS, 0)
 
 
 def test_outside_the_block_the_model_is_unchanged(model):
@@ -63,7 +66,7 @@ def test_the_schedule_reuses_the_level_between_computations(model):
     full = sample(model)
     with AdaptiveDepth(model, CacheSettings(every=3)) as adaptive:
         cached = sample(model)
-    assert counts(adaptive) == (2, 4)  # steps 0 and 3 compute
+    assert counts(adaptive) == (2 * ROWS, 4 * ROWS)  # steps 0 and 3 compute
     assert not torch.equal(full, cached)  # reused features (how close they are is benchmarks' business)
 
 
@@ -72,15 +75,15 @@ def test_an_input_that_drifted_past_the_threshold_is_recomputed(model):
         sample(model)
     with AdaptiveDepth(model, CacheSettings(every=6, drift=None)) as never:
         sample(model)
-    assert counts(always) == (6, 0)
-    assert counts(never) == (1, 5)
+    assert counts(always) == (6 * ROWS, 0)
+    assert counts(never) == (1 * ROWS, 5 * ROWS)
 
 
 def test_a_new_size_always_recomputes(model):
     with AdaptiveDepth(model, CacheSettings(every=100)) as adaptive:
         sample(model, steps=2, size=16)
         sample(model, steps=2, size=32)
-    assert counts(adaptive) == (2, 2)
+    assert counts(adaptive) == (2 * ROWS, 2 * ROWS)
 
 
 @pytest.mark.parametrize(
@@ -90,7 +93,8 @@ def test_a_new_size_always_recomputes(model):
         (dict(depth=-1), "depth \\(-1\\) must be >= 0"),
         (dict(drift=-1.0), "drift \\(-1.0\\) must be >= 0"),
         (dict(drift=math.nan), "drift \\(nan\\) must be >= 0"),
-        (dict(start=1.5), "start \\(1.5\\) must be from 0 to 1"),
+        (dict(start=1.5), "start \\(1.5\\) and guidance_start \\(1.0\\) must be from 0 to 1"),
+        (dict(guidance_every=0), "guidance_every \\(0\\) must be >= 1"),
         (dict(freeze_cross=2.0), "freeze_cross \\(2.0\\) must be from 0 to 1"),
     ],
 )
@@ -108,7 +112,7 @@ def test_a_new_run_at_the_same_size_recomputes_its_first_step(model):
     with AdaptiveDepth(model, CacheSettings(every=100)) as adaptive:
         first = sample(model, steps=3)
         second = sample(model, steps=3)
-    assert counts(adaptive) == (2, 4)
+    assert counts(adaptive) == (2 * ROWS, 4 * ROWS)
     assert torch.equal(first, second)  # the second run never saw the first one's features
 
 
@@ -116,7 +120,7 @@ def test_steps_above_the_start_time_always_compute(model):
     # 6 Euler steps evaluate at t = 1, 5/6, 4/6, 3/6, 2/6, 1/6: the first three are above 0.5
     with AdaptiveDepth(model, CacheSettings(every=100, start=0.5)) as adaptive:
         sample(model, steps=6)
-    assert counts(adaptive) == (3, 3)
+    assert counts(adaptive) == (3 * ROWS, 3 * ROWS)
 
 
 def test_the_report_counts_the_blocks_that_ran(model):
@@ -125,8 +129,8 @@ def test_the_report_counts_the_blocks_that_ran(model):
     inner = sum(2 * d for d in config.depths[1:-1]) + config.depths[-1]
     with AdaptiveDepth(model, CacheSettings(every=3)) as adaptive:
         sample(model, steps=6)
-    assert adaptive.report()["blocks_full"] == 6 * per_forward
-    assert adaptive.report()["blocks_run"] == 6 * per_forward - 4 * inner
+    assert adaptive.report()["blocks_full"] == 6 * ROWS * per_forward
+    assert adaptive.report()["blocks_run"] == 6 * ROWS * per_forward - 4 * ROWS * inner
 
 
 class Counter(nn.Module):
@@ -174,14 +178,83 @@ def test_a_batch_that_halves_where_guidance_stops_goes_on_with_the_conditional_r
     clock.tick(torch.ones(4))
     level(both)
     clock.tick(torch.full((2,), 0.4))  # below the interval: the conditional rows alone
-    assert torch.equal(level(both[:2] + 0.01), 2 * both[:2]) and (level.computed, level.reused) == (1, 1)
+    assert torch.equal(level(both[:2] + 0.01), 2 * both[:2]) and (level.computed, level.reused) == (4, 2)
 
-    # in a whole run: 6 steps guided at t = 1 .. 1/2, then 2 unguided; no step recomputes for the halving
+    # in a whole run: 4 steps guided at t = 1 .. 1/2 (4 rows), then 2 unguided (2 rows); no step
+    # recomputes for the halving
     velocity = guided_velocity(model, Conditioning(labels=torch.tensor([1, 2])), 3.0, (0.5, 1.0))
     noise = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     with AdaptiveDepth(model, CacheSettings(every=100)) as adaptive, torch.no_grad():
         sample_euler(velocity, noise, time_grid(6))
-    assert counts(adaptive) == (1, 5)
+    assert counts(adaptive) == (4, 3 * 4 + 2 * 2)
+
+
+class Doubler(nn.Module):
+    """A stand-in level that doubles its input and records the batch of the context it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.down_blocks, self.up_blocks, self.context_rows = [], [], []
+
+    def forward(self, x, vector, *rest):
+        self.context_rows.append(vector[:, 0].tolist())
+        return 2 * x
+
+
+def test_a_row_whose_input_drifted_recomputes_alone_and_the_others_are_served():
+    clock, doubler = StepClock(), Doubler()
+    level = CachedLevel(doubler, CacheSettings(every=100, drift=0.1), clock)
+    x, vector = torch.ones(3, 2), torch.arange(3.0).view(3, 1)
+    clock.tick(torch.ones(3))
+    level(x, vector)
+    moved = x + torch.tensor([[0.01], [0.5], [0.01]])  # row 1 drifts by 0.5 relative L2, the others by 0.01
+    clock.tick(torch.full((3,), 0.8))
+    out = level(moved, vector)
+    assert torch.equal(out[1], 2 * moved[1]) and torch.equal(out[[0, 2]], 2 * x[[0, 2]])
+    assert doubler.context_rows == [[0.0, 1.0, 2.0], [1.0]]  # the level ran on row 1 and its context only
+    assert (level.computed, level.reused) == (3 + 1, 2)
+
+
+@pytest.mark.parametrize("guidance_every", [1, 2])
+def test_an_image_is_cached_the_same_whatever_shares_its_batch(model, guidance_every):
+    # each image decides for itself: two prompts in one batch compute the level exactly as often
+    # as each does alone, and draw the same images
+    settings = CacheSettings(every=100, drift=1.3, guidance_every=guidance_every)
+
+    def draw(labels):
+        velocity = guided_velocity(model, Conditioning(labels=torch.tensor(labels)), 3.0)
+        noise = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))[[label - 1 for label in labels]]
+        with AdaptiveDepth(model, settings) as adaptive, torch.no_grad():
+            return sample_euler(velocity, noise, time_grid(8)), adaptive.report()["computed"]
+
+    (both, together), (first, alone_1), (second, alone_2) = draw([1, 2]), draw([1]), draw([2])
+    assert together == alone_1 + alone_2 and alone_1 != alone_2
+    assert torch.allclose(both, torch.cat([first, second]), atol=1e-4)
+
+
+def test_cached_guidance_reuses_the_last_guidance_direction_on_the_steps_between(model):
+    cond, x = Conditioning(labels=torch.tensor([1, 2])), torch.randn(2, 1, 16, 16)
+    t1, t2, guidance = torch.full((2,), 0.9), torch.full((2,), 0.8), 3.0
+    velocity = guided_velocity(model, cond, guidance)
+    with torch.no_grad():
+        direction = model(x, t1, cond) - model(x, t1, cond, drop=torch.ones(2, dtype=torch.bool))
+        expected = model(x, t2, cond) + (guidance - 1) * direction
+        with AdaptiveDepth(model, CacheSettings(depth=0, guidance_every=2)) as adaptive:
+            first, second = velocity(x, t1), velocity(x, t2)
+    assert torch.allclose(first, velocity(x, t1)) and torch.allclose(second, expected, atol=1e-4)
+    report = adaptive.report()
+    assert (report["rows"], report["twins_skipped"]) == (8, 2)
+    assert report["blocks_run"] == report["blocks_full"] * 6 // 8
+    assert "forward" not in vars(model)  # the class's forward again
+
+
+def test_a_cached_level_goes_on_across_steps_whose_twins_are_skipped(model):
+    with AdaptiveDepth(model, CacheSettings(every=100, guidance_every=2)) as adaptive:
+        sample(model)
+    report = adaptive.report()
+    # 6 steps of 2 images: the twins run on steps 0, 2 and 4; the level computes on step 0 only
+    assert report["twins_skipped"] == 3 * 2
+    assert (report["computed"], report["reused"]) == (ROWS, 2 * ROWS + 3 * 2)  # steps 2, 4; and 1, 3, 5
 
 
 @pytest.fixture
@@ -207,7 +280,8 @@ def test_frozen_cross_attention_serves_its_last_output_below_the_freezing_time(t
     full = sample_text(text_model)
     with AdaptiveDepth(text_model, CacheSettings(depth=0, freeze_cross=0.5)) as adaptive:
         frozen = sample_text(text_model)
-    assert adaptive.report()["cross_frozen"] == 3 * layers  # t = 3/6, 2/6, 1/6 are at or below 0.5
+    # t = 3/6, 2/6, 1/6 are at or below 0.5; rows: two prompts and their unconditional twins
+    assert adaptive.report()["cross_frozen"] == 3 * layers * 4
     assert not torch.equal(full, frozen)
     with AdaptiveDepth(text_model, CacheSettings(depth=0, freeze_cross=0.0)) as never:
         assert torch.equal(sample_text(text_model), full)
@@ -248,7 +322,7 @@ def test_metadata_and_events_count_the_blocks_that_ran(tiny_model_folder):
     result = pipeline.generate("three", steps=6, seed=5, adaptive=2.0, callback=events.append)
     report = result.metadata["adaptive"]
     assert report["target"] == 2.0 and report["settings"] == CacheSettings(every=3).to_dict()
-    assert (report["computed"], report["reused"]) == (2, 4)
+    assert (report["computed"], report["reused"]) == (2 * 2, 4 * 2)  # rows: the prompt and its twin
     assert report["blocks_run"] < report["blocks_full"]
     assert [e.blocks_run for e in events][-1] == report["blocks_run"]
     assert all(a < b for a, b in zip([e.blocks_run for e in events], [e.blocks_run for e in events][1:]))

@@ -1,6 +1,6 @@
 """AdaptiveDepth: spend a forward pass's compute only where a step needs it.
 
-Two savings, both across sampling steps:
+Three savings, all across sampling steps:
 
 - **Step caching of an inner level.** An inner level of the hourglass works on the coarsest
   tokens, and its output changes slowly from one step to the next. The chosen level computes
@@ -10,8 +10,12 @@ Two savings, both across sampling steps:
 - **Cross-attention freezing.** Below a flow time, each cross-attention layer serves the
   output it computed on its last step above it (TGATE, Zhang et al. 2024): the text has
   done its work once the layout is set.
+- **Guidance caching.** Under classifier-free guidance every image runs twice, with its
+  prompt and without. :class:`CachedGuidance` runs the unconditional twins on some steps
+  only and reuses the guidance direction between (FasterCache, Lv et al. 2024).
 
-A step recomputes the level when
+Each image of the batch decides for itself (with its unconditional twin: guidance magnifies
+their difference, so both are served or neither). An image recomputes the level when
 
 - it is a new run (the flow time went up, or the level's input has a new shape: another
   stage of a coarse-to-fine run, another batch), or the time is above ``start`` (the early,
@@ -20,22 +24,27 @@ A step recomputes the level when
   conditional rows of :func:`~fractalflow.flow.samplers.guided_velocity`'s
   ``[conditional; unconditional]`` batch, which alone run from there on;
 - the schedule says so (at most ``every - 1`` reuses in a row);
-- or the level's input has drifted from the one its stored output was computed from by
-  more than ``drift`` (relative L2, the batch's largest change): a per-input decision, so a
-  step whose input moves a lot is never served stale features.
+- or its input to the level has drifted from the one its stored output was computed from by
+  more than ``drift`` (relative L2, the larger of its two rows'): a per-input decision, so an
+  image whose input moves a lot is never served stale features, and the others of its batch
+  are not recomputed for it.
+
+The level runs on the rows that recompute only; when all do, on the batch as it is.
 
     with AdaptiveDepth(model, CacheSettings(every=3, start=0.8)) as adaptive:
         images = sample(...)
-    adaptive.report()  # {'computed': 9, 'reused': 11, 'blocks_run': ..., 'blocks_full': ...}
+    adaptive.report()  # rows: {'computed': 9, 'reused': 11, 'blocks_run': ..., 'blocks_full': ...}
 
 Outside the ``with`` block the model is unchanged (its modules are put back, the hook removed).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from fractalflow.config import JsonConfig, read_json_object
@@ -50,7 +59,9 @@ class CacheSettings(JsonConfig):
     L2 since it was last computed (None: the schedule alone decides); ``extrapolate``: serve
     ``y2 + (y2 - y1) (t - t2) / (t2 - t1)`` from the last two computations instead of ``y2``;
     ``freeze_cross``: below this flow time, cross-attention layers serve their last output
-    (None: never)."""
+    (None: never); ``guidance_every``: in a guided batch, run the unconditional twins on every
+    ``guidance_every``-th step only and reuse the guidance direction between, at flow times
+    ``t <= guidance_start`` (:class:`CachedGuidance`; 1: every step)."""
 
     depth: int = 1
     every: int = 2
@@ -58,13 +69,17 @@ class CacheSettings(JsonConfig):
     drift: float | None = None
     extrapolate: bool = False
     freeze_cross: float | None = None
+    guidance_every: int = 1
+    guidance_start: float = 1.0
 
     def __post_init__(self) -> None:
         problems = []
         if self.depth < 0 or self.every < 1:
             problems.append(f"depth ({self.depth}) must be >= 0 and every ({self.every}) >= 1")
-        if not 0 <= self.start <= 1:
-            problems.append(f"start ({self.start}) must be from 0 to 1")
+        if self.guidance_every < 1:
+            problems.append(f"guidance_every ({self.guidance_every}) must be >= 1")
+        if not 0 <= self.start <= 1 or not 0 <= self.guidance_start <= 1:
+            problems.append(f"start ({self.start}) and guidance_start ({self.guidance_start}) must be from 0 to 1")
         if not (self.drift is None or self.drift >= 0):
             problems.append(f"drift ({self.drift}) must be >= 0 or None")
         if not (self.freeze_cross is None or 0 <= self.freeze_cross <= 1):
@@ -75,19 +90,35 @@ class CacheSettings(JsonConfig):
 
 class StepClock:
     """The flow time of the forward pass running now (None when the batch's times differ),
-    and whether it started a new run (the time went up since the previous pass)."""
+    whether it started a new run (the time went up since the previous pass), and whether its
+    batch is images and then their unconditional twins (``drop`` false for the first half of
+    the rows and true for the second: :func:`~fractalflow.flow.samplers.guided_velocity`'s)."""
 
     def __init__(self):
         self.time: float | None = None
         self.new_run = True
-        self.forwards = 0
+        self.twins = False
+        self.twins_skipped = False  # this pass runs the images of a twin batch only (CachedGuidance)
+        self.forwards = self.rows = 0  # forward passes, and the batch rows they ran
 
-    def tick(self, t: Tensor) -> None:
+    def tick(self, t: Tensor, drop: Tensor | None = None) -> None:
         first = float(t.flatten()[0])
         time = first if bool((t == first).all()) else None
         self.new_run = time is None or self.time is None or time > self.time
         self.time = time
+        rows = t.shape[0]
+        self.twins = (
+            drop is not None
+            and rows % 2 == 0
+            and rows > 0
+            and bool((drop == (torch.arange(rows, device=drop.device) >= rows // 2)).all())
+        )
         self.forwards += 1
+        self.rows += t.shape[0]
+
+    def hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """A forward pre-hook on the model (``model(x, t, cond, drop=None)``)."""
+        self.tick(args[1], kwargs.get("drop", args[3] if len(args) > 3 else None))
 
 
 def count_blocks(level: nn.Module) -> int:
@@ -106,51 +137,102 @@ def halved(stored: Tensor, x: Tensor) -> bool:
 
 
 class CachedLevel(nn.Module):
-    """Stands in for ``level`` while caching: computes it, or serves its stored output."""
+    """Stands in for ``level`` while caching: computes it, or serves its stored output, row by
+    row. Each row of the batch (an image, or its unconditional twin) keeps its own stored output,
+    flow times and reuse count, so a row whose input drifted recomputes alone: the level runs on
+    those rows only, and the others are served. ``computed`` and ``reused`` count rows."""
 
     def __init__(self, level: nn.Module, settings: CacheSettings, clock: StepClock):
         super().__init__()
         self.level, self.settings, self.clock = level, settings, clock
-        self.input: Tensor | None = None
-        self.history: list[tuple[float, Tensor]] = []  # (time, output) of the last two computations
-        self.reuses_in_a_row = 0
+        self.input: Tensor | None = None  # (B, ...): each row's input when it last computed
+        self.last: Tensor | None = None  # (B, ...): each row's last computed output
+        self.previous: Tensor | None = None  # (B, ...): the computation before it (the last itself at first)
+        self.last_time: Tensor | None = None  # (B,) float64 flow times of the two
+        self.previous_time: Tensor | None = None
+        self.reuses: Tensor | None = None  # (B,) reuses in a row since each row last computed
         self.computed = self.reused = 0
 
-    def drifted(self, x: Tensor) -> bool:
+    def drifted(self, x: Tensor) -> Tensor:
+        """(B,) bool: the rows whose input changed by more than ``drift`` since they computed."""
         if self.settings.drift is None:
-            return False
-        change = (x - self.input).flatten(1).norm(dim=1) / self.input.flatten(1).norm(dim=1).clamp_min(1e-8)
-        return bool(change.max() > self.settings.drift)
+            return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        before = self.input[: x.shape[0]]
+        change = (x - before).flatten(1).norm(dim=1) / before.flatten(1).norm(dim=1).clamp_min(1e-8)
+        return change > self.settings.drift
 
     def forward(self, x: Tensor, *context) -> Tensor:
-        if self.history and not self.clock.new_run and halved(self.input, x):
-            batch = x.shape[0]
-            self.input = self.input[:batch]
-            self.history = [(time, output[:batch]) for time, output in self.history]
-        if self.clock.new_run or (self.history and x.shape != self.input.shape):
-            self.history = []
-        fresh = (
-            not self.history
-            or self.clock.time > self.settings.start
-            or self.reuses_in_a_row >= self.settings.every - 1
-            or self.drifted(x)
-        )
-        if not fresh:
-            self.reuses_in_a_row += 1
-            self.reused += 1
-            return self.stored_output()
+        batch = x.shape[0]
+        if self.last is not None and not self.clock.new_run and not self.clock.twins_skipped and halved(self.input, x):
+            self.keep_first(batch)
+        if self.clock.new_run or (self.last is not None and not self.covers(x)):
+            self.last = None
+        if self.last is None:
+            return self.compute_all(x, context)
+        if self.clock.time > self.settings.start:
+            fresh = torch.ones(batch, dtype=torch.bool, device=x.device)
+        else:
+            fresh = (self.reuses[:batch] >= self.settings.every - 1) | self.drifted(x)  # (B,) bool
+        if self.clock.twins and not self.clock.twins_skipped:  # an image and its twin decide together: guidance
+            fresh = fresh.view(2, -1).any(dim=0).repeat(2)  # magnifies their difference, so serve both or neither
+        rows = fresh.nonzero().flatten()
+        stored = self.input.shape[0]  # batch, or 2 * batch while the twins are skipped
+        if len(rows) == batch == stored:
+            return self.compute_all(x, context)
+        served = self.stored_output()[:batch]
+        self.reuses = torch.cat([torch.where(fresh, 0, self.reuses[:batch] + 1), self.reuses[batch:]])
+        self.reused += batch - len(rows)
+        if not len(rows):
+            return served
+        output = self.level(x[rows], *(rows_of(part, rows, batch) for part in context))
+        self.previous = self.previous.index_copy(0, rows, self.last[rows])
+        self.previous_time = self.previous_time.index_copy(0, rows, self.last_time[rows])
+        self.last = self.last.index_copy(0, rows, output)
+        self.last_time = self.last_time.index_fill(0, rows, self.clock.time)
+        self.input = self.input.index_copy(0, rows, x[rows])
+        self.computed += len(rows)
+        return served.index_copy(0, rows, output)
+
+    def covers(self, x: Tensor) -> bool:
+        """Whether the stored rows are ``x``'s (or, while the twins are skipped, ``x``'s and theirs)."""
+        rows = (x.shape[0], 2 * x.shape[0]) if self.clock.twins_skipped else (x.shape[0],)
+        return x.shape[1:] == self.input.shape[1:] and self.input.shape[0] in rows
+
+    def compute_all(self, x: Tensor, context: tuple) -> Tensor:
         output = self.level(x, *context)
-        self.input, self.history = x, [*self.history[-1:], (self.clock.time, output)]
-        self.reuses_in_a_row = 0
-        self.computed += 1
+        now = math.nan if self.clock.time is None else self.clock.time  # None: a batch at mixed times
+        time = torch.full((x.shape[0],), now, dtype=torch.float64, device=x.device)
+        if self.last is None:
+            self.previous, self.previous_time = output, time
+        else:
+            self.previous, self.previous_time = self.last, self.last_time
+        self.input, self.last, self.last_time = x, output, time
+        self.reuses = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        self.computed += x.shape[0]
         return output
 
+    def keep_first(self, batch: int) -> None:
+        for name in ("input", "last", "previous", "last_time", "previous_time", "reuses"):
+            setattr(self, name, getattr(self, name)[:batch])
+
     def stored_output(self) -> Tensor:
-        last_time, last = self.history[-1]
-        if not self.settings.extrapolate or len(self.history) < 2 or self.history[0][0] == last_time:
-            return last
-        first_time, first = self.history[0]
-        return last + (last - first) * ((self.clock.time - last_time) / (last_time - first_time))
+        """Each row's last output, or with ``extrapolate`` its line through the last two in flow
+        time (a row computed once only is served as it is)."""
+        if not self.settings.extrapolate:
+            return self.last
+        span = self.last_time - self.previous_time
+        ratio = torch.where(span == 0, 0.0, (self.clock.time - self.last_time) / span.where(span != 0, 1.0))
+        if not bool(ratio.any()):
+            return self.last
+        ratio = ratio.to(self.last.dtype).view(-1, *[1] * (self.last.dim() - 1))
+        return self.last + (self.last - self.previous) * ratio
+
+
+def rows_of(part: object, rows: Tensor, batch: int) -> object:
+    """``part[rows]`` for a tensor with one row per image of the batch; anything else as it is."""
+    if isinstance(part, Tensor) and part.dim() and part.shape[0] == batch:
+        return part[rows]
+    return part
 
 
 class FrozenCrossAttention(nn.Module):
@@ -164,22 +246,81 @@ class FrozenCrossAttention(nn.Module):
         self.frozen = 0
 
     def forward(self, x: Tensor, tokens: Tensor, mask: Tensor | None) -> Tensor:
-        if self.output is not None and not self.clock.new_run and halved(self.output, x):
-            self.output = self.output[: x.shape[0]]
-        if self.clock.new_run or (self.output is not None and self.output.shape != x.shape):
+        batch = x.shape[0]
+        if self.clock.new_run:
+            self.output = None
+        skipping = self.output is not None and self.clock.twins_skipped and halved(self.output, x)  # keep the twins'
+        if self.output is not None and not skipping and halved(self.output, x):
+            self.output = self.output[:batch]
+        if self.output is not None and not skipping and self.output.shape != x.shape:
             self.output = None
         if self.output is not None and self.clock.time <= self.below:
-            self.frozen += 1
-            return self.output
-        self.output = self.cross(x, tokens, mask)
-        return self.output
+            self.frozen += batch
+            return self.output[:batch]
+        output = self.cross(x, tokens, mask)
+        self.output = torch.cat([output, self.output[batch:]]) if skipping else output
+        return output
+
+
+class CachedGuidance:
+    """Stands in for the model's ``forward`` while caching guidance: in a batch of images and
+    their unconditional twins, the twins run on every ``guidance_every``-th step only (and on
+    a new run's first step, and above flow time ``guidance_start``). On the steps between,
+    the images run alone and each twin's velocity is its image's minus the guidance direction
+    ``d`` (conditional minus unconditional velocity) of the last step that ran both, or with
+    ``extrapolate`` the line through the last two such directions in flow time. So guidance
+    ``v_u + g (v_c - v_u)`` becomes ``v_c + (g - 1) d`` (FasterCache's CFG cache, Lv et al.
+    2024). The direction changes more slowly than either velocity, but ``g - 1`` magnifies
+    its error: measured, it costs prompt alignment sooner than level caching does."""
+
+    def __init__(self, forward, settings: CacheSettings, clock: StepClock):
+        self.forward, self.settings, self.clock = forward, settings, clock
+        self.direction: Tensor | None = None  # (B, C, H, W): v_c - v_u of the last step that ran both
+        self.before: tuple[float, Tensor] | None = None  # (time, direction) of the step that ran both before it
+        self.time = 0.0
+        self.since = 0  # steps the twins skipped since
+        self.skipped = 0  # twin rows skipped
+
+    def __call__(self, x: Tensor, t: Tensor, cond, drop: Tensor | None = None) -> Tensor:
+        half = x.shape[0] // 2
+        if not self.clock.twins:
+            return self.forward(x, t, cond, drop)
+        if self.clock.new_run or self.direction is None or self.direction.shape[0] != half:
+            self.direction = self.before = None
+        if (
+            self.direction is None
+            or self.since >= self.settings.guidance_every - 1
+            or self.clock.time > self.settings.guidance_start
+        ):
+            velocity = self.forward(x, t, cond, drop)
+            conditional, unconditional = velocity.chunk(2)
+            if self.direction is not None:
+                self.before = (self.time, self.direction)
+            self.direction, self.time, self.since = conditional - unconditional, self.clock.time, 0
+            return velocity
+        images = torch.arange(half, device=x.device)
+        self.clock.twins_skipped = True
+        try:
+            conditional = self.forward(x[:half], t[:half], cond.index(images), drop[:half])
+        finally:
+            self.clock.twins_skipped = False
+        self.since += 1
+        self.skipped += half
+        return torch.cat([conditional, conditional - self.served_direction()])
+
+    def served_direction(self) -> Tensor:
+        if not self.settings.extrapolate or self.before is None:
+            return self.direction
+        time, direction = self.before
+        return self.direction + (self.direction - direction) * ((self.clock.time - self.time) / (self.time - time))
 
 
 class AdaptiveDepth:
     """Context manager: step caching of ``model``'s level at ``settings.depth`` and
     cross-attention freezing (see the module docstring). ``report()`` says how often the level
     was computed and reused and how many transformer blocks ran of those a full computation
-    runs (a block whose cross-attention was frozen counts as run)."""
+    runs (a block whose cross-attention was frozen counts as run), all summed over the rows
+    of each batch: a guided image counts twice (its unconditional twin is a row)."""
 
     def __init__(self, model: nn.Module, settings: CacheSettings):
         levels = model.config.num_levels
@@ -201,6 +342,7 @@ class AdaptiveDepth:
                 if getattr(block, "cross", None) is not None:
                     frozen = FrozenCrossAttention(block.cross, settings.freeze_cross, self.clock)
                     self.swaps.append((block, "cross", frozen))
+        self.guidance = CachedGuidance(model.forward, settings, self.clock)
         self.blocks_per_forward = count_blocks(model.body)
         self.originals: list[nn.Module] = []
         self.hook = None
@@ -210,17 +352,23 @@ class AdaptiveDepth:
         self.originals = [getattr(owner, name) for owner, name, _ in self.swaps]
         for owner, name, stand_in in self.swaps:
             setattr(owner, name, stand_in)
+        caching_guidance = self.settings.guidance_every > 1
+        if caching_guidance:
+            self.model.forward = self.guidance  # an instance attribute: __call__ and its hooks run it
         # with nothing swapped in (off), only count the passes: reading t would sync a GPU every pass
-        count = (lambda module, args: self.clock.tick(args[1])) if self.swaps else self.count_forward
-        self.hook = self.model.register_forward_pre_hook(count)
+        count = self.clock.hook if self.swaps or caching_guidance else self.count_forward
+        self.hook = self.model.register_forward_pre_hook(count, with_kwargs=True)
         return self
 
-    def count_forward(self, module: nn.Module, args: tuple) -> None:
+    def count_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self.clock.forwards += 1
+        self.clock.rows += args[0].shape[0]
 
     def __exit__(self, *exc) -> None:
         for (owner, name, _), original in zip(self.swaps, self.originals):
             setattr(owner, name, original)
+        if self.settings.guidance_every > 1:
+            del self.model.forward  # the class's forward again
         self.hook.remove()
 
     def exact_since_last_asked(self) -> bool:
@@ -231,20 +379,26 @@ class AdaptiveDepth:
         return exact
 
     def served(self) -> int:
-        """Level outputs and cross-attention outputs served from store so far."""
-        return (self.cached.reused if self.cached else 0) + self.frozen()
+        """Level outputs, cross-attention outputs and twin velocities served from store so far."""
+        return (self.cached.reused if self.cached else 0) + self.frozen() + self.guidance.skipped
 
     def frozen(self) -> int:
         return sum(stand_in.frozen for _, _, stand_in in self.swaps if isinstance(stand_in, FrozenCrossAttention))
 
     def report(self) -> dict[str, int]:
-        full = self.clock.forwards * self.blocks_per_forward
-        computed, reused = (self.cached.computed, self.cached.reused) if self.cached else (self.clock.forwards, 0)
+        """``rows``: the batch rows full compute runs; ``computed``/``reused``: rows that computed
+        or were served the cached level; ``cross_frozen``: cross-attention outputs served;
+        ``twins_skipped``: unconditional rows not run (their velocity from the cached guidance)."""
+        rows, skipped = self.clock.rows, self.guidance.skipped
+        full = rows * self.blocks_per_forward
+        computed, reused = (self.cached.computed, self.cached.reused) if self.cached else (rows - skipped, 0)
         return {
+            "rows": rows,
             "computed": computed,
             "reused": reused,
             "cross_frozen": self.frozen(),
-            "blocks_run": full - reused * self.cached_blocks,
+            "twins_skipped": skipped,
+            "blocks_run": full - reused * self.cached_blocks - skipped * self.blocks_per_forward,
             "blocks_full": full,
         }
 
