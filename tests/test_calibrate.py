@@ -10,7 +10,7 @@ from conftest import DIGIT_NAMES, randomize
 from fractalflow import FractalFlowPipeline, FractalTransformer, model_preset
 from fractalflow.inference.calibrate import (
     CalibrationSettings,
-    ForwardFlops,
+    ForwardCost,
     calibrate,
     choose_policies,
     training_captions,
@@ -54,7 +54,7 @@ def calibrated(tmp_path_factory):
     folder = tmp_path_factory.mktemp("calibrated") / "model"
     save_model(model.eval(), folder)
     pipeline = FractalFlowPipeline.from_pretrained(folder, device="cpu")
-    settings = CalibrationSettings(captions=4, steps=6, batch_size=4, targets=(1.2, 1.4, 7.0), auto=1.2)
+    settings = CalibrationSettings(captions=4, steps=6, batch_size=4, targets=(1.2, 1.4, 7.0), auto=1.2, cost="flops")
     candidates = [
         CacheSettings(every=1),
         CacheSettings(every=2),
@@ -97,10 +97,18 @@ def test_a_target_only_reached_past_the_error_ceiling_gets_no_policy():
 
 def test_the_counted_speedup_follows_the_reused_share_of_the_flops(calibrated):
     pipeline, result, _ = calibrated
-    flops = ForwardFlops.count(pipeline.model, 16)
+    flops = ForwardCost.count(pipeline.model, 16)
     every2 = next(row for row in result["calibration"]["rows"] if row["settings"]["every"] == 2)
     # 6 steps, the level computed on 3 and reused on 3
     assert every2["speedup"] == pytest.approx(flops.forward / (flops.forward - flops.levels[1] / 2))
+
+
+def test_the_timed_cost_nests_each_inner_level_inside_the_one_around_it(calibrated):
+    pipeline, _, _ = calibrated
+    cost = ForwardCost.time(pipeline, "three", rows=4, repeats=3)
+    shares = [cost.levels[d] / cost.forward for d in sorted(cost.levels)]
+    assert len(shares) == pipeline.config.num_levels - 1
+    assert all(0 < inner < outer for outer, inner in zip([1.0, *shares], shares))  # shares of the forward pass
 
 
 def test_written_policies_are_what_generate_then_uses(calibrated):

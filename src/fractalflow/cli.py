@@ -308,9 +308,9 @@ def _add_calibrate_command(commands) -> None:
         "calibrate",
         help="choose step-caching settings for target speed-ups (adaptive.json)",
         description="Draw training captions (never the held-out split) with full compute and with each candidate "
-        "step-caching setting; for each target speed-up (counted in FLOPs) keep the setting whose images stay "
-        "closest to full compute (EfficientNet-Lite0 features), and write them as adaptive.json beside the model, "
-        "where generate --adaptive finds them.",
+        "step-caching setting; for each target speed-up (counted in seconds measured here, or FLOPs) keep the "
+        "setting whose images stay closest to full compute (EfficientNet-Lite0 features), and write them as "
+        "adaptive.json beside the model, where generate --adaptive finds them.",
     )
     calibrate.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     calibrate.add_argument("--data", default="data/emoji", help="prepared emoji folder (default: data/emoji)")
@@ -327,6 +327,18 @@ def _add_calibrate_command(commands) -> None:
         default=0.5,
         help="largest feature error (distance to full compute over the distance between two images) a policy may "
         "have; a target reached only past it gets none (default: 0.5)",
+    )
+    calibrate.add_argument(
+        "--cost",
+        choices=("seconds", "flops"),
+        default="seconds",
+        help="what speed-ups count: seconds of a forward pass's parts measured here, or FLOPs (default: seconds)",
+    )
+    calibrate.add_argument(
+        "--cost-batch",
+        type=int,
+        default=1,
+        help="images per batch the seconds are measured at (default: 1, one image at a time)",
     )
     calibrate.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     calibrate.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
@@ -791,6 +803,8 @@ def run_calibrate(args: argparse.Namespace) -> None:
         targets=args.targets,
         auto=None if args.auto == "off" else args.auto,
         max_error=args.max_error,
+        cost=args.cost,
+        cost_batch=args.cost_batch,
     )
     folder, pipeline = _text_model_and_data(args, "calibrate")
     result = calibrate(pipeline, training_captions(args.data, settings.captions, settings.seed), settings)

@@ -2,9 +2,13 @@
 at the least quality loss, on training captions, and write them beside the model.
 
 Every candidate :class:`CacheSettings` draws the same captions with the same seeds as full
-compute. Its speed-up is counted, not timed: the FLOPs of the forward passes it ran against
-those of full compute (the cached level's and the frozen cross-attention layers' FLOPs
-counted once with ``torch.utils.flop_counter``), so a busy machine cannot skew the choice.
+compute. Its speed-up is counted from what it skipped, not timed per candidate, so a busy
+machine cannot skew the choice between candidates: the levels, cross-attention layers and
+unconditional twins it served from store, each weighed by its share of a forward pass. The
+shares are seconds measured once on this machine (:meth:`ForwardCost.time`; on a 2-core
+CPU level 1 does 75 % of the FLOPs of a forward pass but takes 73 % of its time for one
+image and 61 % for 32) or, with ``cost="flops"``, FLOPs counted with
+``torch.utils.flop_counter``. Each row keeps both.
 Its quality loss is the mean EfficientNet-Lite0 feature distance of each image to its
 full-compute twin, relative to the mean distance between two different full-compute images
 (0: identical; 1: as different as two other pictures). ``benchmarks/adaptive.py`` then
@@ -19,6 +23,8 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +46,11 @@ class CalibrationSettings(JsonConfig):
     ``seed + i``), ``batch_size`` at a time; ``targets``: the speed-ups to
     find settings for; ``auto``: the target ``adaptive="auto"`` uses (None: auto stays off);
     ``max_error``: the largest feature error a policy may have (a target that only worse
-    candidates reach gets no policy: a request for it gets the next smaller one)."""
+    candidates reach gets no policy: a request for it gets the next smaller one); ``cost``:
+    what the speed-ups count, "seconds" of the forward pass and its parts measured on this
+    machine (:meth:`ForwardCost.time`) for a guided batch of ``cost_batch`` images (1: one
+    image at a time, as the CLI and a lone request run; in larger batches the inner levels
+    take a smaller share of the time, so the same settings save less) or "flops"."""
 
     captions: int = 64
     steps: int | None = None
@@ -50,6 +60,8 @@ class CalibrationSettings(JsonConfig):
     targets: tuple[float, ...] = (1.5, 2.0, 3.0)
     auto: float | None = 1.5
     max_error: float = 0.5
+    cost: str = "seconds"
+    cost_batch: int = 1
 
     def __post_init__(self) -> None:
         check_ranges(
@@ -72,6 +84,8 @@ class CalibrationSettings(JsonConfig):
                 ),
                 ("auto", self.auto, "one of the targets or None", self.auto is None or self.auto in self.targets),
                 ("max_error", self.max_error, "> 0", self.max_error > 0),
+                ("cost", self.cost, "'seconds' or 'flops'", self.cost in ("seconds", "flops")),
+                ("cost_batch", self.cost_batch, "from 1 to 1024", 1 <= self.cost_batch <= 1024),
             ],
         )
 
@@ -79,8 +93,10 @@ class CalibrationSettings(JsonConfig):
 def candidate_settings(levels: int) -> list[CacheSettings]:
     """The grid searched, for each inner level: reuse on a fixed schedule once the first 10,
     20 or 30 % of the trajectory are computed in full; reuse until the level's input has
-    drifted past a threshold (a per-input decision); both extrapolating. Two plain-reuse
-    schedules and cross-attention freezing alone are measured for comparison."""
+    drifted past a threshold (a per-input decision); both extrapolating. Level 1's schedules
+    and thresholds again with guidance caching below t = 0.9 (the unconditional twins on
+    every other step), and guidance caching alone. Two plain-reuse schedules and
+    cross-attention freezing alone are measured for comparison."""
     inner = range(1, levels)
     scheduled = [
         CacheSettings(depth=depth, every=every, start=start, extrapolate=True)
@@ -90,9 +106,13 @@ def candidate_settings(levels: int) -> list[CacheSettings]:
         CacheSettings(depth=depth, every=8, drift=drift, extrapolate=True)
         for depth, drift in itertools.product(inner, (0.06, 0.1, 0.15, 0.2))
     ]
+    twins = dict(guidance_every=2, guidance_start=0.9)
+    guided = [CacheSettings(depth=1, every=every, start=0.9, extrapolate=True, **twins) for every in (2, 3)]
+    guided += [CacheSettings(depth=1, every=8, drift=drift, extrapolate=True, **twins) for drift in (0.1, 0.15)]
+    guided += [CacheSettings(depth=0, extrapolate=True, **twins)]
     plain = [CacheSettings(depth=1, every=every, start=0.7) for every in (2, 3)]
     frozen = [CacheSettings(depth=0, freeze_cross=t) for t in (0.6, 0.3)]
-    return scheduled + drifting + plain + frozen
+    return scheduled + drifting + guided + plain + frozen
 
 
 def training_captions(data: str | Path, count: int, seed: int = 0) -> list[str]:
@@ -107,27 +127,81 @@ def training_captions(data: str | Path, count: int, seed: int = 0) -> list[str]:
 
 
 @dataclass(frozen=True)
-class ForwardFlops:
-    """FLOPs of one forward pass, of each inner level (``levels[d]``: the level at depth d
-    with all it holds) and of one cross-attention layer (their mean)."""
+class ForwardCost:
+    """The cost of one forward pass, of each inner level (``levels[d]``: the level at depth d
+    with all it holds) and of one cross-attention layer (their mean), in FLOPs
+    (:meth:`count`) or in seconds on this machine (:meth:`time`)."""
 
-    forward: int
-    levels: dict[int, int]
-    cross: int
+    forward: float
+    levels: dict[int, float]
+    cross: float
 
     @classmethod
-    def count(cls, model: torch.nn.Module, size: int) -> ForwardFlops:
+    def count(cls, model: torch.nn.Module, size: int) -> ForwardCost:
         per_module = module_flops(model, size)
         root = type(model).__name__
         levels = {d: per_module[f"{root}.body" + ".inner" * d] for d in range(1, model.config.num_levels)}
         cross = [flops for name, flops in per_module.items() if name.endswith(".cross")]
-        return cls(per_module[root], levels, sum(cross) // max(len(cross), 1))
+        return cls(per_module[root], levels, sum(cross) / max(len(cross), 1))
+
+    @classmethod
+    @torch.no_grad()
+    def time(cls, pipeline: FractalFlowPipeline, prompt: str, rows: int, repeats: int = 5) -> ForwardCost:
+        """Median seconds of a forward pass of ``rows`` copies of ``prompt`` and, measured inside the same
+        passes, of its inner levels and cross-attention layers. FLOPs overstate what the
+        inner levels cost on a CPU (their small token grids run faster per FLOP than the
+        outer level's windows), so the speed-ups calibrate chooses by are counted in these."""
+        model, size = pipeline.model, pipeline.config.sample_size
+        modules = {f"level {d}": level for d, level in enumerate(inner_levels(model), start=1)}
+        modules |= {
+            f"cross {i}": m.cross for i, m in enumerate(model.modules()) if getattr(m, "cross", None) is not None
+        }
+        spent = {name: [] for name in ["forward", *modules]}
+        handles = []
+        for name, module in [("forward", model), *modules.items()]:
+            started = []
+            handles.append(
+                module.register_forward_pre_hook(lambda *_, started=started: started.append(time.perf_counter()))
+            )
+            handles.append(
+                module.register_forward_hook(
+                    lambda *_, n=name, s=started: spent[n].append(time.perf_counter() - s.pop())
+                )
+            )
+        x = torch.randn(rows, model.config.in_channels, size, size, device=pipeline.device)
+        cond = pipeline.encode_prompts([prompt]).repeat(rows)
+        try:
+            for _ in range(repeats + 1):  # the first warms up
+                model(x, torch.full((rows,), 0.5, device=pipeline.device), cond)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+        def median(name: str) -> float:
+            return statistics.median(spent[name][1:])  # without the warm-up pass
+
+        levels = {int(name.split()[1]): median(name) for name in modules if name.startswith("level")}
+        cross = [median(name) for name in modules if name.startswith("cross")]
+        return cls(median("forward"), levels, sum(cross) / max(len(cross), 1))
 
     def speedup(self, settings: CacheSettings, report: dict[str, int]) -> float:
-        """Full compute's FLOPs over those a run with ``report`` (AdaptiveDepth's) spent."""
-        full = (report["computed"] + report["reused"]) * self.forward  # every forward pass passes the level
-        saved = report["reused"] * self.levels.get(settings.depth, 0) + report["cross_frozen"] * self.cross
+        """Full compute's cost over what a run with ``report`` (AdaptiveDepth's) spent."""
+        full = report["rows"] * self.forward  # in rows: a guided image is two
+        saved = (
+            report["reused"] * self.levels.get(settings.depth, 0)
+            + report["cross_frozen"] * self.cross
+            + report["twins_skipped"] * self.forward
+        )
         return full / (full - saved)
+
+
+def inner_levels(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The hourglass's inner levels, outermost first (depth 1, 2, ...)."""
+    levels, level = [], model.body.inner
+    while level is not None:
+        levels.append(level)
+        level = level.inner
+    return levels
 
 
 def feature_error(full: torch.Tensor, cached: torch.Tensor) -> float:
@@ -154,7 +228,7 @@ def draw(
             adaptive=cache,
         )
         images.append(images_to_tensor(result.images))
-        for key in ("computed", "reused", "cross_frozen", "blocks_run", "blocks_full"):
+        for key in ("rows", "computed", "reused", "cross_frozen", "twins_skipped", "blocks_run", "blocks_full"):
             totals[key] = totals.get(key, 0) + result.metadata["adaptive"][key]
     return torch.cat(images), totals
 
@@ -172,7 +246,8 @@ def calibrate(
     from fractalflow.evaluation.features import EffNetFeatures
 
     candidates = candidates or candidate_settings(pipeline.config.num_levels)
-    flops = ForwardFlops.count(pipeline.model, pipeline.config.sample_size)
+    flops = ForwardCost.count(pipeline.model, pipeline.config.sample_size)
+    cost = ForwardCost.time(pipeline, captions[0], 2 * settings.cost_batch) if settings.cost == "seconds" else flops
     features = EffNetFeatures(size=128)
 
     def embed(images: torch.Tensor) -> torch.Tensor:
@@ -185,7 +260,8 @@ def calibrate(
         rows.append(
             {
                 "settings": cache.to_dict(),
-                "speedup": flops.speedup(cache, report),
+                "speedup": cost.speedup(cache, report),
+                "flop_speedup": flops.speedup(cache, report),
                 "error": feature_error(full, embed(images)),
                 "blocks_run": report["blocks_run"],
                 "blocks_full": report["blocks_full"],
