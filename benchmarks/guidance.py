@@ -12,7 +12,8 @@ retrieval, and seconds per image (batches of 64, this machine).
 A variant is comma-separated ``name=value`` settings; ``a:b`` is a pair. Writes
 ``benchmarks/results/guidance-<model name>.json`` after every variant; settings measured
 before with the same model, ``--n``, size and hardware are kept, not redrawn (a row's
-``config`` is what ran: its variant was written over the model's defaults of that day).
+``config`` is what ran: its variant was written over the model's defaults of that day), unless
+``--redraw`` asks for it (the code behind a setting changed).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def main() -> None:
         "--split", choices=("eval", "train"), default="eval", help="captions and images to measure with (default: eval)"
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--redraw", action="store_true", help="draw the variants again, replacing earlier rows")
     args = parser.parse_args()
     device = resolve_device(args.device)
     pipeline = FractalFlowPipeline.from_pretrained(args.model, device=device)
@@ -79,8 +81,10 @@ def main() -> None:
     rows = previous.get("variants", []) if same else []
     for variant in args.variants:
         config = defaults.merged(**parse_variant(variant))
-        if any(row["config"] == json.loads(json.dumps(config.describe())) for row in rows):
+        described = json.loads(json.dumps(config.describe()))
+        if any(row["config"] == described for row in rows) and not args.redraw:
             continue  # measured before (a variant is over the defaults of its day: the config says what ran)
+        rows = [row for row in rows if row["config"] != described]
         settings = EvalSettings(num_images=args.n, batch_size=64, generation=config)
         print(f"== {variant}", flush=True)
         report = evaluate(pipeline, held_out, settings, alignment, gallery=gallery, progress=False)
