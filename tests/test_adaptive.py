@@ -95,6 +95,8 @@ def test_a_new_size_always_recomputes(model):
         (dict(drift=math.nan), "drift \\(nan\\) must be >= 0"),
         (dict(start=1.5), "start \\(1.5\\) and guidance_start \\(1.0\\) must be from 0 to 1"),
         (dict(guidance_every=0), "guidance_every \\(0\\) must be >= 1"),
+        (dict(step_fraction=0.0), "step_fraction \\(0.0\\) must be above 0 and at most 1"),
+        (dict(step_fraction=1.5), "step_fraction \\(1.5\\) must be above 0 and at most 1"),
         (dict(freeze_cross=2.0), "freeze_cross \\(2.0\\) must be from 0 to 1"),
     ],
 )
@@ -326,6 +328,14 @@ def test_metadata_and_events_count_the_blocks_that_ran(tiny_model_folder):
     assert report["blocks_run"] < report["blocks_full"]
     assert [e.blocks_run for e in events][-1] == report["blocks_run"]
     assert all(a < b for a, b in zip([e.blocks_run for e in events], [e.blocks_run for e in events][1:]))
+
+
+@pytest.mark.parametrize("fraction,steps_run", [(0.5, 3), (0.1, 2), (1.0, 6)])
+def test_a_step_fraction_runs_fewer_steps_and_the_metadata_keeps_what_was_asked(tiny_model_folder, fraction, steps_run):
+    pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    result = pipeline.generate("three", steps=6, seed=5, adaptive=CacheSettings(depth=0, step_fraction=fraction))
+    assert [stage["steps"] for stage in result.metadata["stages"]] == [steps_run]
+    assert result.metadata["config"]["steps"] == 6
 
 
 def test_an_uncalibrated_model_runs_auto_in_full_and_refuses_a_speedup(tiny_model_folder):

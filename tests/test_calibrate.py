@@ -60,6 +60,7 @@ def calibrated(tmp_path_factory):
         CacheSettings(every=2),
         CacheSettings(every=3),
         CacheSettings(every=2, start=0.5),
+        CacheSettings(depth=0, step_fraction=0.5),
     ]
     result = calibrate(pipeline, ["three", "seven", "one", "five"], settings, candidates, progress=False)
     return pipeline, result, folder
@@ -101,6 +102,12 @@ def test_the_counted_speedup_follows_the_reused_share_of_the_flops(calibrated):
     every2 = next(row for row in result["calibration"]["rows"] if row["settings"]["every"] == 2)
     # 6 steps, the level computed on 3 and reused on 3
     assert every2["speedup"] == pytest.approx(flops.forward / (flops.forward - flops.levels[1] / 2))
+
+
+def test_fewer_steps_count_their_speedup_against_full_compute_of_all_the_steps(calibrated):
+    _, result, _ = calibrated
+    half = next(row for row in result["calibration"]["rows"] if row["settings"]["step_fraction"] == 0.5)
+    assert half["speedup"] == pytest.approx(2.0) and half["flop_speedup"] == pytest.approx(2.0)  # 3 of 6 steps
 
 
 def test_the_timed_cost_nests_each_inner_level_inside_the_one_around_it(calibrated):

@@ -31,6 +31,7 @@ from fractalflow.model.adaptive import (
     AdaptivePolicies,
     CacheSettings,
     check_adaptive,
+    policy_steps,
 )
 from fractalflow.model.conditioning import Conditioning
 from fractalflow.model.text import TextEncoder
@@ -262,7 +263,9 @@ class FractalFlowPipeline:
             scales = default_scales(native, trained or (native,))
         else:
             scales = default_scales(native, trained)
-        refiner = ProgressiveRefiner(config.refine_settings("standard", scales), native, self.config.downsampling)
+        steps = policy_steps(config.steps, cache)  # the metadata keeps the config as asked
+        refine = config.merged(steps=steps).refine_settings("standard", scales)
+        refiner = ProgressiveRefiner(refine, native, self.config.downsampling)
         count, final = len(prompts) * num_images_per_prompt, refiner.stages[-1].size
         if final > MAX_SIDE:
             raise ValueError(f"{final} px is over the largest image side allowed, {MAX_SIDE} px")

@@ -61,7 +61,10 @@ class CacheSettings(JsonConfig):
     ``freeze_cross``: below this flow time, cross-attention layers serve their last output
     (None: never); ``guidance_every``: in a guided batch, run the unconditional twins on every
     ``guidance_every``-th step only and reuse the guidance direction between, at flow times
-    ``t <= guidance_start`` (:class:`CachedGuidance`; 1: every step)."""
+    ``t <= guidance_start`` (:class:`CachedGuidance`; 1: every step); ``step_fraction``: run
+    this fraction of the asked sampling steps (at least 2, on the same warped time grid; the
+    pipeline applies it, AdaptiveDepth does not: the plain way to spend less, which a
+    calibrated policy may prefer to caching)."""
 
     depth: int = 1
     every: int = 2
@@ -71,6 +74,7 @@ class CacheSettings(JsonConfig):
     freeze_cross: float | None = None
     guidance_every: int = 1
     guidance_start: float = 1.0
+    step_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -78,6 +82,8 @@ class CacheSettings(JsonConfig):
             problems.append(f"depth ({self.depth}) must be >= 0 and every ({self.every}) >= 1")
         if self.guidance_every < 1:
             problems.append(f"guidance_every ({self.guidance_every}) must be >= 1")
+        if not 0 < self.step_fraction <= 1:
+            problems.append(f"step_fraction ({self.step_fraction}) must be above 0 and at most 1")
         if not 0 <= self.start <= 1 or not 0 <= self.guidance_start <= 1:
             problems.append(f"start ({self.start}) and guidance_start ({self.guidance_start}) must be from 0 to 1")
         if not (self.drift is None or self.drift >= 0):
@@ -313,6 +319,16 @@ class CachedGuidance:
             return self.direction
         time, direction = self.before
         return self.direction + (self.direction - direction) * ((self.clock.time - self.time) / (self.time - time))
+
+
+MIN_STEPS = 2  # a policy's step_fraction never leaves fewer
+
+
+def policy_steps(steps: int, settings: CacheSettings) -> int:
+    """The sampling steps a call that asked for ``steps`` runs under ``settings``."""
+    if settings.step_fraction == 1:
+        return steps
+    return min(steps, max(MIN_STEPS, round(steps * settings.step_fraction)))
 
 
 class AdaptiveDepth:
