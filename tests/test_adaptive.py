@@ -11,15 +11,8 @@ from fractalflow import Conditioning, FractalFlowPipeline, model_preset
 from fractalflow.events import images_to_tensor, tensor_to_images
 from fractalflow.flow import guided_velocity, sample_euler, time_grid
 from fractalflow.flow.refine import seeded_noise
-from fractalflow.model.adaptive import (
-    ADAPTIVE_FILE,
-    OFF,
-    AdaptiveDepth,
-    AdaptivePolicies,
-    CachedLevel,
-    CacheSettings,
-    StepClock,
-)
+from fractalflow.model.adaptive import OFF, AdaptiveDepth, CachedLevel, CacheSettings, StepClock
+from fractalflow.model.adaptive_policies import ADAPTIVE_FILE, AdaptivePolicies
 from fractalflow.model.transformer import FractalTransformer
 
 

@@ -16,7 +16,8 @@ from fractalflow.inference.calibrate import (
     training_captions,
     write_policies,
 )
-from fractalflow.model.adaptive import ADAPTIVE_FILE, CacheSettings
+from fractalflow.model.adaptive import CacheSettings
+from fractalflow.model.adaptive_policies import ADAPTIVE_FILE
 from fractalflow.model.weights import save_model
 
 

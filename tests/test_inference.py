@@ -19,7 +19,8 @@ from fractalflow.inference import (
     auto_profile,
     get_profile,
 )
-from fractalflow.model.adaptive import AdaptivePolicies, CacheSettings
+from fractalflow.model.adaptive import CacheSettings
+from fractalflow.model.adaptive_policies import AdaptivePolicies
 
 GIB = 1024**3
 

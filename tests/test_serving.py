@@ -26,7 +26,8 @@ from PIL import Image
 
 from fractalflow import FractalFlowPipeline, GenerationConfig
 from fractalflow.inference import PROFILES, InferenceEngine
-from fractalflow.model.adaptive import AdaptivePolicies, CacheSettings
+from fractalflow.model.adaptive import CacheSettings
+from fractalflow.model.adaptive_policies import AdaptivePolicies
 from fractalflow.serving import ServerConfig, create_app
 from fractalflow.serving.jobs import Job
 from fractalflow.serving.schemas import GenerateRequest

@@ -7,7 +7,7 @@ eval all take their settings, defaults, limits and help text from this one datac
 
 It lives beside ``config.py`` rather than in it: its rules come from the sampler
 (:class:`~fractalflow.flow.refine.RefineSettings`) and step caching
-(:func:`~fractalflow.model.adaptive.check_adaptive`), which import ``config.py`` themselves.
+(:func:`~fractalflow.model.adaptive_policies.check_adaptive`), which import ``config.py`` themselves.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 from fractalflow.config import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, MAX_TIME_SHIFT, JsonConfig
 from fractalflow.flow.refine import NAMED_RESOLUTIONS, RefineSettings
 from fractalflow.flow.samplers import SAMPLERS, guidance_interval_problem
-from fractalflow.model.adaptive import check_adaptive
+from fractalflow.model.adaptive_policies import check_adaptive
 from fractalflow.plugins import registry
 
 GENERATION_CONFIG_NAME = "generation_config.json"

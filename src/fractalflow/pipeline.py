@@ -24,15 +24,8 @@ from fractalflow.flow.refine import ProgressiveRefiner, default_scales, seeded_n
 from fractalflow.flow.samplers import guided_velocity
 from fractalflow.generation import GenerationConfig
 from fractalflow.hub import resolve_model_folder
-from fractalflow.model.adaptive import (
-    ADAPTIVE_FILE,
-    OFF,
-    AdaptiveDepth,
-    AdaptivePolicies,
-    CacheSettings,
-    check_adaptive,
-    policy_steps,
-)
+from fractalflow.model.adaptive import OFF, AdaptiveDepth, CacheSettings
+from fractalflow.model.adaptive_policies import ADAPTIVE_FILE, AdaptivePolicies, check_adaptive, policy_steps
 from fractalflow.model.conditioning import Conditioning
 from fractalflow.model.text import TextEncoder
 from fractalflow.model.transformer import FractalTransformer

@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 from fractalflow.config import MAX_GUIDANCE, MAX_STEPS, JsonConfig, check_ranges
 from fractalflow.events import images_to_tensor
 from fractalflow.files import atomic_write_text
-from fractalflow.model.adaptive import ADAPTIVE_FILE, MAX_SPEEDUP, AdaptivePolicies, CacheSettings
+from fractalflow.model.adaptive import CacheSettings
+from fractalflow.model.adaptive_policies import ADAPTIVE_FILE, MAX_SPEEDUP, AdaptivePolicies
 from fractalflow.model.flops import module_flops
 from fractalflow.pipeline import FractalFlowPipeline
 

@@ -10,7 +10,7 @@ import psutil
 import torch
 
 from fractalflow.config import JsonConfig
-from fractalflow.model.adaptive import check_adaptive
+from fractalflow.model.adaptive_policies import check_adaptive
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GIB = 1024**3

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, create_model, model_validator
 
 from fractalflow.config import MAX_GUIDANCE, MAX_STEPS
 from fractalflow.generation import MAX_POSTPROCESSORS, PROMPT_PATTERN, GenerationConfig
-from fractalflow.model.adaptive import MAX_SPEEDUP
+from fractalflow.model.adaptive_policies import MAX_SPEEDUP
 from fractalflow.plugins import registry
 from fractalflow.serving.config import ServerConfig
 

@@ -1,0 +1,81 @@
+"""A model's calibrated adaptive-compute policies (``adaptive.json``) and how a call's
+``adaptive`` value ("off", "auto", a speed-up) becomes the :class:`CacheSettings` it runs with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fractalflow.config import read_json_object
+from fractalflow.model.adaptive import OFF, CacheSettings
+
+ADAPTIVE_FILE = "adaptive.json"  # next to a model's weights: its calibrated policies
+MAX_SPEEDUP = 8.0
+
+
+@dataclass(frozen=True)
+class AdaptivePolicies:
+    """A model's calibrated step-caching policies: the :class:`CacheSettings` that reached
+    each target speed-up at the least quality loss on training captions, and the target
+    ``adaptive="auto"`` uses (None: auto stays off). Written by ``fractalflow calibrate``."""
+
+    policies: dict[float, CacheSettings]
+    auto: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.auto is not None and self.auto not in self.policies:
+            raise ValueError(f"auto={self.auto} is none of the calibrated targets {sorted(self.policies)}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> AdaptivePolicies:
+        rows = values.get("policies")
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and "target" in r for r in rows):
+            raise ValueError(f"{ADAPTIVE_FILE}: 'policies' must be a list of {{target, settings}} objects")
+        policies = {float(r["target"]): CacheSettings.from_dict(r["settings"]) for r in rows}
+        return cls(policies, values.get("auto"))
+
+    def to_dict(self) -> dict:
+        rows = [{"target": target, "settings": self.policies[target].to_dict()} for target in sorted(self.policies)]
+        return {"auto": self.auto, "policies": rows}
+
+    @classmethod
+    def read(cls, folder: str | Path) -> AdaptivePolicies | None:
+        """The policies in ``folder/adaptive.json``; None when the model was never calibrated."""
+        path = Path(folder) / ADAPTIVE_FILE
+        if not path.is_file():
+            return None
+        try:
+            return cls.from_dict(read_json_object(path))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from None
+
+    def choose(self, adaptive: str | float) -> tuple[CacheSettings, float | None]:
+        """The settings for ``adaptive`` ("auto" or a speed-up) and the calibrated target they
+        reach: the largest target not above the asked speed-up (off below the smallest)."""
+        if adaptive == "auto":
+            return (OFF, None) if self.auto is None else (self.policies[self.auto], self.auto)
+        reachable = [target for target in self.policies if target <= adaptive]
+        if not reachable:
+            return OFF, None
+        return self.policies[max(reachable)], max(reachable)
+
+
+def check_adaptive(adaptive: object) -> None:
+    """Refuse anything but "off", "auto", a speed-up from 1 to MAX_SPEEDUP or CacheSettings."""
+    if isinstance(adaptive, CacheSettings) or adaptive in ("off", "auto"):
+        return
+    if isinstance(adaptive, (int, float)) and not isinstance(adaptive, bool) and 1 <= adaptive <= MAX_SPEEDUP:
+        return
+    raise ValueError(
+        f"adaptive={adaptive!r}: allowed are 'off', 'auto', a speed-up from 1 to {MAX_SPEEDUP:g}, or CacheSettings"
+    )
+
+
+MIN_STEPS = 2  # a policy's step_fraction never leaves fewer
+
+
+def policy_steps(steps: int, settings: CacheSettings) -> int:
+    """The sampling steps a call that asked for ``steps`` runs under ``settings``."""
+    if settings.step_fraction == 1:
+        return steps
+    return min(steps, max(MIN_STEPS, round(steps * settings.step_fraction)))
