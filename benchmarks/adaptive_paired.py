@@ -17,6 +17,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from guidance import parse_variant
@@ -24,7 +25,9 @@ from guidance import parse_variant
 from fractalflow import FractalFlowPipeline
 from fractalflow.data.emoji import load_emoji
 from fractalflow.files import atomic_write_text
+from fractalflow.generation import GenerationConfig
 from fractalflow.hardware import describe_device
+from fractalflow.inference.bench import interleaved
 from fractalflow.pipeline import default_model_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,28 +47,29 @@ def main() -> None:
     captions = [variants[0] for variants in load_emoji(args.data, image_size=64, split="eval").caption_variants]
     full = pipeline.generation_config
     candidates = {variant: full.merged(**parse_variant(variant)) for variant in args.variants}
+
+    def timed(config: GenerationConfig) -> Callable[[int], float]:
+        """Seconds of pair i's batch of captions under ``config``, seed i."""
+
+        def run(i: int) -> float:
+            start = (i * args.batch) % max(1, len(captions) - args.batch)
+            begin = time.perf_counter()
+            pipeline.generate(captions[start : start + args.batch], seed=i, config=config)
+            return time.perf_counter() - begin
+
+        return run
+
     rows = {}
     for name, candidate in candidates.items():
-        seconds = {"candidate": [], "full": []}
-        for i in range(args.pairs + 1):
-            start = (i * args.batch) % max(1, len(captions) - args.batch)
-            chunk = captions[start : start + args.batch]
-            order = (
-                [("candidate", candidate), ("full", full)] if i % 2 == 0 else [("full", full), ("candidate", candidate)]
-            )
-            for side, config in order:
-                begin = time.perf_counter()
-                pipeline.generate(chunk, seed=i, config=config)
-                seconds[side].append(time.perf_counter() - begin)
-        pairs = list(zip(seconds["full"][1:], seconds["candidate"][1:]))
-        speedup = statistics.median(f / c for f, c in pairs)
+        candidate_seconds, full_seconds = interleaved(timed(candidate), timed(full), args.pairs)
+        speedup = statistics.median(f / c for f, c in zip(full_seconds, candidate_seconds))
         rows[name] = {
             "speedup": speedup,
-            "full_seconds": seconds["full"][1:],
-            "candidate_seconds": seconds["candidate"][1:],
+            "full_seconds": full_seconds,
+            "candidate_seconds": candidate_seconds,
             "config": candidate.describe(),
         }
-        print(f"batch {args.batch}, {name}: {speedup:.3f}x full compute (median of {len(pairs)} pairs)", flush=True)
+        print(f"batch {args.batch}, {name}: {speedup:.3f}x full compute (median of {args.pairs} pairs)", flush=True)
     out = RESULTS / f"adaptive-paired-b{args.batch}.json"
     payload = {"hardware": describe_device("cpu"), "model": args.model, "config": full.describe(), "batch": args.batch}
     payload["rows"] = rows

@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -102,21 +103,28 @@ def latency_samples(
     return [first for first, _ in timings], [finished for _, finished in timings]
 
 
+def interleaved(
+    first: Callable[[int], float], second: Callable[[int], float], repeats: int
+) -> tuple[list[float], list[float]]:
+    """Seconds that ``first(i)`` and ``second(i)`` report, ``repeats`` pairs drawn alternately
+    in one process (ABBA order: A B, B A, A B, ... after a warm-up pair, i = 0, that is
+    dropped), so a machine that changes speed slows both alike and pair i is comparable."""
+    a, b = [], []
+    for i in range(repeats + 1):
+        order = [(a, first), (b, second)] if i % 2 == 0 else [(b, second), (a, first)]
+        for seconds, run in order:
+            seconds.append(run(i))
+    return a[1:], b[1:]
+
+
 def interleaved_latency(
     pipeline: FractalFlowPipeline, reference: FractalFlowPipeline, config: GenerationConfig, repeats: int = 10
 ) -> tuple[list[float], list[float]]:
-    """Seconds to the finished image of ``pipeline`` and of ``reference``, ``repeats`` pairs
-    drawn alternately in one process (ABBA order: A B, B A, A B, ... after a warm-up pair),
-    so a machine that changes speed slows both alike and pair i of the two lists is comparable."""
-    new, old = [], []
-    for seed in range(repeats + 1):
-        if seed % 2 == 0:
-            new.append(time_one(pipeline, config, seed)[1])
-            old.append(time_one(reference, config, seed)[1])
-        else:
-            old.append(time_one(reference, config, seed)[1])
-            new.append(time_one(pipeline, config, seed)[1])
-    return new[1:], old[1:]
+    """Seconds to the finished image of ``pipeline`` and of ``reference`` (seed i for pair i),
+    drawn :func:`interleaved`."""
+    return interleaved(
+        lambda seed: time_one(pipeline, config, seed)[1], lambda seed: time_one(reference, config, seed)[1], repeats
+    )
 
 
 def latency(pipeline: FractalFlowPipeline, config: GenerationConfig, repeats: int = 3) -> tuple[float, float]:

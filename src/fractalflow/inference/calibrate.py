@@ -159,20 +159,17 @@ class ForwardCost:
         inner levels cost on a CPU (their small token grids run faster per FLOP than the
         outer level's windows), so the speed-ups calibrate chooses by are counted in these."""
         model, size = pipeline.model, pipeline.config.sample_size
-        modules = {f"level {d}": level for d, level in enumerate(inner_levels(model), start=1)}
-        modules |= {
-            f"cross {i}": m.cross for i, m in enumerate(model.modules()) if getattr(m, "cross", None) is not None
-        }
-        spent = {name: [] for name in ["forward", *modules]}
+        levels = {d: model.get_submodule("body" + ".inner" * d) for d in range(1, model.config.num_levels)}
+        crosses = [m.cross for m in model.modules() if getattr(m, "cross", None) is not None]
+        timed = [model, *levels.values(), *crosses]
+        spent: list[list[float]] = [[] for _ in timed]  # seconds of each pass through each module
         handles = []
-        for name, module in [("forward", model), *modules.items()]:
-            started = []
-            handles.append(
-                module.register_forward_pre_hook(lambda *_, started=started: started.append(time.perf_counter()))
-            )
+        for module, seconds in zip(timed, spent):
+            started: list[float] = []
+            handles.append(module.register_forward_pre_hook(lambda *_, s=started: s.append(time.perf_counter())))
             handles.append(
                 module.register_forward_hook(
-                    lambda *_, n=name, s=started: spent[n].append(time.perf_counter() - s.pop())
+                    lambda *_, s=started, out=seconds: out.append(time.perf_counter() - s.pop())
                 )
             )
         x = torch.randn(rows, model.config.in_channels, size, size, device=pipeline.device)
@@ -183,13 +180,9 @@ class ForwardCost:
         finally:
             for handle in handles:
                 handle.remove()
-
-        def median(name: str) -> float:
-            return statistics.median(spent[name][1:])  # without the warm-up pass
-
-        levels = {int(name.split()[1]): median(name) for name in modules if name.startswith("level")}
-        cross = [median(name) for name in modules if name.startswith("cross")]
-        return cls(median("forward"), levels, sum(cross) / max(len(cross), 1))
+        forward, *medians = [statistics.median(seconds[1:]) for seconds in spent]  # without the warm-up pass
+        cross = medians[len(levels) :]
+        return cls(forward, dict(zip(levels, medians)), sum(cross) / max(len(cross), 1))
 
     def speedup(self, settings: CacheSettings, report: dict[str, int], full_rows: int) -> float:
         """Full compute's cost (``full_rows`` forward-pass rows: a guided image is two) over
@@ -200,15 +193,6 @@ class ForwardCost:
             + report["twins_skipped"] * self.forward
         )
         return full_rows * self.forward / (report["rows"] * self.forward - saved)
-
-
-def inner_levels(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The hourglass's inner levels, outermost first (depth 1, 2, ...)."""
-    levels, level = [], model.body.inner
-    while level is not None:
-        levels.append(level)
-        level = level.inner
-    return levels
 
 
 def feature_error(full: torch.Tensor, cached: torch.Tensor) -> float:

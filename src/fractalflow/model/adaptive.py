@@ -119,7 +119,7 @@ class StepClock:
             and bool((drop == (torch.arange(rows, device=drop.device) >= rows // 2)).all())
         )
         self.forwards += 1
-        self.rows += t.shape[0]
+        self.rows += rows
 
     def hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """A forward pre-hook on the model (``model(x, t, cond, drop=None)``)."""

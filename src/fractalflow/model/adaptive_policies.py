@@ -76,6 +76,4 @@ MIN_STEPS = 2  # a policy's step_fraction never leaves fewer
 
 def policy_steps(steps: int, settings: CacheSettings) -> int:
     """The sampling steps a call that asked for ``steps`` runs under ``settings``."""
-    if settings.step_fraction == 1:
-        return steps
     return min(steps, max(MIN_STEPS, round(steps * settings.step_fraction)))
