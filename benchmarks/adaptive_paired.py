@@ -7,6 +7,8 @@ Quality of the same settings: ``benchmarks/guidance.py --variants`` with the sam
 
     python benchmarks/adaptive_paired.py --batch 32 --pairs 6
     python benchmarks/adaptive_paired.py --batch 1 --pairs 20 --variants adaptive=2 "adaptive=2,early_stop=0.02"
+    python benchmarks/adaptive_paired.py --baseline resolution=128,early_stop=0.02 --variants adaptive=auto \
+        --out benchmarks/results/adaptive-paired-128-b1.json --batch 1   # variants go over the baseline
 
 A variant is written as for ``benchmarks/guidance.py``: comma-separated ``name=value``.
 """
@@ -42,10 +44,12 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=6, help="timed pairs after the warm-up pair (default: 6)")
     parser.add_argument("--data", default=str(REPO / "data" / "emoji"), help="prepared emoji data folder")
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, help="settings to time against full")
+    parser.add_argument("--baseline", default="", help="settings over the model's defaults that full compute uses")
+    parser.add_argument("--out", default=None, help="JSON file (default: results/adaptive-paired-b<batch>.json)")
     args = parser.parse_args()
     pipeline = FractalFlowPipeline.from_pretrained(args.model, device="cpu")
     captions = [variants[0] for variants in load_emoji(args.data, image_size=64, split="eval").caption_variants]
-    full = pipeline.generation_config
+    full = pipeline.generation_config.merged(**(parse_variant(args.baseline) if args.baseline else {}))
     candidates = {variant: full.merged(**parse_variant(variant)) for variant in args.variants}
 
     def timed(config: GenerationConfig) -> Callable[[int], float]:
@@ -70,7 +74,7 @@ def main() -> None:
             "config": candidate.describe(),
         }
         print(f"batch {args.batch}, {name}: {speedup:.3f}x full compute (median of {args.pairs} pairs)", flush=True)
-    out = RESULTS / f"adaptive-paired-b{args.batch}.json"
+    out = Path(args.out) if args.out else RESULTS / f"adaptive-paired-b{args.batch}.json"
     payload = {"hardware": describe_device("cpu"), "model": args.model, "config": full.describe(), "batch": args.batch}
     payload["rows"] = rows
     atomic_write_text(out, json.dumps(payload, indent=2) + "\n")

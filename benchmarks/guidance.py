@@ -10,7 +10,7 @@ retrieval, and seconds per image (batches of 64, this machine).
     python benchmarks/guidance.py --split train ...            # the same on training captions
 
 A variant is comma-separated ``name=value`` settings; ``a:b`` is a pair. Writes
-``benchmarks/results/guidance-<model name>.json`` after every variant; settings measured
+``benchmarks/results/guidance-<model name>[-<size>][-train].json`` after every variant; settings measured
 before with the same model, ``--n``, size and hardware are kept, not redrawn (a row's
 ``config`` is what ran: its variant was written over the model's defaults of that day), unless
 ``--redraw`` asks for it (the code behind a setting changed).
@@ -72,7 +72,7 @@ def main() -> None:
     held_out = load_emoji(args.data, image_size=args.size, split=args.split)
     gallery = asked_concept_images(args.data, held_out, eval_rows(args.n, len(held_out)), args.size)
     alignment = load_alignment_encoder()
-    suffix = "" if args.split == "eval" else f"-{args.split}"
+    suffix = ("" if args.size == 64 else f"-{args.size}") + ("" if args.split == "eval" else f"-{args.split}")
     path = RESULTS / f"guidance-{Path(args.model).name}{suffix}.json"
     header = {"model": args.model, "n": args.n, "size": args.size, "split": args.split}
     header["hardware"] = describe_device(device)

@@ -101,6 +101,12 @@ def main() -> None:
         help="learning rate of layers the --init model lacks, as a multiple of --learning-rate",
     )
     parser.add_argument(
+        "--shift-augment",
+        type=int,
+        default=TRAIN.shift_augment,
+        help="move each training image by up to this many pixels (TrainConfig.shift_augment)",
+    )
+    parser.add_argument(
         "--max-minutes", type=float, default=None, help="stop this session after so many minutes (resume later)"
     )
     parser.add_argument("--install", action="store_true", help="copy the result into the package as the default model")
@@ -125,6 +131,7 @@ def main() -> None:
         curriculum=args.curriculum,
         init=args.init or "",
         added_layers_lr_scale=args.added_layers_lr_scale,
+        shift_augment=args.shift_augment,
     )
     train_config = TrainConfig(**{**TRAIN.to_dict(), **overrides})
     model_config = network_to_train(model_preset(args.preset, **DEFAULT_MODEL_SHAPE), args.init, args.split_mixing)

@@ -8,6 +8,7 @@ import torch
 from conftest import DIGIT_NAMES, randomize
 
 from fractalflow import FractalFlowPipeline, FractalTransformer, model_preset
+from fractalflow.cli import main
 from fractalflow.inference.calibrate import (
     CalibrationSettings,
     ForwardCost,
@@ -80,7 +81,8 @@ def test_each_target_gets_the_least_error_candidate_that_reaches_it(calibrated):
     assert [p["target"] for p in result["policies"]] == [1.2, 1.4]  # nothing reaches 7x
     for policy in result["policies"]:
         reaching = [row for row in rows if row["speedup"] >= policy["target"]]
-        assert policy["settings"] == min(reaching, key=lambda row: row["error"])["settings"]
+        chosen = {**policy["settings"], "refine_steps": None}  # refinement steps are chosen after
+        assert chosen == min(reaching, key=lambda row: row["error"])["settings"]
     assert result["auto"] == 1.2
 
 
@@ -95,6 +97,31 @@ def test_a_target_only_reached_past_the_error_ceiling_gets_no_policy():
         1.5: CacheSettings(every=2),
         2.0: CacheSettings(every=3),
     }
+
+
+def test_each_policy_keeps_the_fewest_refinement_steps_within_the_error_ceiling(calibrated):
+    _, result, _ = calibrated
+    settings = CalibrationSettings.from_dict(result["calibration"]["settings"])
+    trials = result["calibration"]["refinement"]
+    assert {row["size"] for row in trials} == {32}  # twice the model's 16 px
+    for policy in result["policies"]:
+        tried = [row for row in trials if row["target"] == policy["target"]]
+        assert [row["refine_steps"] for row in tried] == sorted(settings.refine_steps)[: len(tried)]
+        within = [row["refine_steps"] for row in tried if row["error"] <= settings.max_refine_error]
+        assert policy["settings"]["refine_steps"] == (within[0] if within else None)
+        assert within[1:] == []  # it stops at the first that holds
+
+
+def test_a_policy_s_refinement_steps_cut_the_scales_after_the_first(tiny_model_folder):
+    pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    planned = pipeline.generate("five", steps=8, seed=0, resolution="high")
+    cut = pipeline.generate("five", steps=8, seed=0, resolution="high", adaptive=CacheSettings(depth=0, refine_steps=1))
+    fewer = pipeline.generate(
+        "five", steps=8, seed=0, resolution="high", refine_steps=1, adaptive=CacheSettings(depth=0, refine_steps=2)
+    )
+    assert [stage["steps"] for stage in planned.metadata["stages"]] == [8, 4, 4]  # 8, 16 and 32 px
+    assert [stage["steps"] for stage in cut.metadata["stages"]] == [8, 1, 1]
+    assert [stage["steps"] for stage in fewer.metadata["stages"]] == [8, 1, 1]  # the call asked fewer than the policy
 
 
 def test_the_counted_speedup_follows_the_reused_share_of_the_flops(calibrated):
@@ -142,3 +169,22 @@ def test_written_policies_are_what_generate_then_uses(calibrated):
 def test_bad_calibration_settings_are_clear_errors(settings, message):
     with pytest.raises(ValueError, match=message):
         CalibrationSettings(**settings)
+
+
+def test_the_cli_writes_and_prints_policies_whose_refinement_steps_were_cut(tmp_path, monkeypatch, capsys):
+    plain = CacheSettings(depth=0, step_fraction=0.5)
+    cut = CacheSettings(depth=0, step_fraction=0.5, refine_steps=1)
+    result = {
+        "auto": 2.0,
+        "policies": [{"target": 2.0, "settings": cut.to_dict()}],
+        "calibration": {
+            "rows": [{"settings": plain.to_dict(), "speedup": 2.0, "error": 0.3}],
+            "refinement": [{"target": 2.0, "size": 128, "refine_steps": 1, "error": 0.05}],
+        },
+    }
+    monkeypatch.setattr("fractalflow.inference.calibrate.calibrate", lambda *args, **kwargs: result)
+    data = prepared_folder(tmp_path / "data")
+    assert main(["calibrate", "--data", str(data), "--captions", "4", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "2     2.00  0.300" in printed and "2 at 128 px: 1 refinement step(s), error 0.050" in printed
+    assert json.loads((tmp_path / ADAPTIVE_FILE).read_text())["policies"][0]["settings"]["refine_steps"] == 1

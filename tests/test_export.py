@@ -72,6 +72,18 @@ def test_an_export_samples_on_its_models_time_grid(exported, tmp_path):
     assert np.abs(got - even).mean() > 1  # the folder's shift is used
 
 
+@pytest.mark.parametrize("jitter", [0, 3])
+def test_an_export_jitters_the_grid_as_the_pipeline_does(exported, tmp_path, jitter):
+    folder = tmp_path / "jittered"
+    shutil.copytree(exported, folder)
+    GenerationConfig.for_model(folder).merged(grid_jitter=jitter).save(folder)
+    pipeline = FractalFlowPipeline.default(device="cpu")
+    expected = np.asarray(pipeline.generate("red heart", seed=3, steps=8, grid_jitter=jitter).images[0], dtype=int)
+    noise = seeded_noise([3], 3, "cpu")(64).numpy()
+    got = OnnxGenerator(folder).generate(["red heart"], noise, steps=8)[0].astype(int)
+    assert np.abs(got - expected).max() <= 2 and np.abs(got - expected).mean() < 0.05
+
+
 def test_a_failed_export_keeps_the_old_folder_and_leaves_no_partial_files(tmp_path, monkeypatch):
     target = tmp_path / "export"
     target.mkdir()

@@ -10,7 +10,7 @@ import pytest
 from fractalflow import FractalFlowPipeline, GenerationConfig
 from fractalflow.cli import build_parser
 from fractalflow.config import MAX_GUIDANCE, MAX_STEPS, MAX_TIME_SHIFT
-from fractalflow.generation import GENERATION_CONFIG_NAME
+from fractalflow.generation import GENERATION_CONFIG_NAME, MAX_GRID_JITTER
 from fractalflow.plugins import registry
 from fractalflow.serving.config import ServerConfig
 from fractalflow.serving.schemas import SERVED_SETTINGS, request_model
@@ -37,6 +37,8 @@ SETTINGS = [f.name for f in dataclasses.fields(GenerationConfig)]
         ({"guidance_interval": (0.0, float("inf"))}, "give low:high with 0 <= low < high <= 1"),
         ({"time_shift": 0.0}, f"time_shift=0.0 must be in (0, {MAX_TIME_SHIFT:g}]"),
         ({"time_shift": float("inf")}, "time_shift=inf must be a finite number"),
+        ({"grid_jitter": 17}, f"grid_jitter=17 must be from 0 to {MAX_GRID_JITTER}"),
+        ({"grid_jitter": 1.5}, "grid_jitter=1.5 must be a whole number"),
     ],
 )
 def test_each_bad_setting_gets_one_line_naming_it_and_what_is_allowed(values, message):

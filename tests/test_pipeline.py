@@ -37,10 +37,11 @@ def test_same_seed_same_image_and_other_seed_other_image(tiny_model_folder):
     assert not np.array_equal(pixels(first), pixels(other))
 
 
-def test_image_does_not_depend_on_the_rest_of_the_batch(tiny_model_folder):
+@pytest.mark.parametrize("grid_jitter", [0, 2])
+def test_image_does_not_depend_on_the_rest_of_the_batch(tiny_model_folder, grid_jitter):
     pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
-    batch = pipeline.generate(["one", "two"], steps=3, seed=10)
-    alone = pipeline.generate("two", steps=3, seed=11)
+    batch = pipeline.generate(["one", "two"], steps=3, seed=10, grid_jitter=grid_jitter)
+    alone = pipeline.generate("two", steps=3, seed=11, grid_jitter=grid_jitter)
     assert batch.metadata["seeds"] == [10, 11]
     assert np.abs(pixels(batch.images[1]) - pixels(alone.images[0])).max() <= 1
 

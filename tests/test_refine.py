@@ -67,6 +67,13 @@ def test_upscale_strength_sets_the_start_of_scales_above_the_trained_size_only()
     ]
 
 
+def test_refine_steps_fix_the_steps_of_every_scale_after_the_first():
+    stages = plan_stages(RefineSettings(resolution="ultra", steps=20, refine_steps=1), 64, 8)
+    assert [(s.size, s.start, s.steps) for s in stages] == [(32, 1.0, 20), (64, 0.5, 1), (128, 0.5, 1), (256, 0.5, 1)]
+    with pytest.raises(ValueError, match="refine_steps=0 must be >= 1"):
+        RefineSettings(refine_steps=0)
+
+
 def test_standard_refinement_costs_less_than_one_scale_at_equal_steps():
     progressive = plan_stages(RefineSettings(resolution="standard", steps=20), 64, 8)
     single = plan_stages(RefineSettings(resolution=64, scales=(1.0,), steps=20), 64, 8)

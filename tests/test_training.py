@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from fractalflow import Conditioning, TrainConfig, model_preset
 from fractalflow.data import load_digits
 from fractalflow.flow import guided_velocity, sample_euler, time_grid
+from fractalflow.flow.jitter import shift_each
 from fractalflow.model.weights import load_model
 from fractalflow.monitoring import HealthSettings, TrainingHealth
 from fractalflow.training import Trainer
@@ -57,15 +58,16 @@ def test_tiny_model_memorises_a_handful_of_digits(tmp_path):
     assert (nearest == torch.arange(8)).sum() >= 7, nearest
 
 
-def test_resume_after_interruption_reproduces_the_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("shift_augment", [0, 2])
+def test_resume_after_interruption_reproduces_the_uninterrupted_run(tmp_path, shift_augment):
     dataset = digits(64)
-    straight = make_trainer(tmp_path / "straight", dataset)
+    straight = make_trainer(tmp_path / "straight", dataset, shift_augment=shift_augment)
     straight.train()
 
-    interrupted = make_trainer(tmp_path / "split", dataset)
+    interrupted = make_trainer(tmp_path / "split", dataset, shift_augment=shift_augment)
     interrupted.train(stop_at=20)
     del interrupted
-    resumed = make_trainer(tmp_path / "split", dataset)
+    resumed = make_trainer(tmp_path / "split", dataset, shift_augment=shift_augment)
     assert resumed.resume() and resumed.step == 20
     resumed.train()
 
@@ -73,6 +75,27 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(tmp_path):
         assert torch.equal(a, b), name
     for (name, a), b in zip(straight.ema.state_dict().items(), resumed.ema.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_shift_augment_trains_on_each_image_moved_by_its_own_offset_within_the_amplitude(tmp_path, monkeypatch):
+    seen = []
+
+    def record(predict, x0, *args, **kwargs):
+        seen.append(x0.clone())
+        return torch.zeros((), requires_grad=True)
+
+    monkeypatch.setattr("fractalflow.training.trainer.rectified_flow_loss", record)
+    dataset = digits(64)
+    for amplitude in (0, 2):
+        make_trainer(tmp_path / str(amplitude), dataset, shift_augment=amplitude).train_step()
+    plain, moved = seen  # the same images (the offsets are drawn after the indices)
+    offsets = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
+    found = []
+    for image, result in zip(plain, moved):
+        matches = [o for o in offsets if torch.equal(shift_each(image[None], torch.tensor([o]), 2)[0], result)]
+        assert matches, "an image was changed by more than a move within 2 px"
+        found.append(matches[0])
+    assert len(set(found)) > 3  # each image its own offset
 
 
 def test_a_run_stopped_by_the_clock_checkpoints_where_it_stopped(tmp_path):
@@ -378,6 +401,11 @@ def test_snapshots_export_the_ema_model_once_training_has_run_so_many_minutes_ov
 def test_snapshot_minutes_must_be_positive():
     with pytest.raises(ValueError, match="snapshot_minutes"):
         TrainConfig(snapshot_minutes=(0,))
+
+
+def test_shift_augment_is_limited_to_sixteen_pixels():
+    with pytest.raises(ValueError, match="shift_augment=17 must be from 0 \\(off\\) to 16"):
+        TrainConfig(shift_augment=17)
 
 
 def test_an_adapter_folder_loads_into_a_pipeline_and_changes_what_it_draws(tmp_path, capsys):

@@ -53,6 +53,8 @@ def _add_train_config_options(parser: argparse.ArgumentParser) -> None:
         "adapter folder (load with --adapter); 0 trains every weight",
         "added_layers_lr_scale": "learning rate of layers the --init model lacks (zero-initialised, e.g. split "
         "mixing), as a multiple of --learning-rate",
+        "shift_augment": "move each training image by up to N pixels (mirror-filled), so the network can be sampled "
+        "with --grid-jitter (0 = off)",
     }
     for field in dataclasses.fields(TrainConfig):
         if field.name not in helps:
@@ -339,6 +341,19 @@ def _add_calibrate_command(commands) -> None:
         type=int,
         default=1,
         help="images per batch the seconds are measured at (default: 1, one image at a time)",
+    )
+    calibrate.add_argument(
+        "--refine-steps",
+        type=_size_list,
+        default=(1, 2),
+        help="refinement steps to try for each policy at twice the model's size, the fewest within "
+        "--max-refine-error kept (default: 1,2; '': keep the planned steps)",
+    )
+    calibrate.add_argument(
+        "--max-refine-error",
+        type=float,
+        default=0.1,
+        help="largest feature error of fewer refinement steps against the policy's own images (default: 0.1)",
     )
     calibrate.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     calibrate.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
@@ -805,6 +820,8 @@ def run_calibrate(args: argparse.Namespace) -> None:
         max_error=args.max_error,
         cost=args.cost,
         cost_batch=args.cost_batch,
+        refine_steps=args.refine_steps,
+        max_refine_error=args.max_refine_error,
     )
     folder, pipeline = _text_model_and_data(args, "calibrate")
     result = calibrate(pipeline, training_captions(args.data, settings.captions, settings.seed), settings)
@@ -812,8 +829,13 @@ def run_calibrate(args: argparse.Namespace) -> None:
     rows = {json.dumps(row["settings"], sort_keys=True): row for row in result["calibration"]["rows"]}
     print(f"{'target':>6} {'speed-up':>8} {'error':>6}  settings")
     for policy in result["policies"]:
-        row = rows[json.dumps(policy["settings"], sort_keys=True)]
+        row = rows[json.dumps({**policy["settings"], "refine_steps": None}, sort_keys=True)]  # chosen after
         print(f"{policy['target']:>6g} {row['speedup']:>8.2f} {row['error']:>6.3f}  {policy['settings']}")
+    for row in result["calibration"]["refinement"]:
+        print(
+            f"{row['target']:>6g} at {row['size']} px: {row['refine_steps']} refinement step(s), "
+            f"error {row['error']:.3f}"
+        )
     print(f"wrote {path} (auto: {result['auto']})")
 
 

@@ -281,6 +281,9 @@ class TrainConfig(JsonConfig):
     # learning rate of layers the init folder lacks (added zero-initialised, e.g. split mixing),
     # as a multiple of learning_rate: a zero-initialised layer learns slowly at a fine-tune's rate
     added_layers_lr_scale: float = 1.0
+    # > 0: move each training image by up to this many pixels (mirror-filled), so the network does
+    # not tie the picture to its token grid and can be sampled with grid_jitter (flow/jitter.py)
+    shift_augment: int = 0
 
     def __post_init__(self) -> None:
         if self.curriculum_pacing not in ("fixed", "plateau"):
@@ -317,5 +320,6 @@ class TrainConfig(JsonConfig):
                 ("sample_every", self.sample_every, ">= 0 (0 = never)", self.sample_every >= 0),
                 ("log_every", self.log_every, ">= 1", self.log_every >= 1),
                 ("lora_rank", self.lora_rank, "from 0 (off) to 256", 0 <= self.lora_rank <= 256),
+                ("shift_augment", self.shift_augment, "from 0 (off) to 16", 0 <= self.shift_augment <= 16),
             ],
         )

@@ -27,6 +27,7 @@ from fractalflow.plugins import registry
 GENERATION_CONFIG_NAME = "generation_config.json"
 MAX_SCALES = 8  # scales one coarse-to-fine generation may pass through
 MAX_POSTPROCESSORS = 4
+MAX_GRID_JITTER = 16  # pixels: half a 32 px window of the default model; more moves the picture, not the grid
 # a prompt must hold one character that str.strip() keeps (the pipeline's test); as a pattern
 # that pydantic's Rust regex reads alike, whose \s lacks the separators \x1c-\x1f that Python strips
 PROMPT_PATTERN = r"[^\s\x1c-\x1f]"
@@ -86,8 +87,22 @@ class GenerationConfig(JsonConfig):
     upscale_strength: float | None = setting(
         None, "how much of the image each scale above the model's size redraws", gt=0.0, le=1.0
     )
+    refine_steps: int | None = setting(
+        None,
+        "steps of each scale after the first in coarse-to-fine sampling, like A1111's hires steps "
+        "(unset: steps times the flow time the scale starts from)",
+        ge=1,
+        le=MAX_STEPS,
+    )
     postprocess: tuple[str, ...] = setting(
         (), "image postprocessor plugins to apply in order, comma-separated (fractalflow plugins list)"
+    )
+    grid_jitter: int = setting(
+        0,
+        "shift the image by up to this many pixels before each step and back after, so the network's token "
+        "grid falls elsewhere on every step and leaves no seams (0: off)",
+        ge=0,
+        le=MAX_GRID_JITTER,
     )
     adaptive: str | float = setting(
         "off",
@@ -130,6 +145,7 @@ class GenerationConfig(JsonConfig):
             early_stop=self.early_stop,
             sampler=self.sampler,
             upscale_strength=self.upscale_strength,
+            refine_steps=self.refine_steps,
             time_shift=self.time_shift,
         )
 

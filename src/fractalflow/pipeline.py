@@ -20,12 +20,19 @@ from tqdm.auto import tqdm
 from fractalflow.config import MAX_CALL_PIXELS, MAX_SIDE
 from fractalflow.events import ProgressEvent, tensor_to_images
 from fractalflow.files import atomic_path
+from fractalflow.flow.jitter import GridJitter
 from fractalflow.flow.refine import ProgressiveRefiner, default_scales, seeded_noise, starting_with
 from fractalflow.flow.samplers import guided_velocity
 from fractalflow.generation import GenerationConfig
 from fractalflow.hub import resolve_model_folder
 from fractalflow.model.adaptive import OFF, AdaptiveDepth, CacheSettings
-from fractalflow.model.adaptive_policies import ADAPTIVE_FILE, AdaptivePolicies, check_adaptive, policy_steps
+from fractalflow.model.adaptive_policies import (
+    ADAPTIVE_FILE,
+    AdaptivePolicies,
+    check_adaptive,
+    policy_refine_steps,
+    policy_steps,
+)
 from fractalflow.model.conditioning import Conditioning
 from fractalflow.model.text import TextEncoder
 from fractalflow.model.transformer import FractalTransformer
@@ -257,7 +264,8 @@ class FractalFlowPipeline:
         else:
             scales = default_scales(native, trained)
         steps = policy_steps(config.steps, cache)  # the metadata keeps the config as asked
-        refine = config.merged(steps=steps).refine_settings("standard", scales)
+        refine_steps = policy_refine_steps(config.refine_steps, cache)
+        refine = config.merged(steps=steps, refine_steps=refine_steps).refine_settings("standard", scales)
         refiner = ProgressiveRefiner(refine, native, self.config.downsampling)
         count, final = len(prompts) * num_images_per_prompt, refiner.stages[-1].size
         if final > MAX_SIDE:
@@ -301,6 +309,8 @@ class FractalFlowPipeline:
             # a preview is a copy to the CPU every step (a device sync on a GPU): only when someone listens
             listener = on_event if callback is not None or progress else None
             velocity = guided_velocity(self.model, cond, config.guidance, config.guidance_interval)
+            if config.grid_jitter:
+                velocity = GridJitter(velocity, config.grid_jitter)
             sampled, report = refiner.run(velocity, noise, listener, caching.exact_since_last_asked)
         images = postprocess(sampled, config.postprocess)
         bar.close()

@@ -1,5 +1,15 @@
 import { describe, expect, it } from "vitest";
-import { eulerStep, guide, guidedAt, sample, seededNoise, timeGrid, toRgba } from "../src/local/sampler";
+import {
+  eulerStep,
+  gridJitter,
+  guide,
+  guidedAt,
+  jitterOffset,
+  sample,
+  seededNoise,
+  timeGrid,
+  toRgba,
+} from "../src/local/sampler";
 
 describe("the browser sampler", () => {
   it("steps on an even grid from 1 to 0, as the pipeline's plain path", () => {
@@ -84,5 +94,27 @@ describe("the browser's noise", () => {
     for (const [seed, values] of Object.entries(fixture.seeds) as [string, number[]][]) {
       expect(Array.from(seededNoise(Number(seed), values.length))).toEqual(values);
     }
+  });
+});
+
+describe("grid jitter", () => {
+  it("moves the grid as Python's GridJitter does (fixtures/grid-jitter.json)", async () => {
+    const { readFileSync } = await import("node:fs");
+    const fixture = JSON.parse(readFileSync(new URL("./fixtures/grid-jitter.json", import.meta.url), "utf8"));
+    const ramp = Float32Array.from(fixture.ramp as number[]);
+    const velocity = async (x: Float32Array, t: number) => x.map((value, i) => value * ramp[i] + t);
+    const jittered = gridJitter(velocity, fixture.amplitude, fixture.size);
+    (fixture.offsets as [number, number][]).forEach((offset, call) => {
+      expect(jitterOffset(call, fixture.amplitude)).toEqual(offset);
+    });
+    for (const call of fixture.calls as { t: number; x: number[]; velocity: number[] }[]) {
+      const got = await jittered(Float32Array.from(call.x), call.t);
+      got.forEach((value, i) => expect(value).toBeCloseTo(call.velocity[i], 4));
+    }
+  });
+
+  it("is the velocity itself at amplitude 0", async () => {
+    const velocity = async (x: Float32Array) => x.map((value) => 2 * value);
+    expect(gridJitter(velocity, 0, 4)).toBe(velocity);
   });
 });

@@ -6,11 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from fractalflow.config import JsonConfig
+from fractalflow.flow.jitter import shift_each
 from fractalflow.training.trainer import warmup_cosine
 
 
@@ -53,10 +53,8 @@ def shift_images(images: Tensor, max_shift: int, generator: torch.Generator, fil
     """Translate each image by up to ``max_shift`` px (augmentation), filling with ``fill``."""
     if max_shift == 0:
         return images
-    size = images.shape[-1]
-    padded = F.pad(images, (max_shift,) * 4, value=fill)
-    offsets = torch.randint(0, 2 * max_shift + 1, (len(images), 2), generator=generator)
-    return torch.stack([p[:, y : y + size, x : x + size] for p, (y, x) in zip(padded, offsets.tolist())])
+    corners = torch.randint(0, 2 * max_shift + 1, (len(images), 2), generator=generator)  # (B, 2): crop corners
+    return shift_each(images, max_shift - corners, max_shift, fill)
 
 
 def fit(

@@ -3,7 +3,8 @@
 :class:`OnnxGenerator` follows the torch pipeline's plain path step for step (one scale at
 the exported size, Euler steps from t = 1 to 0 on the model's time grid (even, or warped by its
 ``time_shift``), classifier-free guidance with
-the conditional and null rows in one batch, within the model's guidance interval), so with
+the conditional and null rows in one batch, within the model's guidance interval, with its
+grid jitter), so with
 the same noise it draws the same image;
 the browser's generator is written after it.
 """
@@ -83,12 +84,42 @@ class OnnxGenerator:
         if noise.shape != expected:
             raise ValueError(f"noise of shape {noise.shape}: this export takes {expected} for {len(prompts)} prompt(s)")
         velocity = self.velocity(self.encode(prompts), guidance, self.defaults.guidance_interval)
+        if self.defaults.grid_jitter:
+            velocity = grid_jitter(velocity, self.defaults.grid_jitter)
         times = time_grid(steps, self.defaults.time_shift)
         x = noise.astype(np.float32)
         for t, t_next in zip(times[:-1], times[1:]):
             x = x + (t_next - t) * velocity(x, float(t))
         pixels = np.clip((x + 1) * 127.5, 0, 255).round().astype(np.uint8)  # [-1, 1] -> [0, 255]
         return pixels.transpose(0, 2, 3, 1)  # (B, C, S, S) -> (B, S, S, C)
+
+
+def grid_jitter(velocity, amplitude: int):
+    """:class:`fractalflow.flow.jitter.GridJitter` for numpy velocities ``v(x, t)`` of one size:
+    ``x`` seen through a frame moved by the next offset of ``jitter_offset`` (the rows it opens
+    mirrored), the velocity moved back; pixels the frame left out keep their last velocity."""
+    from fractalflow.flow.jitter import jitter_offset
+
+    calls, last = 0, None
+
+    def jittered(x: np.ndarray, t: float) -> np.ndarray:
+        nonlocal calls, last
+        pad = min(amplitude, x.shape[-1] - 1)
+        dy, dx = jitter_offset(calls, pad)
+        calls += 1
+        if last is None or (dy, dx) == (0, 0):
+            last = velocity(x, t)
+            return last
+        size = x.shape[-1]
+        padding = ((0, 0), (0, 0), (pad, pad), (pad, pad))
+        moved = np.pad(x, padding, mode="reflect")[..., pad - dy : pad - dy + size, pad - dx : pad - dx + size]
+        back = np.pad(velocity(np.ascontiguousarray(moved), t), padding)  # (B, C, S + 2 pad, S + 2 pad), zero rim
+        rows, columns = slice(pad + dy, pad + dy + size), slice(pad + dx, pad + dx + size)
+        seen = np.pad(np.ones((size, size), dtype=bool), padding[2:])[rows, columns]  # (S, S)
+        last = np.where(seen, back[..., rows, columns], last)
+        return last
+
+    return jittered
 
 
 def time_grid(steps: int, shift: float) -> np.ndarray:

@@ -71,7 +71,8 @@ class RefineSettings(JsonConfig):
     time grid to ``s t / (1 + (s - 1) t)``, so ``s > 1`` spends more steps at high noise
     (SD3's shift; a scale starting at time t0 takes the warped grid times t0). ``renoise`` overrides the start time
     of every scale after the first; ``upscale_strength`` that of the scales above the
-    trained size (like img2img strength: how much of the upsampled image is redrawn)."""
+    trained size (like img2img strength: how much of the upsampled image is redrawn).
+    ``refine_steps`` fixes the steps of every scale after the first (A1111's hires steps)."""
 
     resolution: str | int = "standard"
     scales: tuple[float, ...] = DEFAULT_SCALES
@@ -79,6 +80,7 @@ class RefineSettings(JsonConfig):
     min_stage_steps: int = 2
     renoise: float | None = None
     upscale_strength: float | None = None
+    refine_steps: int | None = None
     early_stop: float = 0.0
     sampler: str = "euler"
     time_shift: float = 1.0
@@ -106,6 +108,8 @@ class RefineSettings(JsonConfig):
             problems.append(f"steps={self.steps}: at least 1 sampling step is required")
         if self.min_stage_steps < 1:
             problems.append(f"min_stage_steps={self.min_stage_steps} must be >= 1")
+        if self.refine_steps is not None and self.refine_steps < 1:
+            problems.append(f"refine_steps={self.refine_steps} must be >= 1")
         for name in ("renoise", "upscale_strength"):
             value = getattr(self, name)
             if value is not None and not 0.0 < value <= 1.0:
@@ -147,7 +151,10 @@ def plan_stages(settings: RefineSettings, native_size: int, multiple: int) -> li
             start = settings.upscale_strength
         else:
             start = settings.renoise if settings.renoise is not None else renoise_time(size / previous)
-        stages.append(Stage(size, max(settings.min_stage_steps, round(settings.steps * start)), start))
+        steps = max(settings.min_stage_steps, round(settings.steps * start))
+        if previous is not None and settings.refine_steps is not None:
+            steps = settings.refine_steps
+        stages.append(Stage(size, steps, start))
         previous = size
     return stages
 

@@ -14,6 +14,12 @@ full-compute twin, relative to the mean distance between two different full-comp
 (0: identical; 1: as different as two other pictures). ``benchmarks/adaptive.py`` then
 measures wall-clock and FD of the chosen policies on the held-out split.
 
+Coarse to fine, the scales after the first re-noise an upsampled image only halfway and
+early stopping already ends them after two or three steps, but at twice the model's size each
+of those steps costs four of the first scale's. So each chosen policy is drawn again at twice
+the model's size, with early stopping, as planned and with fewer refinement steps
+(``refine_steps``); it keeps the fewest whose images stay within ``max_refine_error`` of its own.
+
 Calibration reads only the training split (:func:`training_captions`): the held-out
 captions stay unseen by every choice the eval then judges.
 """
@@ -25,7 +31,8 @@ import json
 import random
 import statistics
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -51,7 +58,10 @@ class CalibrationSettings(JsonConfig):
     what the speed-ups count, "seconds" of the forward pass and its parts measured on this
     machine (:meth:`ForwardCost.time`) for a guided batch of ``cost_batch`` images (1: one
     image at a time, as the CLI and a lone request run; in larger batches the inner levels
-    take a smaller share of the time, so the same settings save less) or "flops"."""
+    take a smaller share of the time, so the same settings save less) or "flops";
+    ``refine_steps``: the refinement steps to try for each chosen policy, at twice the model's
+    size with early stop ``refine_early_stop``, keeping the fewest within ``max_refine_error``
+    of the policy as planned (empty: no refinement calibration)."""
 
     captions: int = 64
     steps: int | None = None
@@ -63,6 +73,9 @@ class CalibrationSettings(JsonConfig):
     max_error: float = 0.5
     cost: str = "seconds"
     cost_batch: int = 1
+    refine_steps: tuple[int, ...] = (1, 2)
+    max_refine_error: float = 0.1
+    refine_early_stop: float = 0.02
 
     def __post_init__(self) -> None:
         check_ranges(
@@ -87,6 +100,14 @@ class CalibrationSettings(JsonConfig):
                 ("max_error", self.max_error, "> 0", self.max_error > 0),
                 ("cost", self.cost, "'seconds' or 'flops'", self.cost in ("seconds", "flops")),
                 ("cost_batch", self.cost_batch, "from 1 to 1024", 1 <= self.cost_batch <= 1024),
+                (
+                    "refine_steps",
+                    self.refine_steps,
+                    f"steps from 1 to {MAX_STEPS}",
+                    all(1 <= steps <= MAX_STEPS for steps in self.refine_steps),
+                ),
+                ("max_refine_error", self.max_refine_error, ">= 0", self.max_refine_error >= 0),
+                ("refine_early_stop", self.refine_early_stop, "from 0 to 1", 0 <= self.refine_early_stop <= 1),
             ],
         )
 
@@ -205,10 +226,14 @@ def feature_error(full: torch.Tensor, cached: torch.Tensor) -> float:
 
 
 def draw(
-    pipeline: FractalFlowPipeline, captions: list[str], settings: CalibrationSettings, cache: CacheSettings | str
+    pipeline: FractalFlowPipeline,
+    captions: list[str],
+    settings: CalibrationSettings,
+    cache: CacheSettings | str,
+    **sampling,
 ) -> tuple[torch.Tensor, dict[str, int]]:
-    """uint8 images of ``captions`` under ``cache`` (CacheSettings or "off"), and the summed
-    AdaptiveDepth reports of the batches."""
+    """uint8 images of ``captions`` under ``cache`` (CacheSettings or "off") and ``sampling``
+    settings over the model's defaults, and the summed AdaptiveDepth reports of the batches."""
     images, totals = [], {}
     for start in range(0, len(captions), settings.batch_size):
         result = pipeline.generate(
@@ -217,6 +242,7 @@ def draw(
             guidance=settings.guidance,
             seed=settings.seed + start,
             adaptive=cache,
+            **sampling,
         )
         images.append(images_to_tensor(result.images))
         for key in ("rows", "computed", "reused", "cross_frozen", "twins_skipped", "blocks_run", "blocks_full"):
@@ -260,8 +286,35 @@ def calibrate(
             }
         )
     chosen = choose_policies(rows, settings.targets, settings.max_error)
+    refinement = calibrate_refinement(pipeline, captions, settings, chosen, embed)
     auto = settings.auto if settings.auto in chosen else None
-    return {**AdaptivePolicies(chosen, auto).to_dict(), "calibration": {"settings": settings.to_dict(), "rows": rows}}
+    calibration = {"settings": settings.to_dict(), "rows": rows, "refinement": refinement}
+    return {**AdaptivePolicies(chosen, auto).to_dict(), "calibration": calibration}
+
+
+def calibrate_refinement(
+    pipeline: FractalFlowPipeline,
+    captions: list[str],
+    settings: CalibrationSettings,
+    chosen: dict[float, CacheSettings],
+    embed: Callable[[torch.Tensor], torch.Tensor],
+) -> list[dict]:
+    """Give each policy of ``chosen`` (in place) the fewest of ``settings.refine_steps`` whose
+    images at twice the model's size (coarse to fine, early stop ``refine_early_stop``) stay
+    within ``max_refine_error`` of the policy's own; returns a row per trial."""
+    size = 2 * pipeline.config.sample_size
+    sampling = dict(resolution=size, early_stop=settings.refine_early_stop)
+    rows = []
+    for target, policy in chosen.items():
+        planned = embed(draw(pipeline, captions, settings, policy, **sampling)[0])
+        for steps in sorted(settings.refine_steps):
+            trial = replace(policy, refine_steps=steps)
+            error = feature_error(planned, embed(draw(pipeline, captions, settings, trial, **sampling)[0]))
+            rows.append({"target": target, "size": size, "refine_steps": steps, "error": error})
+            if error <= settings.max_refine_error:
+                chosen[target] = trial
+                break
+    return rows
 
 
 def choose_policies(rows: list[dict], targets: tuple[float, ...], max_error: float) -> dict[float, CacheSettings]:

@@ -63,7 +63,9 @@ class CacheSettings(JsonConfig):
     ``t <= guidance_start`` (:class:`CachedGuidance`; 1: every step); ``step_fraction``: run
     this fraction of the asked sampling steps (at least 2, on the same warped time grid; the
     pipeline applies it, AdaptiveDepth does not: the plain way to spend less, which a
-    calibrated policy may prefer to caching)."""
+    calibrated policy may prefer to caching); ``refine_steps``: the scales after the first of a
+    coarse-to-fine run take at most this many steps (None: as planned; the pipeline applies it
+    too)."""
 
     depth: int = 1
     every: int = 2
@@ -74,6 +76,7 @@ class CacheSettings(JsonConfig):
     guidance_every: int = 1
     guidance_start: float = 1.0
     step_fraction: float = 1.0
+    refine_steps: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -83,6 +86,8 @@ class CacheSettings(JsonConfig):
             problems.append(f"guidance_every ({self.guidance_every}) must be >= 1")
         if not 0 < self.step_fraction <= 1:
             problems.append(f"step_fraction ({self.step_fraction}) must be above 0 and at most 1")
+        if self.refine_steps is not None and self.refine_steps < 1:
+            problems.append(f"refine_steps ({self.refine_steps}) must be >= 1 or None")
         if not 0 <= self.start <= 1 or not 0 <= self.guidance_start <= 1:
             problems.append(f"start ({self.start}) and guidance_start ({self.guidance_start}) must be from 0 to 1")
         if not (self.drift is None or self.drift >= 0):

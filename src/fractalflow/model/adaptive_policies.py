@@ -77,3 +77,10 @@ MIN_STEPS = 2  # a policy's step_fraction never leaves fewer
 def policy_steps(steps: int, settings: CacheSettings) -> int:
     """The sampling steps a call that asked for ``steps`` runs under ``settings``."""
     return min(steps, max(MIN_STEPS, round(steps * settings.step_fraction)))
+
+
+def policy_refine_steps(asked: int | None, settings: CacheSettings) -> int | None:
+    """The steps of each scale after the first that a call asking ``asked`` (None: as planned)
+    runs under ``settings``: the fewer of the two."""
+    given = [steps for steps in (asked, settings.refine_steps) if steps is not None]
+    return min(given, default=None)

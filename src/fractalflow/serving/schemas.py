@@ -26,6 +26,7 @@ SERVED_SETTINGS = (
     "steps",
     "guidance",
     "time_shift",
+    "grid_jitter",
     "early_stop",
     "sampler",
     "postprocess",
@@ -104,6 +105,7 @@ def served_settings(
         steps=setting_field("steps", min(defaults.steps, max_steps), le=max_steps),
         guidance=setting_field("guidance", min(defaults.guidance, max_guidance), le=max_guidance),
         time_shift=setting_field("time_shift", defaults.time_shift),
+        grid_jitter=setting_field("grid_jitter", defaults.grid_jitter),
         early_stop=setting_field("early_stop", defaults.early_stop),
         sampler=(samplers, Field(defaults.sampler, description=GENERATION_FIELDS["sampler"].metadata["help"])),
         postprocess=(

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from fractalflow.config import FractalConfig, TrainConfig
 from fractalflow.data.dataset import CaptionedImages
 from fractalflow.files import atomic_write_text
+from fractalflow.flow.jitter import shift_each
 from fractalflow.flow.objective import rectified_flow_loss
 from fractalflow.flow.samplers import guided_velocity, sample_euler, time_grid
 from fractalflow.hardware import resolve_device
@@ -353,6 +354,10 @@ class Trainer:
         indices = self.draw(batch)  # the global batch: the same in every process
         rows = self.processes.shard(batch)
         x0 = self.dataset.pixels(indices[rows], size).to(self.device)
+        if config.shift_augment:  # offsets drawn for the global batch, as its indices, then sharded
+            amplitude = config.shift_augment
+            offsets = torch.randint(-amplitude, amplitude + 1, (batch, 2), generator=self.generator)  # (batch, 2)
+            x0 = shift_each(x0, offsets[rows], amplitude)
         cond = self.conditioning(indices, rows=rows).to(self.device)
         self.last_batch_size = batch
         dtype = self.autocast_dtype

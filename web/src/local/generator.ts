@@ -5,7 +5,7 @@
 import type { InferenceSession, Tensor } from "onnxruntime-web";
 import { headers } from "../api";
 import type { JobEvent } from "../events";
-import { type GuidanceInterval, guide, guidedAt, sample, seededNoise, toRgba } from "./sampler";
+import { type GuidanceInterval, gridJitter, guide, guidedAt, sample, seededNoise, toRgba } from "./sampler";
 import { type PromptTokens, type TokenizerJson, WordPieceTokens } from "./tokens";
 
 type Ort = typeof import("onnxruntime-web");
@@ -68,6 +68,8 @@ export class LocalGenerator {
     readonly guidanceInterval: GuidanceInterval,
     /** The time grid's warp (the export's generation_config.json); 1: an even grid. */
     readonly timeShift: number,
+    /** Pixels the image moves under the network's grid per step (the export's generation_config.json); 0: none. */
+    readonly gridJitter: number,
   ) {}
 
   /** Loads an export folder served at `assetsUrl` (e.g. the server's `/v1/browser/`). */
@@ -81,9 +83,9 @@ export class LocalGenerator {
     const [manifest, tokenizer, defaults] = await Promise.all([
       fetchOk(`${base}onnx_export.json`, apiKey).then((r) => r.json() as Promise<ExportManifest>),
       fetchOk(`${base}tokenizer.json`, apiKey).then((r) => r.json() as Promise<TokenizerJson>),
-      // older exports have no word on the interval or the shift: guidance at every step, an even grid
+      // older exports have no word on the interval, the shift or the jitter: guidance at every step, an even grid
       fetch(`${base}generation_config.json`, { headers: headers(apiKey) }).then(
-        (r): Promise<{ guidance_interval?: GuidanceInterval; time_shift?: number }> =>
+        (r): Promise<{ guidance_interval?: GuidanceInterval; time_shift?: number; grid_jitter?: number }> =>
           r.ok ? r.json() : Promise.resolve({}),
       ),
     ]);
@@ -95,8 +97,8 @@ export class LocalGenerator {
       }),
     );
     const tokens = new WordPieceTokens(tokenizer, manifest.max_length);
-    const { guidance_interval: interval = null, time_shift: shift = 1 } = defaults;
-    return new LocalGenerator(ort, transformer, textEncoder, tokens, manifest, backend, interval, shift);
+    const { guidance_interval: interval = null, time_shift: shift = 1, grid_jitter: jitter = 0 } = defaults;
+    return new LocalGenerator(ort, transformer, textEncoder, tokens, manifest, backend, interval, shift, jitter);
   }
 
   /** Text features for one prompt: pooled `(1, 384)`, tokens `(1, L, 384)`, mask `(1, L)`. */
@@ -150,7 +152,7 @@ export class LocalGenerator {
     const noise = request.noise ?? seededNoise(request.seed, 3 * size * size);
     if (noise.length !== 3 * size * size) throw new Error(`noise of ${noise.length} values: this model takes 3x${size}x${size}`);
     onEvent({ id: id++, job, type: "stage", stage, step: 0, total: request.steps });
-    const velocity = this.velocity(await this.encode(request.prompt), request.guidance);
+    const velocity = gridJitter(this.velocity(await this.encode(request.prompt), request.guidance), this.gridJitter, size);
     const pixels = await sample(
       velocity,
       noise,
@@ -181,6 +183,7 @@ export class LocalGenerator {
         guidance: request.guidance,
         guidance_interval: this.guidanceInterval,
         time_shift: this.timeShift,
+        grid_jitter: this.gridJitter,
         sampler: "euler",
       },
       model: `this device (${this.backend})`,

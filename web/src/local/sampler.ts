@@ -49,6 +49,61 @@ export function eulerStep(x: Float32Array, v: Float32Array, t: number, tNext: nu
 
 export type Velocity = (x: Float32Array, t: number) => Promise<Float32Array>;
 
+// the R2 low-discrepancy sequence's steps, as fractalflow.flow.jitter.R2_STEPS
+const R2_STEPS = [0.7548776662466927, 0.5698402909980532];
+
+/**
+ * The `[dy, dx]` pixel shift of velocity evaluation number `call` under grid jitter, each
+ * spread evenly over the whole pixels in `[-amplitude, amplitude]`; `[0, 0]` for call 0. The
+ * same numbers as `fractalflow.flow.jitter.jitter_offset`.
+ */
+export function jitterOffset(call: number, amplitude: number): [number, number] {
+  const [dy, dx] = R2_STEPS.map((step) => Math.floor((2 * amplitude + 1) * ((0.5 + call * step) % 1)) - amplitude);
+  return [dy, dx];
+}
+
+/**
+ * Grid jitter (`grid_jitter` in the model's generation_config.json), as the Python pipeline's
+ * `GridJitter`: `velocity` evaluated on the `(C, S, S)` image seen through a frame moved by the
+ * next offset (the rows and columns it opens mirrored), the result moved back; pixels the frame
+ * left out keep their last velocity. The network's token grid falls elsewhere on every step,
+ * so it leaves no seams. Amplitude 0 is `velocity` itself.
+ */
+export function gridJitter(velocity: Velocity, amplitude: number, size: number): Velocity {
+  if (amplitude === 0) return velocity;
+  const pad = Math.min(amplitude, size - 1);
+  const reflect = (i: number) => (i < 0 ? -i : i >= size ? 2 * (size - 1) - i : i);
+  let calls = 0;
+  let last: Float32Array | null = null;
+  return async (x, t) => {
+    const [dy, dx] = jitterOffset(calls++, pad);
+    if (last === null || (dy === 0 && dx === 0)) {
+      last = await velocity(x, t);
+      return last;
+    }
+    const plane = size * size;
+    const moved = new Float32Array(x.length);
+    for (let c = 0; c < x.length / plane; c++) {
+      for (let i = 0; i < size; i++) {
+        for (let j = 0; j < size; j++) {
+          moved[c * plane + i * size + j] = x[c * plane + reflect(i - dy) * size + reflect(j - dx)];
+        }
+      }
+    }
+    const out = await velocity(moved, t);
+    const next = Float32Array.from(last);
+    for (let c = 0; c < x.length / plane; c++) {
+      for (let i = Math.max(0, -dy); i < Math.min(size, size - dy); i++) {
+        for (let j = Math.max(0, -dx); j < Math.min(size, size - dx); j++) {
+          next[c * plane + i * size + j] = out[c * plane + (i + dy) * size + (j + dx)];
+        }
+      }
+    }
+    last = next;
+    return next;
+  };
+}
+
 export interface StepInfo {
   step: number; // 1-based: steps done
   total: number;
