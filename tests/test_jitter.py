@@ -123,3 +123,18 @@ def test_the_onnx_runtime_and_the_browser_jitter_as_the_pipeline_does():
         expected = torch.tensor(call["velocity"]).reshape(shape)
         assert torch.allclose(pipeline(x, torch.tensor([call["t"]])), expected, atol=1e-5)
         assert np.allclose(runtime(x.numpy(), call["t"]), expected.numpy(), atol=1e-5)
+
+
+def test_with_jitter_a_policy_keeps_its_fewer_steps_but_not_its_caches(tiny_model_folder):
+    """Features stored at one offset do not fit the next step's: served, they cost FD +19 %
+    (benchmarks/guidance.py, grid_jitter=1 with adaptive=auto)."""
+    from fractalflow import FractalFlowPipeline
+    from fractalflow.model.adaptive import CacheSettings
+
+    pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    policy = CacheSettings(depth=1, every=2, start=1.0, guidance_every=2, step_fraction=0.5)
+    cached = pipeline.generate("five", steps=8, seed=0, size=16, adaptive=policy).metadata
+    jittered = pipeline.generate("five", steps=8, seed=0, size=16, adaptive=policy, grid_jitter=1).metadata
+    assert cached["adaptive"]["reused"] > 0 and cached["adaptive"]["twins_skipped"] > 0
+    assert jittered["adaptive"]["reused"] == jittered["adaptive"]["twins_skipped"] == 0
+    assert [stage["steps"] for stage in jittered["stages"]] == [4]

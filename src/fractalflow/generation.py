@@ -100,7 +100,8 @@ class GenerationConfig(JsonConfig):
     grid_jitter: int = setting(
         0,
         "shift the image by up to this many pixels before each step and back after, so the network's token "
-        "grid falls elsewhere on every step and leaves no seams (0: off)",
+        "grid falls elsewhere on every step and leaves no seams (0: off; with it on, adaptive keeps its fewer steps "
+        "but not its caches)",
         ge=0,
         le=MAX_GRID_JITTER,
     )

@@ -255,6 +255,8 @@ class FractalFlowPipeline:
             raise ValueError(f"num_images_per_prompt={num_images_per_prompt} must be >= 1")
         config = (config or self.generation_config).merged(**settings)
         cache, target = self.adaptive_settings(config.adaptive)
+        if config.grid_jitter and cache is not OFF:  # stored features are of another offset: no caches
+            cache = replace(cache, depth=0, freeze_cross=None, guidance_every=1)
         native, trained = self.config.sample_size, getattr(self.config, "trained_sizes", ())  # peers record none
         if config.size is not None:
             self.model.check_size(config.size, config.size)
