@@ -98,7 +98,7 @@ def grid_jitter(velocity, amplitude: int):
     """:class:`fractalflow.flow.jitter.GridJitter` for numpy velocities ``v(x, t)`` of one size:
     ``x`` seen through a frame moved by the next offset of ``jitter_offset`` (the rows it opens
     mirrored), the velocity moved back; pixels the frame left out keep their last velocity."""
-    from fractalflow.flow.jitter import jitter_offset
+    from fractalflow.flow.jitter import jitter_offset, seen_part
 
     calls, last = 0, None
 
@@ -113,10 +113,10 @@ def grid_jitter(velocity, amplitude: int):
         size = x.shape[-1]
         padding = ((0, 0), (0, 0), (pad, pad), (pad, pad))
         moved = np.pad(x, padding, mode="reflect")[..., pad - dy : pad - dy + size, pad - dx : pad - dx + size]
-        back = np.pad(velocity(np.ascontiguousarray(moved), t), padding)  # (B, C, S + 2 pad, S + 2 pad), zero rim
-        rows, columns = slice(pad + dy, pad + dy + size), slice(pad + dx, pad + dx + size)
-        seen = np.pad(np.ones((size, size), dtype=bool), padding[2:])[rows, columns]  # (S, S)
-        last = np.where(seen, back[..., rows, columns], last)
+        out = velocity(np.ascontiguousarray(moved), t)
+        (rows, columns), (frame_rows, frame_columns) = seen_part(dy, dx, size, size)
+        last = last.copy()  # the pixels the frame left out keep their last velocity
+        last[..., rows, columns] = out[..., frame_rows, frame_columns]
         return last
 
     return jittered

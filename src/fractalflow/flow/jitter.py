@@ -44,9 +44,21 @@ def shifted_window(image: Tensor, dy: int, dx: int, pad: int, mode: str, fill: f
     of the result is ``image[i - dy, j - dx]``, the pixels from outside taken from the
     ``mode`` padding (``"reflect"``, or ``"constant"`` ``fill``) of width ``pad >= |dy|, |dx|``."""
     size_y, size_x = image.shape[-2:]
+    return padded(image, pad, mode, fill)[..., pad - dy : pad - dy + size_y, pad - dx : pad - dx + size_x]
+
+
+def padded(images: Tensor, pad: int, mode: str, fill: float = 0.0) -> Tensor:
+    """``images`` ``(B, C, S, S)`` with ``pad`` pixels of ``mode`` padding on every side."""
     constant = {"value": fill} if mode == "constant" else {}
-    padded = F.pad(image, (pad, pad, pad, pad), mode=mode, **constant)  # (B, C, S + 2 pad, S + 2 pad)
-    return padded[..., pad - dy : pad - dy + size_y, pad - dx : pad - dx + size_x]
+    return F.pad(images, (pad, pad, pad, pad), mode=mode, **constant)  # (B, C, S + 2 pad, S + 2 pad)
+
+
+def seen_part(dy: int, dx: int, size_y: int, size_x: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """Where a frame moved by ``(-dy, -dx)`` (:func:`shifted_window`) still shows the image: the
+    ``(rows, columns)`` of the image and the same pixels' ``(rows, columns)`` in the frame."""
+    image = tuple(slice(max(0, -d), size - max(0, d)) for d, size in ((dy, size_y), (dx, size_x)))
+    frame = tuple(slice(max(0, d), size + min(0, d)) for d, size in ((dy, size_y), (dx, size_x)))
+    return image, frame  # type: ignore[return-value]
 
 
 class GridJitter:
@@ -72,9 +84,9 @@ class GridJitter:
             self.last = self.velocity(x, t)
             return self.last
         moved = self.velocity(shifted_window(x, dy, dx, amplitude, "reflect"), t)
-        back = shifted_window(moved, -dy, -dx, amplitude, "constant")  # (B, C, S, S), zero where unseen
-        seen = shifted_window(torch.ones_like(x[:1, :1]), -dy, -dx, amplitude, "constant") > 0  # (1, 1, S, S)
-        self.last = torch.where(seen, back, self.last)
+        image_part, frame_part = seen_part(dy, dx, x.shape[-2], x.shape[-1])
+        self.last = self.last.clone()  # the pixels the frame left out keep their last velocity
+        self.last[..., image_part[0], image_part[1]] = moved[..., frame_part[0], frame_part[1]]
         return self.last
 
 
@@ -84,7 +96,9 @@ def shift_each(images: Tensor, offsets: Tensor, pad: int, fill: float | None = N
     to be sampled with grid jitter, it shows the picture at every place of the token grid
     (``TrainConfig.shift_augment``)."""
     mode, value = ("reflect", 0.0) if fill is None else ("constant", fill)
-    moved = [
-        shifted_window(image[None], int(dy), int(dx), pad, mode, value) for image, (dy, dx) in zip(images, offsets)
+    size_y, size_x = images.shape[-2:]
+    moved = [  # the batch padded once, each image's window sliced out of it
+        image[:, pad - dy : pad - dy + size_y, pad - dx : pad - dx + size_x]
+        for image, (dy, dx) in zip(padded(images, pad, mode, value), offsets.tolist())
     ]
-    return torch.cat(moved)  # (B, C, S, S)
+    return torch.stack(moved)  # (B, C, S, S)

@@ -285,8 +285,9 @@ def calibrate(
                 "blocks_full": report["blocks_full"],
             }
         )
-    chosen = choose_policies(rows, settings.targets, settings.max_error)
-    refinement = calibrate_refinement(pipeline, captions, settings, chosen, embed)
+    chosen, refinement = calibrate_refinement(
+        pipeline, captions, settings, choose_policies(rows, settings.targets, settings.max_error), embed
+    )
     auto = settings.auto if settings.auto in chosen else None
     calibration = {"settings": settings.to_dict(), "rows": rows, "refinement": refinement}
     return {**AdaptivePolicies(chosen, auto).to_dict(), "calibration": calibration}
@@ -298,13 +299,13 @@ def calibrate_refinement(
     settings: CalibrationSettings,
     chosen: dict[float, CacheSettings],
     embed: Callable[[torch.Tensor], torch.Tensor],
-) -> list[dict]:
-    """Give each policy of ``chosen`` (in place) the fewest of ``settings.refine_steps`` whose
-    images at twice the model's size (coarse to fine, early stop ``refine_early_stop``) stay
-    within ``max_refine_error`` of the policy's own; returns a row per trial."""
+) -> tuple[dict[float, CacheSettings], list[dict]]:
+    """``chosen``, each policy with the fewest of ``settings.refine_steps`` whose images at twice
+    the model's size (coarse to fine, early stop ``refine_early_stop``) stay within
+    ``max_refine_error`` of the policy's own (as planned where none does), and a row per trial."""
     size = 2 * pipeline.config.sample_size
     sampling = dict(resolution=size, early_stop=settings.refine_early_stop)
-    rows = []
+    refined, rows = dict(chosen), []
     for target, policy in chosen.items():
         planned = embed(draw(pipeline, captions, settings, policy, **sampling)[0])
         for steps in sorted(settings.refine_steps):
@@ -312,9 +313,9 @@ def calibrate_refinement(
             error = feature_error(planned, embed(draw(pipeline, captions, settings, trial, **sampling)[0]))
             rows.append({"target": target, "size": size, "refine_steps": steps, "error": error})
             if error <= settings.max_refine_error:
-                chosen[target] = trial
+                refined[target] = trial
                 break
-    return rows
+    return refined, rows
 
 
 def choose_policies(rows: list[dict], targets: tuple[float, ...], max_error: float) -> dict[float, CacheSettings]:
