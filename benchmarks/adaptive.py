@@ -10,8 +10,9 @@ median seconds of one image (8 draws after a warm-up).
 
     python benchmarks/adaptive.py --n 661 --n-high 200   # ~40 min on 2 idle cores
 
-Prints a table, writes ``benchmarks/results/adaptive-cpu.json`` and the picture
-``docs/images/adaptive.png`` (same seeds; columns off and each target).
+Prints a table, writes ``benchmarks/results/adaptive-cpu.json`` and the pictures
+``docs/images/adaptive.png`` and ``adaptive-128.png`` (same seeds; columns off and each
+target calibrated for that size).
 """
 
 from __future__ import annotations
@@ -59,11 +60,11 @@ def latency(engine: InferenceEngine, settings: EvalSettings) -> float:
     return statistics.median(times)
 
 
-def picture(engine: InferenceEngine, targets: list[float], path: Path) -> None:
+def picture(engine: InferenceEngine, resolution: str, targets: list[float], path: Path) -> None:
     """One row per prompt, one column per policy (off, then each target), the same seed."""
     columns = ["off", *targets]
     tiles = [
-        engine.generate(prompt, seed=7, resolution="standard", early_stop=EARLY_STOP, adaptive=adaptive).images[0]
+        engine.generate(prompt, seed=7, resolution=resolution, early_stop=EARLY_STOP, adaptive=adaptive).images[0]
         for prompt in PICTURE_PROMPTS
         for adaptive in columns
     ]
@@ -71,7 +72,8 @@ def picture(engine: InferenceEngine, targets: list[float], path: Path) -> None:
     sheet = Image.new("RGB", (len(columns) * size, len(PICTURE_PROMPTS) * size), "white")
     for i, tile in enumerate(tiles):
         sheet.paste(tile, ((i % len(columns)) * size, (i // len(columns)) * size))
-    sheet.resize((sheet.width * 2, sheet.height * 2), resample=Image.Resampling.NEAREST).save(path)
+    zoom = max(1, 128 // size)
+    sheet.resize((sheet.width * zoom, sheet.height * zoom), resample=Image.Resampling.NEAREST).save(path)
 
 
 def main() -> None:
@@ -84,12 +86,12 @@ def main() -> None:
     policies = engine.pipeline.adaptive_policies
     if policies is None:
         raise SystemExit("the shipped model has no adaptive.json: run 'fractalflow calibrate' first")
-    targets = sorted(policies.policies)
     defaults = engine.pipeline.generation_config  # the model's sampling, as calibrate used it
     alignment = load_alignment_encoder()
     rows = []
     for resolution, count in (("standard", args.n), ("high", args.n_high)):
         size = 64 if resolution == "standard" else 128
+        targets = sorted(policies.for_size(size).policies)  # calibrated at this size, if it was
         held_out = load_emoji(args.data, image_size=size, split="eval")
         gallery = asked_concept_images(args.data, held_out, eval_rows(count, len(held_out)), size)
         for label, fields in cases(targets):
@@ -125,7 +127,8 @@ def main() -> None:
             f"{row['fd_ratio']:6.3f} {m['alignment_top5']:6.3f} {row['top5_change']:+7.3f} "
             f"{m['concept_retrieval']:7.3f}"
         )
-    picture(engine, targets, REPO / "docs" / "images" / "adaptive.png")
+    for resolution, size, name in (("standard", 64, "adaptive.png"), ("high", 128, "adaptive-128.png")):
+        picture(engine, resolution, sorted(policies.for_size(size).policies), REPO / "docs" / "images" / name)
     report = {
         "hardware": describe_device("cpu"),
         "torch": torch.__version__,
@@ -137,7 +140,7 @@ def main() -> None:
     }
     path = RESULTS / "adaptive-cpu.json"
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")
-    print(f"wrote {path} and docs/images/adaptive.png")
+    print(f"wrote {path}, docs/images/adaptive.png and adaptive-128.png")
 
 
 if __name__ == "__main__":

@@ -323,6 +323,39 @@ def test_metadata_and_events_count_the_blocks_that_ran(tiny_model_folder):
     assert all(a < b for a, b in zip([e.blocks_run for e in events], [e.blocks_run for e in events][1:]))
 
 
+def test_a_coarse_to_fine_run_reports_each_scale_s_share_and_they_sum_to_the_whole(tiny_model_folder):
+    pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    result = pipeline.generate("three", steps=8, seed=5, resolution="high", adaptive=CacheSettings(every=2))
+    report, stages = result.metadata["adaptive"], result.metadata["stages"]
+    assert list(report["by_size"]) == [stage["size"] for stage in stages] == [8, 16, 32]
+    for key in ("rows", "computed", "reused", "blocks_run", "blocks_full"):
+        assert sum(part[key] for part in report["by_size"].values()) == report[key]
+    first = report["by_size"][8]
+    assert first["rows"] == 2 * stages[0]["steps_run"]  # guided on every step: the prompt and its twin
+    assert first["reused"] > 0
+
+
+def test_images_of_a_calibrated_size_use_its_policies_and_larger_ones_the_nearest_below(tiny_model_folder):
+    own, larger = CacheSettings(every=2), CacheSettings(depth=0, step_fraction=0.5, refine_steps=1)
+    policies = AdaptivePolicies({2.0: own}, auto=2.0, sizes={32: AdaptivePolicies({2.0: larger}, auto=2.0)})
+    (tiny_model_folder / ADAPTIVE_FILE).write_text(json.dumps(policies.to_dict()))
+    pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    assert pipeline.adaptive_policies == policies  # as written
+    assert pipeline.adaptive_settings("auto") == pipeline.adaptive_settings("auto", 24) == (own, 2.0)
+    assert pipeline.adaptive_settings("auto", 32) == pipeline.adaptive_settings(2.0, 64) == (larger, 2.0)
+    result = pipeline.generate("three", steps=8, seed=5, resolution="high", adaptive="auto")
+    assert result.metadata["adaptive"]["settings"] == larger.to_dict()
+    assert [stage["steps"] for stage in result.metadata["stages"]] == [4, 1, 1]
+
+
+@pytest.mark.parametrize("sizes", [[], {"big": {"policies": []}}, {"0": {"policies": []}}])
+def test_policies_by_size_must_be_keyed_by_pixels(tiny_model_folder, sizes):
+    policies = {"policies": [{"target": 2, "settings": {"every": 3}}], "sizes": sizes}
+    (tiny_model_folder / ADAPTIVE_FILE).write_text(json.dumps(policies))
+    with pytest.raises(ValueError, match="adaptive.json: 'sizes' must map image sides in pixels to policies"):
+        FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+
+
 @pytest.mark.parametrize("fraction,steps_run", [(0.5, 3), (0.1, 2), (1.0, 6)])
 def test_a_step_fraction_runs_fewer_steps_and_the_metadata_keeps_what_was_asked(tiny_model_folder, fraction, steps_run):
     pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")

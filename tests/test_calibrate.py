@@ -12,8 +12,10 @@ from fractalflow.cli import main
 from fractalflow.inference.calibrate import (
     CalibrationSettings,
     ForwardCost,
+    PassCost,
     calibrate,
     choose_policies,
+    staged_speedup,
     training_captions,
     write_policies,
 )
@@ -81,8 +83,7 @@ def test_each_target_gets_the_least_error_candidate_that_reaches_it(calibrated):
     assert [p["target"] for p in result["policies"]] == [1.2, 1.4]  # nothing reaches 7x
     for policy in result["policies"]:
         reaching = [row for row in rows if row["speedup"] >= policy["target"]]
-        chosen = {**policy["settings"], "refine_steps": None}  # refinement steps are chosen after
-        assert chosen == min(reaching, key=lambda row: row["error"])["settings"]
+        assert policy["settings"] == min(reaching, key=lambda row: row["error"])["settings"]
     assert result["auto"] == 1.2
 
 
@@ -99,17 +100,40 @@ def test_a_target_only_reached_past_the_error_ceiling_gets_no_policy():
     }
 
 
-def test_each_policy_keeps_the_fewest_refinement_steps_within_the_error_ceiling(calibrated):
+def test_twice_the_model_s_size_is_calibrated_apart_with_each_refinement_step_count(calibrated):
     _, result, _ = calibrated
     settings = CalibrationSettings.from_dict(result["calibration"]["settings"])
-    trials = result["calibration"]["refinement"]
-    assert {row["size"] for row in trials} == {32}  # twice the model's 16 px
-    for policy in result["policies"]:
-        tried = [row for row in trials if row["target"] == policy["target"]]
-        assert [row["refine_steps"] for row in tried] == sorted(settings.refine_steps)[: len(tried)]
-        within = [row["refine_steps"] for row in tried if row["error"] <= settings.max_refine_error]
-        assert policy["settings"]["refine_steps"] == (within[0] if within else None)
-        assert within[1:] == []  # it stops at the first that holds
+    trials = result["calibration"]["sizes"]["32"]  # twice the model's 16 px
+    tried = {(json.dumps({**row["settings"], "refine_steps": None}), row["settings"]["refine_steps"]) for row in trials}
+    assert len(tried) == len(trials) == 5 * len(settings.refine_steps)  # every candidate with every step count
+    assert list(result["sizes"]) == ["32"]
+    for policy in result["sizes"]["32"]["policies"]:
+        reaching = [row for row in trials if row["speedup"] >= policy["target"] and row["error"] <= settings.max_error]
+        assert policy["settings"] == min(reaching, key=lambda row: row["error"])["settings"]
+
+
+def test_the_speedup_at_a_larger_size_weighs_each_scale_s_passes_by_its_own_cost():
+    flops = {16: ForwardCost(1.0, {1: 0.5}, 0.1), 32: ForwardCost(4.0, {1: 2.0}, 0.4)}
+    costs = {size: PassCost(ForwardCost(0.0, {1: 0.0}, 0.0), cost) for size, cost in flops.items()}
+    counts = dict(forwards=0, computed=0, reused=0, level_skips=0, cross_frozen=0, cross_skips=0, twins_skipped=0)
+    full = {16: {**counts, "rows": 12}, 32: {**counts, "rows": 4}}  # cost 12 + 16
+    run = {16: {**counts, "rows": 6, "reused": 2}, 32: {**counts, "rows": 2, "reused": 1}}  # 6 - 1 + 8 - 2
+    assert staged_speedup(costs, CacheSettings(depth=1), run, full) == pytest.approx(28 / 11)
+    assert staged_speedup(costs, CacheSettings(depth=0), run, full) == pytest.approx(28 / 14)  # nothing cached
+
+
+def test_a_pass_costs_a_part_per_pass_and_a_part_per_row():
+    one, two = ForwardCost(0.8, {1: 0.6}, 0.1), ForwardCost(1.0, {1: 0.7}, 0.15)  # seconds of 1 and 2 rows
+    cost = PassCost.fit(one, two, rows=2)
+    assert (cost.per_pass.forward, cost.per_row.forward) == pytest.approx((0.6, 0.2))
+    assert (cost.per_pass.levels[1], cost.per_row.levels[1]) == pytest.approx((0.5, 0.1))
+    counts = dict(computed=0, cross_frozen=0, cross_skips=0, twins_skipped=0)
+    guided = {**counts, "forwards": 4, "rows": 8, "reused": 0, "level_skips": 0}  # 4 passes of 2 rows
+    alone = {**counts, "forwards": 4, "rows": 4, "reused": 0, "level_skips": 0}  # 4 passes of 1 row
+    assert cost.spent(CacheSettings(), guided) == pytest.approx(4 * 1.0)
+    assert cost.spent(CacheSettings(), alone) == pytest.approx(4 * 0.8)  # not half of the guided passes
+    served = {**alone, "reused": 2, "level_skips": 2}  # the level served in 2 of the 4 passes
+    assert cost.spent(CacheSettings(depth=1), served) == pytest.approx(4 * 0.8 - 2 * 0.6)
 
 
 def test_a_policy_s_refinement_steps_cut_the_scales_after_the_first(tiny_model_folder):
@@ -164,6 +188,8 @@ def test_written_policies_are_what_generate_then_uses(calibrated):
         (dict(auto=2.5), "auto=2.5 must be one of the targets"),
         (dict(captions=1), "captions=1 must be from 2"),
         (dict(steps=1), "steps=1 must be from 2"),
+        (dict(sizes=(0,)), "sizes=\\(0,\\) must be sides in pixels"),
+        (dict(refine_steps=()), "refine_steps=\\(\\) must be steps from 1"),
     ],
 )
 def test_bad_calibration_settings_are_clear_errors(settings, message):
@@ -171,20 +197,21 @@ def test_bad_calibration_settings_are_clear_errors(settings, message):
         CalibrationSettings(**settings)
 
 
-def test_the_cli_writes_and_prints_policies_whose_refinement_steps_were_cut(tmp_path, monkeypatch, capsys):
-    plain = CacheSettings(depth=0, step_fraction=0.5)
-    cut = CacheSettings(depth=0, step_fraction=0.5, refine_steps=1)
+def test_the_cli_writes_and_prints_the_policies_of_each_size(tmp_path, monkeypatch, capsys):
+    own, larger = CacheSettings(depth=0, step_fraction=0.5), CacheSettings(depth=0, step_fraction=0.7, refine_steps=1)
     result = {
         "auto": 2.0,
-        "policies": [{"target": 2.0, "settings": cut.to_dict()}],
+        "policies": [{"target": 2.0, "settings": own.to_dict()}],
+        "sizes": {"128": {"auto": 2.0, "policies": [{"target": 2.0, "settings": larger.to_dict()}]}},
         "calibration": {
-            "rows": [{"settings": plain.to_dict(), "speedup": 2.0, "error": 0.3}],
-            "refinement": [{"target": 2.0, "size": 128, "refine_steps": 1, "error": 0.05}],
+            "rows": [{"settings": own.to_dict(), "speedup": 2.0, "error": 0.3}],
+            "sizes": {"128": [{"settings": larger.to_dict(), "speedup": 2.1, "error": 0.2}]},
         },
     }
     monkeypatch.setattr("fractalflow.inference.calibrate.calibrate", lambda *args, **kwargs: result)
     data = prepared_folder(tmp_path / "data")
     assert main(["calibrate", "--data", str(data), "--captions", "4", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    assert "2     2.00  0.300" in printed and "2 at 128 px: 1 refinement step(s), error 0.050" in printed
-    assert json.loads((tmp_path / ADAPTIVE_FILE).read_text())["policies"][0]["settings"]["refine_steps"] == 1
+    assert " 64 px      2     2.00  0.300" in printed and "128 px      2     2.10  0.200" in printed
+    written = json.loads((tmp_path / ADAPTIVE_FILE).read_text())
+    assert written["sizes"]["128"]["policies"][0]["settings"]["refine_steps"] == 1

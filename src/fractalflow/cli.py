@@ -343,17 +343,23 @@ def _add_calibrate_command(commands) -> None:
         help="images per batch the seconds are measured at (default: 1, one image at a time)",
     )
     calibrate.add_argument(
+        "--sizes",
+        type=_size_list,
+        default=None,
+        help="larger image sides to calibrate policies for apart, coarse to fine "
+        "(default: twice the model's size; '': none)",
+    )
+    calibrate.add_argument(
         "--refine-steps",
         type=_size_list,
         default=(1, 2),
-        help="refinement steps to try for each policy at twice the model's size, the fewest within "
-        "--max-refine-error kept (default: 1,2; '': keep the planned steps)",
+        help="steps of each scale after the first to try every candidate with at the larger sizes (default: 1,2)",
     )
     calibrate.add_argument(
-        "--max-refine-error",
+        "--early-stop",
         type=float,
-        default=0.1,
-        help="largest feature error of fewer refinement steps against the policy's own images (default: 0.1)",
+        default=0.02,
+        help="early stop of every draw, full compute's too (default: 0.02, as the cpu benchmarks sample; 0: off)",
     )
     calibrate.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     calibrate.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
@@ -820,22 +826,22 @@ def run_calibrate(args: argparse.Namespace) -> None:
         max_error=args.max_error,
         cost=args.cost,
         cost_batch=args.cost_batch,
+        sizes=args.sizes,
         refine_steps=args.refine_steps,
-        max_refine_error=args.max_refine_error,
+        early_stop=args.early_stop,
     )
     folder, pipeline = _text_model_and_data(args, "calibrate")
     result = calibrate(pipeline, training_captions(args.data, settings.captions, settings.seed), settings)
     path = write_policies(Path(args.out or folder), result)
-    rows = {json.dumps(row["settings"], sort_keys=True): row for row in result["calibration"]["rows"]}
-    print(f"{'target':>6} {'speed-up':>8} {'error':>6}  settings")
-    for policy in result["policies"]:
-        row = rows[json.dumps({**policy["settings"], "refine_steps": None}, sort_keys=True)]  # chosen after
-        print(f"{policy['target']:>6g} {row['speedup']:>8.2f} {row['error']:>6.3f}  {policy['settings']}")
-    for row in result["calibration"]["refinement"]:
-        print(
-            f"{row['target']:>6g} at {row['size']} px: {row['refine_steps']} refinement step(s), "
-            f"error {row['error']:.3f}"
-        )
+    calibration = result["calibration"]
+    parts = [(f"{pipeline.config.sample_size} px", result, calibration["rows"])]
+    parts += [(f"{size} px", result["sizes"][size], calibration["sizes"][size]) for size in result.get("sizes", {})]
+    print(f"{'size':>6} {'target':>6} {'speed-up':>8} {'error':>6}  settings")
+    for size, policies, rows in parts:
+        by_settings = {json.dumps(row["settings"], sort_keys=True): row for row in rows}
+        for policy in policies["policies"]:
+            row = by_settings[json.dumps(policy["settings"], sort_keys=True)]
+            print(f"{size:>6} {policy['target']:>6g} {row['speedup']:>8.2f} {row['error']:>6.3f}  {policy['settings']}")
     print(f"wrote {path} (auto: {result['auto']})")
 
 

@@ -108,7 +108,8 @@ class GenerationConfig(JsonConfig):
     adaptive: str | float = setting(
         "off",
         "spend less compute on steps that need less: off, auto (the model's calibrated default) or a target "
-        "speed-up such as 2 (the largest calibrated one not above it)",
+        "speed-up such as 2 (the largest calibrated one not above it, from the policies calibrated for the image's "
+        "size)",
     )
 
     def __post_init__(self) -> None:

@@ -21,7 +21,7 @@ from fractalflow.config import MAX_CALL_PIXELS, MAX_SIDE
 from fractalflow.events import ProgressEvent, tensor_to_images
 from fractalflow.files import atomic_path
 from fractalflow.flow.jitter import GridJitter
-from fractalflow.flow.refine import ProgressiveRefiner, default_scales, seeded_noise, starting_with
+from fractalflow.flow.refine import ProgressiveRefiner, default_scales, plan_stages, seeded_noise, starting_with
 from fractalflow.flow.samplers import guided_velocity
 from fractalflow.generation import GenerationConfig
 from fractalflow.hub import resolve_model_folder
@@ -192,9 +192,12 @@ class FractalFlowPipeline:
             labels.append(max(found, key=lambda i: len(names[i])))
         return Conditioning(labels=torch.tensor(labels, dtype=torch.long))
 
-    def adaptive_settings(self, adaptive: str | float | CacheSettings) -> tuple[CacheSettings, float | None]:
-        """The step-caching settings ``generate(adaptive=...)`` runs with, and the calibrated
-        speed-up they were chosen for (None: off, or settings given directly)."""
+    def adaptive_settings(
+        self, adaptive: str | float | CacheSettings, size: int | None = None
+    ) -> tuple[CacheSettings, float | None]:
+        """The step-caching settings ``generate(adaptive=...)`` runs with for images of ``size``
+        px (None: the model's own), and the calibrated speed-up they were chosen for (None: off,
+        or settings given directly)."""
         check_adaptive(adaptive)
         if isinstance(adaptive, CacheSettings):
             return adaptive, None
@@ -207,7 +210,7 @@ class FractalFlowPipeline:
                 f"adaptive={adaptive!r}: this model has no {ADAPTIVE_FILE}; run 'fractalflow calibrate' "
                 "or use adaptive='off'"
             )
-        return self.adaptive_policies.choose(adaptive)
+        return self.adaptive_policies.for_size(size or self.config.sample_size).choose(adaptive)
 
     def image_health(self, images: torch.Tensor, cond: Conditioning) -> list[dict]:
         """Per image: :func:`image_health`; for text models with :attr:`hallucination_check`, its
@@ -254,9 +257,6 @@ class FractalFlowPipeline:
         if num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt={num_images_per_prompt} must be >= 1")
         config = (config or self.generation_config).merged(**settings)
-        cache, target = self.adaptive_settings(config.adaptive)
-        if config.grid_jitter and cache is not OFF:  # stored features are of another offset: no caches
-            cache = replace(cache, depth=0, freeze_cross=None, guidance_every=1)
         native, trained = self.config.sample_size, getattr(self.config, "trained_sizes", ())  # peers record none
         if config.size is not None:
             self.model.check_size(config.size, config.size)
@@ -265,6 +265,10 @@ class FractalFlowPipeline:
             scales = default_scales(native, trained or (native,))
         else:
             scales = default_scales(native, trained)
+        planned = plan_stages(config.refine_settings("standard", scales), native, self.config.downsampling)
+        cache, target = self.adaptive_settings(config.adaptive, planned[-1].size)
+        if config.grid_jitter and cache is not OFF:  # stored features are of another offset: no caches
+            cache = replace(cache, depth=0, freeze_cross=None, guidance_every=1)
         steps = policy_steps(config.steps, cache)  # the metadata keeps the config as asked
         refine_steps = policy_refine_steps(config.refine_steps, cache)
         refine = config.merged(steps=steps, refine_steps=refine_steps).refine_settings("standard", scales)
@@ -330,6 +334,7 @@ class FractalFlowPipeline:
                 "target": target,
                 "settings": None if cache is OFF else cache.to_dict(),
                 **caching.report(),
+                "by_size": caching.report_by_size(),
             },
             "health": self.image_health(sampled, cond),  # what the model drew, before postprocessors
             "seconds": time.perf_counter() - started,

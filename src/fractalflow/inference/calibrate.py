@@ -2,13 +2,15 @@
 at the least quality loss, on training captions, and write them beside the model.
 
 Every candidate :class:`CacheSettings` draws the same captions with the same seeds as full
-compute. Its speed-up is counted from what it skipped, not timed per candidate, so a busy
-machine cannot skew the choice between candidates: the levels, cross-attention layers and
+compute, both with early stopping (``early_stop``, as the ``cpu`` benchmarks sample). Its
+speed-up is counted from what it skipped, not timed per candidate, so a busy machine cannot
+skew the choice between candidates: the levels, cross-attention layers and
 unconditional twins it served from store, each weighed by its share of a forward pass. The
-shares are seconds measured once on this machine (:meth:`ForwardCost.time`; on a 2-core
+shares are seconds measured once on this machine (:meth:`PassCost.time`; on a 2-core
 CPU level 1 does 75 % of the FLOPs of a forward pass but takes 73 % of its time for one
-image and 61 % for 32) or, with ``cost="flops"``, FLOPs counted with
-``torch.utils.flop_counter``. Each row keeps both.
+image and 61 % for 32), as a part per pass and a part per batch row (a lone image's pass
+costs 80 % of one with its unconditional twin, not half), or, with ``cost="flops"``, FLOPs
+counted with ``torch.utils.flop_counter``. Each row keeps both.
 Its quality loss is the mean EfficientNet-Lite0 feature distance of each image to its
 full-compute twin, relative to the mean distance between two different full-compute images
 (0: identical; 1: as different as two other pictures). ``benchmarks/adaptive.py`` then
@@ -16,9 +18,11 @@ measures wall-clock and FD of the chosen policies on the held-out split.
 
 Coarse to fine, the scales after the first re-noise an upsampled image only halfway and
 early stopping already ends them after two or three steps, but at twice the model's size each
-of those steps costs four of the first scale's. So each chosen policy is drawn again at twice
-the model's size, with early stopping, as planned and with fewer refinement steps
-(``refine_steps``); it keeps the fewest whose images stay within ``max_refine_error`` of its own.
+of those steps costs four of the first scale's, so what pays there differs. Each larger size
+(``sizes``; by default twice the model's) is calibrated apart: every candidate, with each of a
+few refinement steps (``refine_steps``), is drawn at that size and judged
+against full compute at that size, its speed-up counted over all the scales it ran at, each at
+its own cost. Images of that size then use those policies (:meth:`AdaptivePolicies.for_size`).
 
 Calibration reads only the training split (:func:`training_captions`): the held-out
 captions stay unseen by every choice the eval then judges.
@@ -38,10 +42,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from fractalflow.config import MAX_GUIDANCE, MAX_STEPS, JsonConfig, check_ranges
+from fractalflow.config import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, JsonConfig, check_ranges
 from fractalflow.events import images_to_tensor
 from fractalflow.files import atomic_write_text
-from fractalflow.model.adaptive import CacheSettings
+from fractalflow.model.adaptive import OFF, CacheSettings
 from fractalflow.model.adaptive_policies import ADAPTIVE_FILE, MAX_SPEEDUP, AdaptivePolicies
 from fractalflow.model.flops import module_flops
 from fractalflow.pipeline import FractalFlowPipeline
@@ -56,12 +60,15 @@ class CalibrationSettings(JsonConfig):
     ``max_error``: the largest feature error a policy may have (a target that only worse
     candidates reach gets no policy: a request for it gets the next smaller one); ``cost``:
     what the speed-ups count, "seconds" of the forward pass and its parts measured on this
-    machine (:meth:`ForwardCost.time`) for a guided batch of ``cost_batch`` images (1: one
+    machine (:meth:`PassCost.time`) for passes of ``cost_batch`` images (1: one
     image at a time, as the CLI and a lone request run; in larger batches the inner levels
     take a smaller share of the time, so the same settings save less) or "flops";
-    ``refine_steps``: the refinement steps to try for each chosen policy, at twice the model's
-    size with early stop ``refine_early_stop``, keeping the fewest within ``max_refine_error``
-    of the policy as planned (empty: no refinement calibration)."""
+    ``sizes``: the larger image sides to calibrate policies for apart (None: twice the model's
+    size; empty: none), each candidate drawn there with each of ``refine_steps`` (the steps of
+    every scale after the first); ``early_stop``: the early stop of every draw, full
+    compute's included (0: off). Early stopping ends full compute sooner too, and judges only
+    steps computed in full, so a cache saves less with it on: calibrated with it, a policy is
+    at least as fast without."""
 
     captions: int = 64
     steps: int | None = None
@@ -73,9 +80,9 @@ class CalibrationSettings(JsonConfig):
     max_error: float = 0.5
     cost: str = "seconds"
     cost_batch: int = 1
+    sizes: tuple[int, ...] | None = None
     refine_steps: tuple[int, ...] = (1, 2)
-    max_refine_error: float = 0.1
-    refine_early_stop: float = 0.02
+    early_stop: float = 0.02
 
     def __post_init__(self) -> None:
         check_ranges(
@@ -101,15 +108,25 @@ class CalibrationSettings(JsonConfig):
                 ("cost", self.cost, "'seconds' or 'flops'", self.cost in ("seconds", "flops")),
                 ("cost_batch", self.cost_batch, "from 1 to 1024", 1 <= self.cost_batch <= 1024),
                 (
+                    "sizes",
+                    self.sizes,
+                    f"sides in pixels from 1 to {MAX_SIDE}, or None",
+                    self.sizes is None or all(1 <= size <= MAX_SIDE for size in self.sizes),
+                ),
+                (
                     "refine_steps",
                     self.refine_steps,
-                    f"steps from 1 to {MAX_STEPS}",
-                    all(1 <= steps <= MAX_STEPS for steps in self.refine_steps),
+                    f"steps from 1 to {MAX_STEPS}, at least one",
+                    bool(self.refine_steps) and all(1 <= steps <= MAX_STEPS for steps in self.refine_steps),
                 ),
-                ("max_refine_error", self.max_refine_error, ">= 0", self.max_refine_error >= 0),
-                ("refine_early_stop", self.refine_early_stop, "from 0 to 1", 0 <= self.refine_early_stop <= 1),
+                ("early_stop", self.early_stop, "from 0 to 1", 0 <= self.early_stop <= 1),
             ],
         )
+
+    def larger_sizes(self, native: int) -> tuple[int, ...]:
+        """The image sides above the model's ``native`` one to calibrate apart."""
+        sizes = (2 * native,) if self.sizes is None else self.sizes
+        return tuple(sorted(size for size in set(sizes) if size > native))
 
 
 def candidate_settings(levels: int) -> list[CacheSettings]:
@@ -117,9 +134,9 @@ def candidate_settings(levels: int) -> list[CacheSettings]:
     20 or 30 % of the trajectory are computed in full; reuse until the level's input has
     drifted past a threshold (a per-input decision); both extrapolating. Level 1's schedules
     and thresholds again with guidance caching below t = 0.9 (the unconditional twins on
-    every other step), and guidance caching alone. Fewer sampling steps (70, 50 and 35 % of
-    them), alone and with level 1 every other step: the plain way to spend less, which a
-    cache must beat to be chosen. Two plain-reuse schedules and cross-attention freezing
+    every other step), and guidance caching alone. Fewer sampling steps (85, 70, 50 and 35 % of
+    them), alone and all but the last with level 1 every other step: the plain way to spend
+    less, which a cache must beat to be chosen. Two plain-reuse schedules and cross-attention freezing
     alone are measured for comparison."""
     inner = range(1, levels)
     scheduled = [
@@ -134,9 +151,10 @@ def candidate_settings(levels: int) -> list[CacheSettings]:
     guided = [CacheSettings(depth=1, every=every, start=0.9, extrapolate=True, **twins) for every in (2, 3)]
     guided += [CacheSettings(depth=1, every=8, drift=drift, extrapolate=True, **twins) for drift in (0.1, 0.15)]
     guided += [CacheSettings(depth=0, extrapolate=True, **twins)]
-    fewer_steps = [CacheSettings(depth=0, step_fraction=fraction) for fraction in (0.7, 0.5, 0.35)]
+    fewer_steps = [CacheSettings(depth=0, step_fraction=fraction) for fraction in (0.85, 0.7, 0.5, 0.35)]
     fewer_steps += [
-        CacheSettings(depth=1, every=2, start=0.9, extrapolate=True, step_fraction=fraction) for fraction in (0.7, 0.5)
+        CacheSettings(depth=1, every=2, start=0.9, extrapolate=True, step_fraction=fraction)
+        for fraction in (0.85, 0.7, 0.5)
     ]
     plain = [CacheSettings(depth=1, every=every, start=0.7) for every in (2, 3)]
     frozen = [CacheSettings(depth=0, freeze_cross=t) for t in (0.6, 0.3)]
@@ -174,12 +192,15 @@ class ForwardCost:
 
     @classmethod
     @torch.no_grad()
-    def time(cls, pipeline: FractalFlowPipeline, prompt: str, rows: int, repeats: int = 5) -> ForwardCost:
-        """Median seconds of a forward pass of ``rows`` copies of ``prompt`` and, measured inside the same
-        passes, of its inner levels and cross-attention layers. FLOPs overstate what the
-        inner levels cost on a CPU (their small token grids run faster per FLOP than the
-        outer level's windows), so the speed-ups calibrate chooses by are counted in these."""
-        model, size = pipeline.model, pipeline.config.sample_size
+    def time(
+        cls, pipeline: FractalFlowPipeline, prompt: str, rows: int, repeats: int = 5, size: int | None = None
+    ) -> ForwardCost:
+        """Median seconds of a forward pass of ``rows`` copies of ``prompt`` at ``size`` px (None:
+        the model's) and, measured inside the same passes, of its inner levels and
+        cross-attention layers. FLOPs overstate what the inner levels cost on a CPU (their
+        small token grids run faster per FLOP than the outer level's windows), so the
+        speed-ups calibrate chooses by are counted in these."""
+        model, size = pipeline.model, size or pipeline.config.sample_size
         levels = {d: model.get_submodule("body" + ".inner" * d) for d in range(1, model.config.num_levels)}
         crosses = [m.cross for m in model.modules() if getattr(m, "cross", None) is not None]
         timed = [model, *levels.values(), *crosses]
@@ -205,15 +226,70 @@ class ForwardCost:
         cross = medians[len(levels) :]
         return cls(forward, dict(zip(levels, medians)), sum(cross) / max(len(cross), 1))
 
-    def speedup(self, settings: CacheSettings, report: dict[str, int], full_rows: int) -> float:
-        """Full compute's cost (``full_rows`` forward-pass rows: a guided image is two) over
-        what a run with ``report`` (AdaptiveDepth's, of the steps it ran) spent."""
-        saved = (
-            report["reused"] * self.levels.get(settings.depth, 0)
-            + report["cross_frozen"] * self.cross
-            + report["twins_skipped"] * self.forward
+
+@dataclass(frozen=True)
+class PassCost:
+    """What forward passes cost: a part per pass and a part per batch row, of the whole pass,
+    of each inner level and of a cross-attention layer. On a 2-core CPU a 64 px pass of one
+    image costs 0.016 s and one of an image with its unconditional twin 0.020 s: counted by
+    rows alone, the first would cost half the second, and the unguided steps that level caching
+    and fewer steps save on would look cheaper than they are."""
+
+    per_pass: ForwardCost
+    per_row: ForwardCost
+
+    @classmethod
+    def fit(cls, one: ForwardCost, many: ForwardCost, rows: int) -> PassCost:
+        """The line through a pass of one row (``one``) and one of ``rows`` rows (``many``)."""
+
+        def per_row(single: float, batch: float) -> float:
+            return max(0.0, (batch - single) / (rows - 1))
+
+        row = ForwardCost(
+            per_row(one.forward, many.forward),
+            {d: per_row(one.levels[d], many.levels[d]) for d in one.levels},
+            per_row(one.cross, many.cross),
         )
-        return full_rows * self.forward / (report["rows"] * self.forward - saved)
+        fixed = ForwardCost(
+            one.forward - row.forward, {d: one.levels[d] - row.levels[d] for d in one.levels}, one.cross - row.cross
+        )
+        return cls(fixed, row)
+
+    @classmethod
+    def flops(cls, model: torch.nn.Module, size: int) -> PassCost:
+        """FLOPs grow with the rows alone."""
+        count = ForwardCost.count(model, size)
+        return cls(ForwardCost(0.0, dict.fromkeys(count.levels, 0.0), 0.0), count)
+
+    @classmethod
+    def time(cls, pipeline: FractalFlowPipeline, prompt: str, rows: int, size: int | None = None) -> PassCost:
+        """Seconds on this machine, fitted to passes of one row and of ``rows`` rows at ``size`` px."""
+        one, many = (ForwardCost.time(pipeline, prompt, count, size=size) for count in (1, rows))
+        return cls.fit(one, many, rows)
+
+    def spent(self, settings: CacheSettings, report: dict[str, float]) -> float:
+        """What the passes of ``report`` (AdaptiveDepth's, at this cost's size) spent less what
+        ``settings`` served from store: a level or cross-attention layer served to every row of
+        a pass saves its part per pass too, skipped twins only their rows."""
+        fixed, row = self.per_pass, self.per_row
+        depth = settings.depth
+        return (
+            fixed.forward * report["forwards"]
+            + row.forward * (report["rows"] - report["twins_skipped"])
+            - fixed.levels.get(depth, 0.0) * report["level_skips"]
+            - row.levels.get(depth, 0.0) * report["reused"]
+            - fixed.cross * report["cross_skips"]
+            - row.cross * report["cross_frozen"]
+        )
+
+
+def staged_speedup(
+    costs: dict[int, PassCost], settings: CacheSettings, reports: dict[int, dict], full: dict[int, dict]
+) -> float:
+    """Full compute's cost over a run's under ``settings``, both summed over the image sizes their
+    scales ran at (``reports`` and ``full``: AdaptiveDepth reports by size), each at its own cost."""
+    full_cost = sum(costs[size].spent(OFF, report) for size, report in full.items())
+    return full_cost / sum(costs[size].spent(settings, report) for size, report in reports.items())
 
 
 def feature_error(full: torch.Tensor, cached: torch.Tensor) -> float:
@@ -225,15 +301,21 @@ def feature_error(full: torch.Tensor, cached: torch.Tensor) -> float:
     return float(paired / others)
 
 
+PASS_COUNTS = ("forwards", "level_skips", "cross_skips")  # report keys that count passes, not rows
+
+
 def draw(
     pipeline: FractalFlowPipeline,
     captions: list[str],
     settings: CalibrationSettings,
     cache: CacheSettings | str,
     **sampling,
-) -> tuple[torch.Tensor, dict[str, int]]:
+) -> tuple[torch.Tensor, dict[int, dict[str, int]]]:
     """uint8 images of ``captions`` under ``cache`` (CacheSettings or "off") and ``sampling``
-    settings over the model's defaults, and the summed AdaptiveDepth reports of the batches."""
+    settings over the model's defaults, and the AdaptiveDepth reports of the batches summed by
+    the image size the passes ran at, their passes counted as if the images had been drawn
+    ``cost_batch`` at a time (a batch's pass that served a level to every row is counted as
+    served for each image; a pass that served only some rows, as not)."""
     images, totals = [], {}
     for start in range(0, len(captions), settings.batch_size):
         result = pipeline.generate(
@@ -245,8 +327,11 @@ def draw(
             **sampling,
         )
         images.append(images_to_tensor(result.images))
-        for key in ("rows", "computed", "reused", "cross_frozen", "twins_skipped", "blocks_run", "blocks_full"):
-            totals[key] = totals.get(key, 0) + result.metadata["adaptive"][key]
+        as_costed = len(result.images) / settings.cost_batch  # a pass of this batch: that many of cost_batch
+        for size, report in result.metadata["adaptive"]["by_size"].items():
+            summed = totals.setdefault(size, {})
+            for key, value in report.items():
+                summed[key] = summed.get(key, 0) + value * (as_costed if key in PASS_COUNTS else 1)
     return torch.cat(images), totals
 
 
@@ -258,64 +343,68 @@ def calibrate(
     progress: bool = True,
 ) -> dict:
     """Measure every candidate against full compute on ``captions`` and choose, for each
-    target, the one of least feature error among those that reach it. Returns the
-    :class:`AdaptivePolicies` (``policies``, ``auto``) with every candidate's row."""
+    target, the one of least feature error among those that reach it; the same again at each
+    larger size (:meth:`CalibrationSettings.larger_sizes`) with each of its refinement steps.
+    Returns the :class:`AdaptivePolicies` (``policies``, ``auto``, ``sizes``) with every
+    candidate's row (``rows``, and by size ``sizes``)."""
     from fractalflow.evaluation.features import EffNetFeatures
 
     candidates = candidates or candidate_settings(pipeline.config.num_levels)
-    flops = ForwardCost.count(pipeline.model, pipeline.config.sample_size)
-    cost = ForwardCost.time(pipeline, captions[0], 2 * settings.cost_batch) if settings.cost == "seconds" else flops
     features = EffNetFeatures(size=128)
 
     def embed(images: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(features.features((images.float() / 255.0).split(128)))
 
-    full_images, full_report = draw(pipeline, captions, settings, "off")
-    full = embed(full_images)
-    rows = []
-    for cache in tqdm(candidates, desc="calibrate", unit="candidate", disable=not progress):
-        images, report = draw(pipeline, captions, settings, cache)
-        rows.append(
-            {
-                "settings": cache.to_dict(),
-                "speedup": cost.speedup(cache, report, full_report["rows"]),
-                "flop_speedup": flops.speedup(cache, report, full_report["rows"]),
-                "error": feature_error(full, embed(images)),
-                "blocks_run": report["blocks_run"],
-                "blocks_full": report["blocks_full"],
-            }
-        )
-    chosen, refinement = calibrate_refinement(
-        pipeline, captions, settings, choose_policies(rows, settings.targets, settings.max_error), embed
-    )
+    native = pipeline.config.sample_size
+    rows = measure(pipeline, captions, settings, candidates, embed, progress, early_stop=settings.early_stop)
+    chosen = choose_policies(rows, settings.targets, settings.max_error)
+    sizes, size_rows = {}, {}
+    for size in settings.larger_sizes(native):
+        trials = [replace(cache, refine_steps=steps) for cache in candidates for steps in settings.refine_steps]
+        sampling = dict(resolution=size, early_stop=settings.early_stop)
+        size_rows[str(size)] = measure(pipeline, captions, settings, trials, embed, progress, **sampling)
+        at_size = choose_policies(size_rows[str(size)], settings.targets, settings.max_error)
+        if at_size:
+            sizes[size] = AdaptivePolicies(at_size, settings.auto if settings.auto in at_size else None)
     auto = settings.auto if settings.auto in chosen else None
-    calibration = {"settings": settings.to_dict(), "rows": rows, "refinement": refinement}
-    return {**AdaptivePolicies(chosen, auto).to_dict(), "calibration": calibration}
+    calibration = {"settings": settings.to_dict(), "rows": rows, "sizes": size_rows}
+    return {**AdaptivePolicies(chosen, auto, sizes).to_dict(), "calibration": calibration}
 
 
-def calibrate_refinement(
+def measure(
     pipeline: FractalFlowPipeline,
     captions: list[str],
     settings: CalibrationSettings,
-    chosen: dict[float, CacheSettings],
+    candidates: list[CacheSettings],
     embed: Callable[[torch.Tensor], torch.Tensor],
-) -> tuple[dict[float, CacheSettings], list[dict]]:
-    """``chosen``, each policy with the fewest of ``settings.refine_steps`` whose images at twice
-    the model's size (coarse to fine, early stop ``refine_early_stop``) stay within
-    ``max_refine_error`` of the policy's own (as planned where none does), and a row per trial."""
-    size = 2 * pipeline.config.sample_size
-    sampling = dict(resolution=size, early_stop=settings.refine_early_stop)
-    refined, rows = dict(chosen), []
-    for target, policy in chosen.items():
-        planned = embed(draw(pipeline, captions, settings, policy, **sampling)[0])
-        for steps in sorted(settings.refine_steps):
-            trial = replace(policy, refine_steps=steps)
-            error = feature_error(planned, embed(draw(pipeline, captions, settings, trial, **sampling)[0]))
-            rows.append({"target": target, "size": size, "refine_steps": steps, "error": error})
-            if error <= settings.max_refine_error:
-                refined[target] = trial
-                break
-    return refined, rows
+    progress: bool,
+    **sampling,
+) -> list[dict]:
+    """A row per candidate drawn with ``sampling`` settings: its speed-up over full compute
+    (in ``settings.cost`` and in FLOPs), counted over the sizes its scales ran at, and its
+    feature error against full compute's images."""
+    full_images, full_reports = draw(pipeline, captions, settings, "off", **sampling)
+    full = embed(full_images)
+    flops = {size: PassCost.flops(pipeline.model, size) for size in full_reports}
+    rows = 2 * settings.cost_batch  # a guided batch: the images and their unconditional twins
+    costs = flops
+    if settings.cost == "seconds":
+        costs = {size: PassCost.time(pipeline, captions[0], rows, size=size) for size in full_reports}
+    measured = []
+    sizes = "/".join(map(str, full_reports))
+    for cache in tqdm(candidates, desc=f"calibrate {sizes} px", unit="candidate", disable=not progress):
+        images, reports = draw(pipeline, captions, settings, cache, **sampling)
+        blocks = {key: sum(report[key] for report in reports.values()) for key in ("blocks_run", "blocks_full")}
+        measured.append(
+            {
+                "settings": cache.to_dict(),
+                "speedup": staged_speedup(costs, cache, reports, full_reports),
+                "flop_speedup": staged_speedup(flops, cache, reports, full_reports),
+                "error": feature_error(full, embed(images)),
+                **blocks,
+            }
+        )
+    return measured
 
 
 def choose_policies(rows: list[dict], targets: tuple[float, ...], max_error: float) -> dict[float, CacheSettings]:

@@ -150,7 +150,8 @@ class CachedLevel(nn.Module):
     """Stands in for ``level`` while caching: computes it, or serves its stored output, row by
     row. Each row of the batch (an image, or its unconditional twin) keeps its own stored output,
     flow times and reuse count, so a row whose input drifted recomputes alone: the level runs on
-    those rows only, and the others are served. ``computed`` and ``reused`` count rows."""
+    those rows only, and the others are served. ``computed`` and ``reused`` count rows,
+    ``skipped_passes`` the passes that served every row."""
 
     def __init__(self, level: nn.Module, settings: CacheSettings, clock: StepClock):
         super().__init__()
@@ -162,6 +163,7 @@ class CachedLevel(nn.Module):
         self.previous_time: Tensor | None = None
         self.reuses: Tensor | None = None  # (B,) reuses in a row since each row last computed
         self.computed = self.reused = 0
+        self.skipped_passes = 0  # passes in which the level did not run at all
 
     def drifted(self, x: Tensor) -> Tensor:
         """(B,) bool: the rows whose input changed by more than ``drift`` since they computed."""
@@ -193,6 +195,7 @@ class CachedLevel(nn.Module):
         self.reuses = torch.cat([torch.where(fresh, 0, self.reuses[:batch] + 1), self.reuses[batch:]])
         self.reused += batch - len(rows)
         if not len(rows):
+            self.skipped_passes += 1
             return served
         output = self.level(x[rows], *(rows_of(part, rows, batch) for part in context))
         self.previous = self.previous.index_copy(0, rows, self.last[rows])
@@ -253,7 +256,7 @@ class FrozenCrossAttention(nn.Module):
         super().__init__()
         self.cross, self.below, self.clock = cross, below, clock
         self.output: Tensor | None = None
-        self.frozen = 0
+        self.frozen = self.frozen_passes = 0  # rows and passes served
 
     def forward(self, x: Tensor, tokens: Tensor, mask: Tensor | None) -> Tensor:
         batch = x.shape[0]
@@ -266,6 +269,7 @@ class FrozenCrossAttention(nn.Module):
             self.output = None
         if self.output is not None and self.clock.time <= self.below:
             self.frozen += batch
+            self.frozen_passes += 1
             return self.output[:batch]
         output = self.cross(x, tokens, mask)
         self.output = torch.cat([output, self.output[batch:]]) if skipping else output
@@ -357,6 +361,9 @@ class AdaptiveDepth:
         self.originals: list[nn.Module] = []
         self.hook = None
         self.served_before = 0
+        self.size: int | None = None  # the image side of the pass running now
+        self.before_size: dict[str, int] = {}  # report() when passes at this size began
+        self.sizes: dict[int, dict[str, int]] = {}  # each earlier size's part of report()
 
     def __enter__(self) -> AdaptiveDepth:
         self.originals = [getattr(owner, name) for owner, name, _ in self.swaps]
@@ -366,9 +373,24 @@ class AdaptiveDepth:
         if caching_guidance:
             self.model.forward = self.guidance  # an instance attribute: __call__ and its hooks run it
         # with nothing swapped in (off), only count the passes: reading t would sync a GPU every pass
-        count = self.clock.hook if self.swaps or caching_guidance else self.count_forward
-        self.hook = self.model.register_forward_pre_hook(count, with_kwargs=True)
+        self.count = self.clock.hook if self.swaps or caching_guidance else self.count_forward
+        self.hook = self.model.register_forward_pre_hook(self.before_forward, with_kwargs=True)
         return self
+
+    def before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        size = args[0].shape[-1]
+        if size != self.size:  # a coarse-to-fine run's next scale: close the last one's share
+            self.close_size()
+            self.size, self.before_size = size, self.report()
+        self.count(module, args, kwargs)
+
+    def close_size(self) -> None:
+        if self.size is None:
+            return
+        now, part = self.report(), self.sizes.setdefault(self.size, {})
+        for key, value in now.items():
+            part[key] = part.get(key, 0) + value - self.before_size[key]
+        self.size = None
 
     def count_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self.clock.forwards += 1
@@ -392,25 +414,38 @@ class AdaptiveDepth:
         """Level outputs, cross-attention outputs and twin velocities served from store so far."""
         return (self.cached.reused if self.cached else 0) + self.frozen() + self.guidance.skipped
 
-    def frozen(self) -> int:
-        return sum(stand_in.frozen for _, _, stand_in in self.swaps if isinstance(stand_in, FrozenCrossAttention))
+    def frozen(self, what: str = "frozen") -> int:
+        layers = [stand_in for _, _, stand_in in self.swaps if isinstance(stand_in, FrozenCrossAttention)]
+        return sum(getattr(layer, what) for layer in layers)
 
     def report(self) -> dict[str, int]:
-        """``rows``: the batch rows full compute runs; ``computed``/``reused``: rows that computed
-        or were served the cached level; ``cross_frozen``: cross-attention outputs served;
-        ``twins_skipped``: unconditional rows not run (their velocity from the cached guidance)."""
+        """``forwards``: the forward passes run; ``rows``: the batch rows full compute runs in them;
+        ``computed``/``reused``: rows that computed or were served the cached level, and
+        ``level_skips`` the passes in which it did not run at all; ``cross_frozen``:
+        cross-attention outputs served (rows, summed over layers), ``cross_skips`` the layers'
+        passes so served; ``twins_skipped``: unconditional rows not run (their velocity from the
+        cached guidance)."""
         rows, skipped = self.clock.rows, self.guidance.skipped
         full = rows * self.blocks_per_forward
         computed, reused = (self.cached.computed, self.cached.reused) if self.cached else (rows - skipped, 0)
         return {
+            "forwards": self.clock.forwards,
             "rows": rows,
             "computed": computed,
             "reused": reused,
+            "level_skips": self.cached.skipped_passes if self.cached else 0,
             "cross_frozen": self.frozen(),
+            "cross_skips": self.frozen("frozen_passes"),
             "twins_skipped": skipped,
             "blocks_run": full - reused * self.cached_blocks - skipped * self.blocks_per_forward,
             "blocks_full": full,
         }
+
+    def report_by_size(self) -> dict[int, dict[str, int]]:
+        """:meth:`report` split by the image side the passes ran at (a coarse-to-fine run's
+        scales), smallest first: each size's counts sum to the report's."""
+        self.close_size()
+        return dict(sorted(self.sizes.items()))
 
 
 OFF = CacheSettings(depth=0)  # counts the blocks, changes nothing

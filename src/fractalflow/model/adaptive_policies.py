@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fractalflow.config import read_json_object
@@ -17,10 +17,16 @@ MAX_SPEEDUP = 8.0
 class AdaptivePolicies:
     """A model's calibrated step-caching policies: the :class:`CacheSettings` that reached
     each target speed-up at the least quality loss on training captions, and the target
-    ``adaptive="auto"`` uses (None: auto stays off). Written by ``fractalflow calibrate``."""
+    ``adaptive="auto"`` uses (None: auto stays off). Written by ``fractalflow calibrate``.
+
+    ``sizes`` holds policies calibrated for larger images (coarse to fine), by final side in
+    pixels: there a scale after the first costs several of the first scale's steps, so what
+    pays differs. An image uses the policies of the largest calibrated size not above its own
+    (:meth:`for_size`), these at the model's own size."""
 
     policies: dict[float, CacheSettings]
     auto: float | None = None
+    sizes: dict[int, AdaptivePolicies] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.auto is not None and self.auto not in self.policies:
@@ -32,11 +38,22 @@ class AdaptivePolicies:
         if not isinstance(rows, list) or not all(isinstance(r, dict) and "target" in r for r in rows):
             raise ValueError(f"{ADAPTIVE_FILE}: 'policies' must be a list of {{target, settings}} objects")
         policies = {float(r["target"]): CacheSettings.from_dict(r["settings"]) for r in rows}
-        return cls(policies, values.get("auto"))
+        sizes = values.get("sizes", {})
+        if not isinstance(sizes, dict) or not all(str(size).isdigit() and int(size) > 0 for size in sizes):
+            raise ValueError(f"{ADAPTIVE_FILE}: 'sizes' must map image sides in pixels to policies")
+        by_size = {int(size): cls.from_dict(part) for size, part in sizes.items()}
+        return cls(policies, values.get("auto"), dict(sorted(by_size.items())))
 
     def to_dict(self) -> dict:
         rows = [{"target": target, "settings": self.policies[target].to_dict()} for target in sorted(self.policies)]
-        return {"auto": self.auto, "policies": rows}
+        sizes = {str(size): part.to_dict() for size, part in sorted(self.sizes.items())}
+        return {"auto": self.auto, "policies": rows} | ({"sizes": sizes} if sizes else {})
+
+    def for_size(self, size: int) -> AdaptivePolicies:
+        """The policies for images of ``size`` px: those calibrated at the largest size not above
+        it, else these."""
+        fitting = [calibrated for calibrated in self.sizes if calibrated <= size]
+        return self.sizes[max(fitting)] if fitting else self
 
     @classmethod
     def read(cls, folder: str | Path) -> AdaptivePolicies | None:
