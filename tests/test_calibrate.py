@@ -58,7 +58,9 @@ def calibrated(tmp_path_factory):
     folder = tmp_path_factory.mktemp("calibrated") / "model"
     save_model(model.eval(), folder)
     pipeline = FractalFlowPipeline.from_pretrained(folder, device="cpu")
-    settings = CalibrationSettings(captions=4, steps=6, batch_size=4, targets=(1.2, 1.4, 7.0), auto=1.2, cost="flops")
+    settings = CalibrationSettings(
+        captions=4, steps=6, batch_size=4, targets=(1.2, 1.4, 7.0), auto=1.2, margin=1.0, cost="flops"
+    )
     candidates = [
         CacheSettings(every=1),
         CacheSettings(every=2),
@@ -100,6 +102,15 @@ def test_a_target_only_reached_past_the_error_ceiling_gets_no_policy():
     }
 
 
+def test_a_target_must_be_reached_with_the_margin():
+    rows = [
+        {"settings": CacheSettings(every=2).to_dict(), "speedup": 1.52, "error": 0.1},
+        {"settings": CacheSettings(every=3).to_dict(), "speedup": 1.62, "error": 0.2},
+    ]
+    assert choose_policies(rows, (1.5,), max_error=0.5) == {1.5: CacheSettings(every=2)}
+    assert choose_policies(rows, (1.5,), max_error=0.5, margin=1.05) == {1.5: CacheSettings(every=3)}
+
+
 def test_twice_the_model_s_size_is_calibrated_apart_with_each_refinement_step_count(calibrated):
     _, result, _ = calibrated
     settings = CalibrationSettings.from_dict(result["calibration"]["settings"])
@@ -108,7 +119,11 @@ def test_twice_the_model_s_size_is_calibrated_apart_with_each_refinement_step_co
     assert len(tried) == len(trials) == 5 * len(settings.refine_steps)  # every candidate with every step count
     assert list(result["sizes"]) == ["32"]
     for policy in result["sizes"]["32"]["policies"]:
-        reaching = [row for row in trials if row["speedup"] >= policy["target"] and row["error"] <= settings.max_error]
+        reaching = [
+            row
+            for row in trials
+            if row["speedup"] >= policy["target"] * settings.margin and row["error"] <= settings.max_error
+        ]
         assert policy["settings"] == min(reaching, key=lambda row: row["error"])["settings"]
 
 

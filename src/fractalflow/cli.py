@@ -331,6 +331,12 @@ def _add_calibrate_command(commands) -> None:
         "have; a target reached only past it gets none (default: 0.5)",
     )
     calibrate.add_argument(
+        "--margin",
+        type=float,
+        default=1.05,
+        help="a candidate reaches a target when its counted speed-up is at least target x margin (default: 1.05)",
+    )
+    calibrate.add_argument(
         "--cost",
         choices=("seconds", "flops"),
         default="seconds",
@@ -824,6 +830,7 @@ def run_calibrate(args: argparse.Namespace) -> None:
         targets=args.targets,
         auto=None if args.auto == "off" else args.auto,
         max_error=args.max_error,
+        margin=args.margin,
         cost=args.cost,
         cost_batch=args.cost_batch,
         sizes=args.sizes,
