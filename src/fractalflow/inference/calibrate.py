@@ -127,6 +127,10 @@ class CalibrationSettings(JsonConfig):
             ],
         )
 
+    def policies(self, chosen: dict[float, CacheSettings]) -> AdaptivePolicies:
+        """``chosen`` with ``auto`` if it reached that target (else auto stays off)."""
+        return AdaptivePolicies(chosen, self.auto if self.auto in chosen else None)
+
     def larger_sizes(self, native: int) -> tuple[int, ...]:
         """The image sides above the model's ``native`` one to calibrate apart."""
         sizes = (2 * native,) if self.sizes is None else self.sizes
@@ -369,10 +373,9 @@ def calibrate(
         size_rows[str(size)] = measure(pipeline, captions, settings, trials, embed, progress, **sampling)
         at_size = choose_policies(size_rows[str(size)], settings.targets, settings.max_error, settings.margin)
         if at_size:
-            sizes[size] = AdaptivePolicies(at_size, settings.auto if settings.auto in at_size else None)
-    auto = settings.auto if settings.auto in chosen else None
+            sizes[size] = settings.policies(at_size)
     calibration = {"settings": settings.to_dict(), "rows": rows, "sizes": size_rows}
-    return {**AdaptivePolicies(chosen, auto, sizes).to_dict(), "calibration": calibration}
+    return {**replace(settings.policies(chosen), sizes=sizes).to_dict(), "calibration": calibration}
 
 
 def measure(

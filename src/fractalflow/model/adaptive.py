@@ -380,17 +380,16 @@ class AdaptiveDepth:
     def before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         size = args[0].shape[-1]
         if size != self.size:  # a coarse-to-fine run's next scale: close the last one's share
-            self.close_size()
-            self.size, self.before_size = size, self.report()
+            now = self.report()
+            if self.size is not None:
+                self.sizes[self.size] = self.size_share(now)
+            self.size, self.before_size = size, now
         self.count(module, args, kwargs)
 
-    def close_size(self) -> None:
-        if self.size is None:
-            return
-        now, part = self.report(), self.sizes.setdefault(self.size, {})
-        for key, value in now.items():
-            part[key] = part.get(key, 0) + value - self.before_size[key]
-        self.size = None
+    def size_share(self, now: dict[str, int]) -> dict[str, int]:
+        """The current size's counts: what it held before plus what ran since it last began."""
+        before = self.sizes.get(self.size, {})
+        return {key: before.get(key, 0) + value - self.before_size[key] for key, value in now.items()}
 
     def count_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self.clock.forwards += 1
@@ -412,11 +411,11 @@ class AdaptiveDepth:
 
     def served(self) -> int:
         """Level outputs, cross-attention outputs and twin velocities served from store so far."""
-        return (self.cached.reused if self.cached else 0) + self.frozen() + self.guidance.skipped
+        frozen = sum(layer.frozen for layer in self.frozen_layers())
+        return (self.cached.reused if self.cached else 0) + frozen + self.guidance.skipped
 
-    def frozen(self, what: str = "frozen") -> int:
-        layers = [stand_in for _, _, stand_in in self.swaps if isinstance(stand_in, FrozenCrossAttention)]
-        return sum(getattr(layer, what) for layer in layers)
+    def frozen_layers(self) -> list[FrozenCrossAttention]:
+        return [stand_in for _, _, stand_in in self.swaps if isinstance(stand_in, FrozenCrossAttention)]
 
     def report(self) -> dict[str, int]:
         """``forwards``: the forward passes run; ``rows``: the batch rows full compute runs in them;
@@ -425,7 +424,7 @@ class AdaptiveDepth:
         cross-attention outputs served (rows, summed over layers), ``cross_skips`` the layers'
         passes so served; ``twins_skipped``: unconditional rows not run (their velocity from the
         cached guidance)."""
-        rows, skipped = self.clock.rows, self.guidance.skipped
+        rows, skipped, frozen_layers = self.clock.rows, self.guidance.skipped, self.frozen_layers()
         full = rows * self.blocks_per_forward
         computed, reused = (self.cached.computed, self.cached.reused) if self.cached else (rows - skipped, 0)
         return {
@@ -434,8 +433,8 @@ class AdaptiveDepth:
             "computed": computed,
             "reused": reused,
             "level_skips": self.cached.skipped_passes if self.cached else 0,
-            "cross_frozen": self.frozen(),
-            "cross_skips": self.frozen("frozen_passes"),
+            "cross_frozen": sum(layer.frozen for layer in frozen_layers),
+            "cross_skips": sum(layer.frozen_passes for layer in frozen_layers),
             "twins_skipped": skipped,
             "blocks_run": full - reused * self.cached_blocks - skipped * self.blocks_per_forward,
             "blocks_full": full,
@@ -444,8 +443,10 @@ class AdaptiveDepth:
     def report_by_size(self) -> dict[int, dict[str, int]]:
         """:meth:`report` split by the image side the passes ran at (a coarse-to-fine run's
         scales), smallest first: each size's counts sum to the report's."""
-        self.close_size()
-        return dict(sorted(self.sizes.items()))
+        sizes = dict(self.sizes)
+        if self.size is not None:
+            sizes[self.size] = self.size_share(self.report())
+        return dict(sorted(sizes.items()))
 
 
 OFF = CacheSettings(depth=0)  # counts the blocks, changes nothing
