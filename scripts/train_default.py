@@ -65,7 +65,7 @@ SEEDS = [0, 1, 2, 3]
 
 
 def write_grids(pipeline: FractalFlowPipeline, docs: Path) -> None:
-    """The model card's sample grids (4 seeds per prompt, 20 Euler steps, shown 2x enlarged)."""
+    """The model card's sample grids (4 seeds per prompt, 20 steps of the model's sampler, shown 2x enlarged)."""
     docs.mkdir(parents=True, exist_ok=True)
     for name, prompts in [("default-grid.png", GRID_PROMPTS), ("default-contrast.png", CONTRAST_PROMPTS)]:
         rows = [prompt for prompt in prompts for _ in SEEDS]

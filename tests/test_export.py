@@ -84,6 +84,29 @@ def test_an_export_jitters_the_grid_as_the_pipeline_does(exported, tmp_path, jit
     assert np.abs(got - expected).max() <= 2 and np.abs(got - expected).mean() < 0.05
 
 
+@pytest.mark.parametrize("sampler", ["euler", "ab2"])
+def test_an_export_samples_with_its_models_sampler_as_the_pipeline_does(exported, tmp_path, sampler):
+    folder = tmp_path / sampler
+    shutil.copytree(exported, folder)
+    GenerationConfig.for_model(folder).merged(sampler=sampler).save(folder)
+    pipeline = FractalFlowPipeline.default(device="cpu")
+    expected = np.asarray(pipeline.generate("red heart", seed=3, steps=8, sampler=sampler).images[0], dtype=int)
+    other_sampler = "ab2" if sampler == "euler" else "euler"
+    other = np.asarray(pipeline.generate("red heart", seed=3, steps=8, sampler=other_sampler).images[0], dtype=int)
+    noise = seeded_noise([3], 3, "cpu")(64).numpy()
+    got = OnnxGenerator(folder).generate(["red heart"], noise, steps=8)[0].astype(int)
+    assert np.abs(got - expected).max() <= 2 and np.abs(got - expected).mean() < 0.05
+    assert np.abs(got - other).mean() > 1  # the folder's sampler is used
+
+
+def test_an_export_whose_sampler_the_runtime_lacks_is_refused_in_one_line(exported, tmp_path):
+    folder = tmp_path / "heun"
+    shutil.copytree(exported, folder)
+    GenerationConfig.for_model(folder).merged(sampler="heun").save(folder)
+    with pytest.raises(ValueError, match="sampler 'heun' is not in the ONNX runtime; it has \\('euler', 'ab2'\\)"):
+        OnnxGenerator(folder)
+
+
 def test_a_failed_export_keeps_the_old_folder_and_leaves_no_partial_files(tmp_path, monkeypatch):
     target = tmp_path / "export"
     target.mkdir()

@@ -7,12 +7,14 @@ import torch
 
 from fractalflow import Conditioning
 from fractalflow.flow import (
+    AdamsBashforth2,
     euler_step,
     guided_velocity,
     interpolate,
     logit_normal_timesteps,
     rectified_flow_loss,
     sample,
+    sample_ab2,
     sample_euler,
     sample_heun,
     time_grid,
@@ -34,7 +36,7 @@ def mixture_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (weights * (expected_noise - expected_x0)).sum(1)
 
 
-@pytest.mark.parametrize("sampler,steps", [(sample_euler, 100), (sample_heun, 25)])
+@pytest.mark.parametrize("sampler,steps", [(sample_euler, 100), (sample_heun, 25), (sample_ab2, 50)])
 def test_sampler_with_exact_velocity_lands_on_the_mixture(sampler, steps):
     noise = torch.randn(4000, 2, generator=torch.Generator().manual_seed(0))
     samples = sampler(mixture_velocity, noise, time_grid(steps))
@@ -52,6 +54,42 @@ def test_heun_is_more_accurate_than_euler_at_equal_steps():
     euler_error = (sample_euler(mixture_velocity, noise, time_grid(10)) - exact).norm(dim=1).mean()
     heun_error = (sample_heun(mixture_velocity, noise, time_grid(10)) - exact).norm(dim=1).mean()
     assert heun_error < 0.5 * euler_error
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_adams_bashforth_is_more_accurate_than_euler_at_the_same_evaluations(shift):
+    noise = torch.randn(500, 2, generator=torch.Generator().manual_seed(1))
+    exact = sample_heun(mixture_velocity, noise, time_grid(400, shift))
+    euler_error = (sample_euler(mixture_velocity, noise, time_grid(20, shift)) - exact).norm(dim=1).mean()
+    ab2_error = (sample_ab2(mixture_velocity, noise, time_grid(20, shift)) - exact).norm(dim=1).mean()
+    assert ab2_error < 0.5 * euler_error
+
+
+def test_a_multistep_run_starts_with_an_euler_step_and_each_run_starts_afresh():
+    noise = torch.randn(8, 2, generator=torch.Generator().manual_seed(3))
+    times = time_grid(6, 3.0)
+    ab2 = AdamsBashforth2()
+    first, euler = ab2(mixture_velocity, noise, times[0], times[1]), euler_step(mixture_velocity, noise, *times[:2])
+    assert all(torch.equal(a, b) for a, b in zip(first, euler))
+    second, _ = ab2(mixture_velocity, noise, times[1], times[2])
+    assert not torch.equal(second, euler_step(mixture_velocity, noise, times[1], times[2])[0])  # history used
+    calls = []
+
+    def counted(x, t):
+        calls.append(float(t[0]))
+        return mixture_velocity(x, t)
+
+    first_run = sample_ab2(counted, noise, times)
+    assert torch.equal(sample_ab2(counted, noise, times), first_run)  # no history carried between runs
+    assert len(calls) == 2 * 6  # one evaluation per step
+
+
+def test_ab2_draws_the_numbers_the_browser_sampler_checks():
+    """web/tests/sampler.test.ts holds the browser's ab2 to these numbers: the same sampler in both."""
+    noise = torch.tensor([[1.5, 0.3, -0.7, 0.2]])
+    out = sample_ab2(lambda x, t: x * (1 + t[:, None]) - 0.5, noise, time_grid(4, 3.0))
+    expected = torch.tensor([[0.7464599609375, 0.3534974753856659, 0.026028692722320557, 0.3207505941390991]])
+    torch.testing.assert_close(out, expected)
 
 
 def test_last_x0_estimate_of_euler_is_the_sample_and_callback_runs_every_step():

@@ -138,7 +138,7 @@ def test_plugins_list_and_generate_by_name_on_the_command_line(tiny_model_folder
     argv = ["generate", "three", "--model", str(tiny_model_folder), "--steps", "2", "-o", str(out)]
     assert main([*argv, "--sampler", "midpoint", "--postprocess", "palette16"]) == 0 and out.is_file()
     assert main([*argv, "--sampler", "rk9"]) == 2
-    assert "unknown sampler 'rk9'; choose one of ['euler', 'heun', 'midpoint']" in capsys.readouterr().err
+    assert "unknown sampler 'rk9'; choose one of ['ab2', 'euler', 'heun', 'midpoint']" in capsys.readouterr().err
 
 
 def test_a_plugin_must_name_a_known_kind_and_be_callable():

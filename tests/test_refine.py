@@ -82,9 +82,10 @@ def test_standard_refinement_costs_less_than_one_scale_at_equal_steps():
     assert stage_cost(progressive) == pytest.approx(20 / 4 + 10)
 
 
+@pytest.mark.parametrize("sampler", ["euler", "ab2"])  # ab2's history starts again at each scale and size
 @pytest.mark.parametrize("name", list(NAMED_RESOLUTIONS))
-def test_refiner_lands_on_the_data_at_every_named_resolution(name):
-    refiner = ProgressiveRefiner(RefineSettings(resolution=name, steps=8), native_size=32, multiple=4)
+def test_refiner_lands_on_the_data_at_every_named_resolution(name, sampler):
+    refiner = ProgressiveRefiner(RefineSettings(resolution=name, steps=8, sampler=sampler), native_size=32, multiple=4)
     images, report = refiner.run(exact_velocity, seeded_noise([0, 1], 3, "cpu"))
     size = report.stages[-1].size
     assert images.shape == (2, 3, size, size) and size == round(32 * NAMED_RESOLUTIONS[name])

@@ -36,6 +36,26 @@ describe("the browser sampler", () => {
     estimates.forEach((x0) => x0.forEach((value, i) => expect(value).toBeCloseTo(image[i], 5)));
   });
 
+  it("runs Adams-Bashforth 2 as the pipeline's ab2 sampler does", async () => {
+    // tests/test_flow.py::test_ab2_draws_the_numbers_the_browser_sampler_checks holds torch to the same numbers
+    const velocity = async (x: Float32Array, t: number) => x.map((value) => value * (1 + t) - 0.5);
+    const estimates: number[][] = [];
+    const noise = Float32Array.from([1.5, 0.3, -0.7, 0.2]);
+    const out = await sample(velocity, noise, 4, ({ x0 }) => void estimates.push(Array.from(x0)), undefined, 3, "ab2");
+    [0.7464599609375, 0.3534974753856659, 0.026028692722320557, 0.3207505941390991].forEach((value, i) =>
+      expect(out[i]).toBeCloseTo(value, 5),
+    );
+    const euler = await sample(velocity, noise, 4, undefined, undefined, 3, "euler");
+    expect(Array.from(euler)).not.toEqual(Array.from(out));
+    estimates[0].forEach((value, i) => expect(value).toBeCloseTo(0.5 - noise[i], 6)); // x - t v at t = 1: x - (2x - 0.5)
+  });
+
+  it("rejects a sampler it does not run", async () => {
+    await expect(sample(async (x) => x, new Float32Array(4), 2, undefined, undefined, 1, "heun" as never)).rejects.toThrow(
+      /sampler heun: the browser runs euler, ab2/,
+    );
+  });
+
   it("takes x + (t_next - t) v and estimates x - t v", () => {
     const { next, x0 } = eulerStep(Float32Array.from([1]), Float32Array.from([2]), 0.75, 0.5);
     expect(next[0]).toBeCloseTo(0.5);

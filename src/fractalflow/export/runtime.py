@@ -1,12 +1,11 @@
 """Text to image from an exported ONNX folder with onnxruntime and numpy only (no torch).
 
-:class:`OnnxGenerator` follows the torch pipeline's plain path step for step (one scale at
-the exported size, Euler steps from t = 1 to 0 on the model's time grid (even, or warped by its
-``time_shift``), classifier-free guidance with
-the conditional and null rows in one batch, within the model's guidance interval, with its
-grid jitter), so with
-the same noise it draws the same image;
-the browser's generator is written after it.
+:class:`OnnxGenerator` follows the torch pipeline's plain path step for step: one scale at
+the exported size; the model's sampler (Euler or Adams-Bashforth 2) from t = 1 to 0 on its
+time grid (even, or warped by its ``time_shift``); classifier-free guidance with the
+conditional and null rows in one batch, within the model's guidance interval; its grid
+jitter. With the same noise it draws the same image; the browser's generator is written
+after it.
 """
 
 from __future__ import annotations
@@ -18,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from fractalflow.export.onnx import MANIFEST_FILE, TEXT_ENCODER_FILE, TRANSFORMER_FILE, open_session
+
+RUNTIME_SAMPLERS = ("euler", "ab2")  # as fractalflow.flow.samplers' euler_step and AdamsBashforth2
 
 
 class OnnxGenerator:
@@ -38,6 +39,10 @@ class OnnxGenerator:
         self.manifest = json.loads((self.folder / MANIFEST_FILE).read_text())
         self.size = int(self.manifest["size"])
         self.defaults = GenerationConfig.for_model(self.folder)
+        if self.defaults.sampler not in RUNTIME_SAMPLERS:
+            raise ValueError(
+                f"{folder}: sampler {self.defaults.sampler!r} is not in the ONNX runtime; it has {RUNTIME_SAMPLERS}"
+            )
         self.transformer = open_session(self.folder / TRANSFORMER_FILE, providers)
         self.text_encoder = open_session(self.folder / TEXT_ENCODER_FILE, providers)
         self.tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
@@ -88,8 +93,16 @@ class OnnxGenerator:
             velocity = grid_jitter(velocity, self.defaults.grid_jitter)
         times = time_grid(steps, self.defaults.time_shift)
         x = noise.astype(np.float32)
+        previous = None  # Adams-Bashforth 2's last velocity and step size
         for t, t_next in zip(times[:-1], times[1:]):
-            x = x + (t_next - t) * velocity(x, float(t))
+            v = velocity(x, float(t))
+            h = t_next - t
+            moved = v
+            if self.defaults.sampler == "ab2" and previous is not None:
+                v_prev, h_prev = previous
+                moved = v + h / (2 * h_prev) * (v - v_prev)
+            previous = (v, h)
+            x = x + h * moved
         pixels = np.clip((x + 1) * 127.5, 0, 255).round().astype(np.uint8)  # [-1, 1] -> [0, 255]
         return pixels.transpose(0, 2, 3, 1)  # (B, C, S, S) -> (B, S, S, C)
 

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from fractalflow.config import JsonConfig
 from fractalflow.events import ProgressEvent
-from fractalflow.flow.samplers import Velocity, get_sampler, time_grid
+from fractalflow.flow.samplers import Velocity, get_sampler, new_run, time_grid
 
 # final scale of each named resolution, relative to the size the model was trained at
 NAMED_RESOLUTIONS = {"preview": 0.25, "standard": 1.0, "high": 2.0, "ultra": 4.0}
@@ -199,7 +199,7 @@ class ProgressiveRefiner:
     def __init__(self, settings: RefineSettings, native_size: int, multiple: int):
         self.settings = settings
         self.stages = plan_stages(settings, native_size, multiple)
-        self.sample_step = get_sampler(settings.sampler)
+        self.sampler = get_sampler(settings.sampler)
 
     @property
     def total_steps(self) -> int:
@@ -230,8 +230,9 @@ class ProgressiveRefiner:
             x = fresh if image is None else torch.lerp(upsample(image, stage.size), fresh, stage.start)
             times = time_grid(stage.steps, self.settings.time_shift, x.device) * stage.start
             settled, ran, settled_at = None, 0, 0  # the last exact clean-image estimate, and its step
+            step = new_run(self.sampler)  # a multistep sampler's history starts again at each scale
             for i in range(stage.steps):
-                x, x0 = self.sample_step(velocity, x, times[i], times[i + 1])
+                x, x0 = step(velocity, x, times[i], times[i + 1])
                 ran += 1
                 if callback is not None:
                     elapsed = time.perf_counter() - started

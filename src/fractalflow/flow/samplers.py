@@ -2,17 +2,20 @@
 
 A sampler is one step function, ``step(velocity, x, t, t_next) -> (x_next, x0_estimate)``
 (:data:`SAMPLERS`); :func:`sample` is the one loop that drives any of them, for the plain
-path and the coarse-to-fine refiner alike, as k-diffusion's samplers drive a denoiser. The
-callback gets a :class:`StepState` after every step, with the current estimate of the clean
-image. ``sample_euler(velocity, x, times, callback)`` and ``sample_heun`` are the loop with
-each step.
+path and the coarse-to-fine refiner alike, as k-diffusion's samplers drive a denoiser. A
+multistep sampler, which reuses the velocities of earlier steps, is registered as a class
+whose instances are such step functions with their own history; the loops make one per run
+(:func:`new_run`; per scale of a coarse-to-fine run). The callback gets a :class:`StepState`
+after every step, with the current estimate of the clean image.
+``sample_euler(velocity, x, times, callback)``, ``sample_heun`` and ``sample_ab2`` are the
+loop with each step.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -70,12 +73,44 @@ def heun_step(velocity: Velocity, x: Tensor, t: Tensor, t_next: Tensor) -> tuple
     return x + (t_next - t) * v, x - t * v
 
 
+class AdamsBashforth2:
+    """Second-order Adams-Bashforth: one velocity evaluation per step, like Euler, plus the
+    previous step's velocity to extrapolate the velocity across the step (k-diffusion's
+    ``sample_lms`` at order 2, on the flow's time grid). With step sizes ``h`` (this one)
+    and ``h_prev`` it moves along ``v + h / (2 h_prev) (v - v_prev)``; the first step of a
+    run is Euler. An instance keeps the history of one run: make one per run (``new_run``).
+    """
+
+    def __init__(self) -> None:
+        self.previous: tuple[Tensor, Tensor] | None = None  # the last step's velocity and step size
+
+    def __call__(self, velocity: Velocity, x: Tensor, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor]:
+        v = velocity(x, _batch_time(t, x))
+        h = t_next - t
+        moved = v
+        if self.previous is not None:
+            v_prev, h_prev = self.previous
+            moved = v + h / (2 * h_prev) * (v - v_prev)
+        self.previous = (v, h)
+        return x + h * moved, x - t * v
+
+
+def new_run(sampler: SamplerStep | type) -> SamplerStep:
+    """The step function for one run of ``sampler``: a fresh instance of a multistep sampler
+    class (its history starts empty), also behind a plugin, or a plain step function as it is."""
+    from fractalflow.plugins import Plugin
+
+    if isinstance(sampler, Plugin) and isinstance(sampler.function, type):
+        return replace(sampler, function=sampler.function())
+    return sampler() if isinstance(sampler, type) else sampler
+
+
 def sample(
-    step: SamplerStep, velocity: Velocity, x: Tensor, times: Tensor, callback: StepCallback | None = None
+    step: SamplerStep | type, velocity: Velocity, x: Tensor, times: Tensor, callback: StepCallback | None = None
 ) -> Tensor:
     """The one sampling loop: ``step`` from ``times[0]`` down to ``times[-1]``, ``callback``
     after every step with the state before it and that step's clean-image estimate."""
-    total = len(times) - 1
+    total, step = len(times) - 1, new_run(step)
     for i in range(total):
         x_next, x0 = step(velocity, x, times[i], times[i + 1])
         if callback is not None:
@@ -92,12 +127,18 @@ def sample_heun(velocity: Velocity, x: Tensor, times: Tensor, callback: StepCall
     return sample(heun_step, velocity, x, times, callback)
 
 
-SAMPLERS: dict[str, SamplerStep] = {"euler": euler_step, "heun": heun_step}  # built-ins; more come as plugins
+def sample_ab2(velocity: Velocity, x: Tensor, times: Tensor, callback: StepCallback | None = None) -> Tensor:
+    return sample(AdamsBashforth2, velocity, x, times, callback)
 
 
-def get_sampler(name: str) -> SamplerStep:
-    """The step function of the sampler called ``name``: a built-in, or a sampler plugin
-    (installed plugins are loaded only when a name is not a built-in's)."""
+# built-ins; more come as plugins. A class is a multistep sampler: one instance per run (new_run)
+SAMPLERS: dict[str, SamplerStep | type] = {"euler": euler_step, "heun": heun_step, "ab2": AdamsBashforth2}
+
+
+def get_sampler(name: str) -> SamplerStep | type:
+    """The sampler called ``name``, a step function or a multistep sampler class (pass it to
+    :func:`new_run` for each run): a built-in, or a sampler plugin (installed plugins are
+    loaded only when a name is not a built-in's)."""
     if name in SAMPLERS:
         return SAMPLERS[name]
     from fractalflow.plugins import registry

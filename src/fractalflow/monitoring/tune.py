@@ -64,7 +64,7 @@ def suggest(trial, defaults: GenerationConfig, settings: TuneSettings) -> Genera
         guidance=trial.suggest_float("guidance", 1.0, 8.0),
         guidance_interval=(trial.suggest_categorical("guided_down_to", list(GUIDED_DOWN_TO)), 1.0),
         time_shift=trial.suggest_categorical("time_shift", list(TIME_SHIFTS)),
-        sampler=trial.suggest_categorical("sampler", ["euler", "heun"]),
+        sampler=trial.suggest_categorical("sampler", ["euler", "heun", "ab2"]),
         early_stop=trial.suggest_categorical("early_stop", list(EARLY_STOPS)),
         adaptive=trial.suggest_categorical("adaptive", list(ADAPTIVE_CHOICES)),
     )

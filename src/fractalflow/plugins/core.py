@@ -162,11 +162,12 @@ _LOCK = threading.Lock()
 
 
 def built_in_plugins() -> list[Plugin]:
-    from fractalflow.flow.samplers import euler_step, heun_step
+    from fractalflow.flow.samplers import AdamsBashforth2, euler_step, heun_step
 
     return [
         Plugin("sampler", "euler", "1", euler_step, "first-order Euler, one evaluation per step"),
         Plugin("sampler", "heun", "1", heun_step, "second-order Heun, two evaluations per step"),
+        Plugin("sampler", "ab2", "1", AdamsBashforth2, "second-order Adams-Bashforth, one evaluation per step"),
     ]
 
 

@@ -5,7 +5,17 @@
 import type { InferenceSession, Tensor } from "onnxruntime-web";
 import { headers } from "../api";
 import type { JobEvent } from "../events";
-import { type GuidanceInterval, gridJitter, guide, guidedAt, sample, seededNoise, toRgba } from "./sampler";
+import {
+  type GuidanceInterval,
+  SAMPLERS,
+  type SamplerName,
+  gridJitter,
+  guide,
+  guidedAt,
+  sample,
+  seededNoise,
+  toRgba,
+} from "./sampler";
 import { type PromptTokens, type TokenizerJson, WordPieceTokens } from "./tokens";
 
 type Ort = typeof import("onnxruntime-web");
@@ -70,6 +80,8 @@ export class LocalGenerator {
     readonly timeShift: number,
     /** Pixels the image moves under the network's grid per step (the export's generation_config.json); 0: none. */
     readonly gridJitter: number,
+    /** The sampler (the export's generation_config.json): "euler" or "ab2". */
+    readonly sampler: SamplerName,
   ) {}
 
   /** Loads an export folder served at `assetsUrl` (e.g. the server's `/v1/browser/`). */
@@ -83,10 +95,15 @@ export class LocalGenerator {
     const [manifest, tokenizer, defaults] = await Promise.all([
       fetchOk(`${base}onnx_export.json`, apiKey).then((r) => r.json() as Promise<ExportManifest>),
       fetchOk(`${base}tokenizer.json`, apiKey).then((r) => r.json() as Promise<TokenizerJson>),
-      // older exports have no word on the interval, the shift or the jitter: guidance at every step, an even grid
+      // older exports have no word on the interval, the shift, the jitter or the sampler: guidance at
+      // every step, an even grid, Euler
       fetch(`${base}generation_config.json`, { headers: headers(apiKey) }).then(
-        (r): Promise<{ guidance_interval?: GuidanceInterval; time_shift?: number; grid_jitter?: number }> =>
-          r.ok ? r.json() : Promise.resolve({}),
+        (r): Promise<{
+          guidance_interval?: GuidanceInterval;
+          time_shift?: number;
+          grid_jitter?: number;
+          sampler?: SamplerName;
+        }> => (r.ok ? r.json() : Promise.resolve({})),
       ),
     ]);
     const options: InferenceSession.SessionOptions = { executionProviders: [backend] };
@@ -98,7 +115,11 @@ export class LocalGenerator {
     );
     const tokens = new WordPieceTokens(tokenizer, manifest.max_length);
     const { guidance_interval: interval = null, time_shift: shift = 1, grid_jitter: jitter = 0 } = defaults;
-    return new LocalGenerator(ort, transformer, textEncoder, tokens, manifest, backend, interval, shift, jitter);
+    const { sampler = "euler" } = defaults;
+    if (!SAMPLERS.includes(sampler)) {
+      throw new Error(`this model samples with ${sampler}; the browser runs ${SAMPLERS.join(", ")}`);
+    }
+    return new LocalGenerator(ort, transformer, textEncoder, tokens, manifest, backend, interval, shift, jitter, sampler);
   }
 
   /** Text features for one prompt: pooled `(1, 384)`, tokens `(1, L, 384)`, mask `(1, L)`. */
@@ -171,6 +192,7 @@ export class LocalGenerator {
         }),
       signal,
       this.timeShift,
+      this.sampler,
     );
     const seconds = (performance.now() - started) / 1000;
     const metadata = {
@@ -184,7 +206,7 @@ export class LocalGenerator {
         guidance_interval: this.guidanceInterval,
         time_shift: this.timeShift,
         grid_jitter: this.gridJitter,
-        sampler: "euler",
+        sampler: this.sampler,
       },
       model: `this device (${this.backend})`,
     };

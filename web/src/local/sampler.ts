@@ -1,6 +1,6 @@
 // The sampler of the Python pipeline's plain path, for generation in the browser: a time
-// grid from 1 to 0 (even, or warped by the model's time shift), Euler steps, classifier-free
-// guidance within the model's guidance interval. Pure array code (no
+// grid from 1 to 0 (even, or warped by the model's time shift), Euler or Adams-Bashforth 2
+// steps, classifier-free guidance within the model's guidance interval. Pure array code (no
 // onnxruntime, no DOM), so it is unit-tested on its own; src/fractalflow/export/runtime.py
 // is the same loop in numpy.
 
@@ -45,6 +45,21 @@ export function eulerStep(x: Float32Array, v: Float32Array, t: number, tNext: nu
     x0[i] = x[i] - t * v[i];
   }
   return { next, x0 };
+}
+
+/** The samplers the browser runs, as `fractalflow.export.runtime.RUNTIME_SAMPLERS`. */
+export const SAMPLERS = ["euler", "ab2"] as const;
+export type SamplerName = (typeof SAMPLERS)[number];
+
+/**
+ * The velocity a step moves along: `v` itself (Euler, and the first step of Adams-Bashforth 2),
+ * or Adams-Bashforth 2's `v + h / (2 hPrev) (v - vPrev)` from the previous step's velocity
+ * and size, as `fractalflow.flow.samplers.AdamsBashforth2`.
+ */
+export function ab2Velocity(v: Float32Array, h: number, previous: { v: Float32Array; h: number } | null): Float32Array {
+  if (previous === null) return v;
+  const ratio = h / (2 * previous.h);
+  return Float32Array.from(v, (value, i) => value + ratio * (value - previous.v[i]));
 }
 
 export type Velocity = (x: Float32Array, t: number) => Promise<Float32Array>;
@@ -112,8 +127,8 @@ export interface StepInfo {
 }
 
 /**
- * Integrate from `noise` at t = 1 to t = 0 on `timeGrid(steps, shift)`; `onStep` after every
- * step; stops when `signal` aborts.
+ * Integrate from `noise` at t = 1 to t = 0 on `timeGrid(steps, shift)` with `sampler`;
+ * `onStep` after every step; stops when `signal` aborts.
  */
 export async function sample(
   velocity: Velocity,
@@ -122,14 +137,20 @@ export async function sample(
   onStep?: (info: StepInfo) => void | Promise<void>,
   signal?: AbortSignal,
   shift = 1,
+  sampler: SamplerName = "euler",
 ): Promise<Float32Array> {
+  if (!SAMPLERS.includes(sampler)) throw new Error(`sampler ${sampler}: the browser runs ${SAMPLERS.join(", ")}`);
   const times = timeGrid(steps, shift);
   let x = noise;
+  let previous: { v: Float32Array; h: number } | null = null;
   for (let i = 0; i < steps; i++) {
     if (signal?.aborted) throw new DOMException("generation cancelled", "AbortError");
-    const { next, x0 } = eulerStep(x, await velocity(x, times[i]), times[i], times[i + 1]);
-    await onStep?.({ step: i + 1, total: steps, t: times[i], x0 });
-    x = next;
+    const [t, tNext] = [times[i], times[i + 1]];
+    const v = await velocity(x, t);
+    const { next, x0 } = eulerStep(x, v, t, tNext); // the estimate x - t v is every sampler's
+    await onStep?.({ step: i + 1, total: steps, t, x0 });
+    x = sampler === "ab2" ? eulerStep(x, ab2Velocity(v, tNext - t, previous), t, tNext).next : next;
+    previous = { v, h: tNext - t };
   }
   return x;
 }
