@@ -15,6 +15,7 @@ from fractalflow.inference.calibrate import (
     PassCost,
     calibrate,
     choose_policies,
+    draw,
     staged_speedup,
     training_captions,
     write_policies,
@@ -135,6 +136,19 @@ def test_the_speedup_at_a_larger_size_weighs_each_scale_s_passes_by_its_own_cost
     run = {16: {**counts, "rows": 6, "reused": 2}, 32: {**counts, "rows": 2, "reused": 1}}  # 6 - 1 + 8 - 2
     assert staged_speedup(costs, CacheSettings(depth=1), run, full) == pytest.approx(28 / 11)
     assert staged_speedup(costs, CacheSettings(depth=0), run, full) == pytest.approx(28 / 14)  # nothing cached
+
+
+@pytest.mark.parametrize("cost_batch", [1, 2])
+def test_captions_are_drawn_as_many_at_a_time_as_the_costs_count(tiny_model_folder, cost_batch):
+    # early stopping ends a batch only when all its images have settled: drawn in larger
+    # batches than counted, full compute would run more steps than counted and inflate speed-ups
+    pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    batches = []
+    generate = pipeline.generate
+    pipeline.generate = lambda prompts, **kwargs: batches.append(len(prompts)) or generate(prompts, **kwargs)
+    settings = CalibrationSettings(captions=4, steps=3, cost_batch=cost_batch, cost="flops")
+    draw(pipeline, ["one", "two", "three", "four"], settings, "off", early_stop=0.02)
+    assert batches == [cost_batch] * (4 // cost_batch)
 
 
 def test_a_pass_costs_a_part_per_pass_and_a_part_per_row():

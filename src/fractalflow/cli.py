@@ -326,9 +326,9 @@ def _add_calibrate_command(commands) -> None:
     calibrate.add_argument(
         "--max-error",
         type=float,
-        default=0.5,
+        default=0.6,
         help="largest feature error (distance to full compute over the distance between two images) a policy may "
-        "have; a target reached only past it gets none (default: 0.5)",
+        "have; a target reached only past it gets none (default: 0.6)",
     )
     calibrate.add_argument(
         "--margin",
