@@ -10,7 +10,8 @@ retrieval, and seconds per image (batches of 64, this machine).
     python benchmarks/guidance.py --split train ...            # the same on training captions
 
 A variant is comma-separated ``name=value`` settings; ``a:b`` is a pair. Writes
-``benchmarks/results/guidance-<model name>[-<size>][-train].json`` after every variant; settings measured
+``benchmarks/results/guidance-<model name>[-<size>][-n<captions>][-train].json`` after every variant (size and
+captions named when they are not 64 and 661); settings measured
 before with the same model, ``--n``, size and hardware are kept, not redrawn (a row's
 ``config`` is what ran: its variant was written over the model's defaults of that day), unless
 ``--redraw`` asks for it (the code behind a setting changed).
@@ -33,6 +34,7 @@ from fractalflow.pipeline import default_model_folder
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
+DEFAULT_N = 661
 DEFAULT_VARIANTS = ["guidance=1.5", "guidance=3", "guidance=4.5", "guidance=6", "guidance=8"]
 
 
@@ -57,7 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(default_model_folder()), help="model folder (default: the shipped one)")
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, help="settings to compare")
-    parser.add_argument("--n", type=int, default=661, help="held-out captions (default: 661)")
+    parser.add_argument("--n", type=int, default=DEFAULT_N, help=f"held-out captions (default: {DEFAULT_N})")
     parser.add_argument("--size", type=int, default=64, help="side in pixels (default: 64)")
     parser.add_argument("--data", default=str(REPO / "data" / "emoji"), help="prepared emoji data folder")
     parser.add_argument(
@@ -72,7 +74,11 @@ def main() -> None:
     held_out = load_emoji(args.data, image_size=args.size, split=args.split)
     gallery = asked_concept_images(args.data, held_out, eval_rows(args.n, len(held_out)), args.size)
     alignment = load_alignment_encoder()
-    suffix = ("" if args.size == 64 else f"-{args.size}") + ("" if args.split == "eval" else f"-{args.split}")
+    suffix = (
+        ("" if args.size == 64 else f"-{args.size}")
+        + ("" if args.n == DEFAULT_N else f"-n{args.n}")
+        + ("" if args.split == "eval" else f"-{args.split}")
+    )  # a run with other settings writes its own file, not over another's rows
     path = RESULTS / f"guidance-{Path(args.model).name}{suffix}.json"
     header = {"model": args.model, "n": args.n, "size": args.size, "split": args.split}
     header["hardware"] = describe_device(device)
