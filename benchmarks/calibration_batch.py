@@ -6,7 +6,9 @@ speed-ups for one image at a time (``cost_batch=1``). This script draws the same
 captions with full compute and with three policies, in batches of 32 and one at a time (early
 stop 0.02, the model's sampling defaults). For each it prints the counted speed-up
 (``staged_speedup``, what calibration ranks by), the wall-clock ratio of the same draws, and
-the forward passes full compute ran.
+the forward passes full compute ran. It also times what a sampling step and an image cost
+outside the network (the line through unguided one-image generations of 2 and 10 steps,
+less a forward pass), the other suspect for counts above wall-clock.
 
     python benchmarks/calibration_batch.py --captions 32     # ~4 min on 2 cores
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -25,7 +28,14 @@ import torch
 from fractalflow import FractalFlowPipeline
 from fractalflow.files import atomic_write_text
 from fractalflow.hardware import describe_device
-from fractalflow.inference.calibrate import CalibrationSettings, PassCost, draw, staged_speedup, training_captions
+from fractalflow.inference.calibrate import (
+    CalibrationSettings,
+    ForwardCost,
+    PassCost,
+    draw,
+    staged_speedup,
+    training_captions,
+)
 from fractalflow.model.adaptive import CacheSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +53,24 @@ def timed_draw(pipeline, captions, settings, cache) -> tuple[float, dict]:
     started = time.perf_counter()
     _, reports = draw(pipeline, captions, settings, cache, early_stop=EARLY_STOP)
     return time.perf_counter() - started, reports
+
+
+def outside_the_network(pipeline: FractalFlowPipeline, prompt: str, repeats: int = 7) -> dict[str, float]:
+    """Seconds per step and per image that one unguided image spends outside its forward
+    passes, from the median times of whole generations of 2 and 10 steps."""
+
+    def seconds(steps: int) -> float:
+        times = []
+        for _ in range(repeats + 1):  # the first warms up
+            started = time.perf_counter()
+            pipeline.generate(prompt, steps=steps, guidance=1.0, scales=(1.0,), early_stop=1e-12)
+            times.append(time.perf_counter() - started)
+        return statistics.median(times[1:])
+
+    few, many = seconds(2), seconds(10)
+    per_step = (many - few) / 8
+    forward = ForwardCost.time(pipeline, prompt, 1).forward
+    return {"forward_pass": forward, "per_step_outside": per_step - forward, "per_image": few - 2 * per_step}
 
 
 def main() -> None:
@@ -74,7 +102,13 @@ def main() -> None:
                 f"forward passes: full {row['full_forwards']:.0f}, policy {row['policy_forwards']:.0f}",
                 flush=True,
             )
-    report = {"hardware": describe_device("cpu"), "torch": torch.__version__, "captions": args.captions, "rows": rows}
+    outside = outside_the_network(pipeline, captions[0])
+    print(
+        f"one unguided image: forward pass {outside['forward_pass'] * 1e3:.2f} ms, outside the network "
+        f"{outside['per_step_outside'] * 1e3:.2f} ms per step and {outside['per_image'] * 1e3:.2f} ms per image"
+    )
+    report = {"hardware": describe_device("cpu"), "torch": torch.__version__, "captions": args.captions}
+    report.update(rows=rows, outside_the_network=outside)
     path = RESULTS / "calibration-batch.json"
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")
     print(f"wrote {path}")

@@ -58,7 +58,7 @@ class CalibrationSettings(JsonConfig):
     ``seed + i``), ``batch_size`` at a time (None: ``cost_batch``, as the costs count them:
     early stopping ends a batch only once all its images have settled, so drawn 32 at a time
     full compute ran 544 passes for 32 captions against 478 one at a time, and shorter
-    policies were counted up to 6 % above one image's wall-clock:
+    policies were counted up to 7 % faster than drawn one at a time:
     ``benchmarks/calibration_batch.py``); ``targets``: the speed-ups to
     find settings for; ``auto``: the target ``adaptive="auto"`` uses (None: auto stays off);
     ``max_error``: the largest feature error a policy may have (a target that only worse
