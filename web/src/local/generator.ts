@@ -7,8 +7,8 @@ import { headers } from "../api";
 import type { JobEvent } from "../events";
 import {
   type GuidanceInterval,
-  SAMPLERS,
   type SamplerName,
+  browserSampler,
   gridJitter,
   guide,
   guidedAt,
@@ -102,7 +102,7 @@ export class LocalGenerator {
           guidance_interval?: GuidanceInterval;
           time_shift?: number;
           grid_jitter?: number;
-          sampler?: SamplerName;
+          sampler?: string; // checked by browserSampler
         }> => (r.ok ? r.json() : Promise.resolve({})),
       ),
     ]);
@@ -115,10 +115,7 @@ export class LocalGenerator {
     );
     const tokens = new WordPieceTokens(tokenizer, manifest.max_length);
     const { guidance_interval: interval = null, time_shift: shift = 1, grid_jitter: jitter = 0 } = defaults;
-    const { sampler = "euler" } = defaults;
-    if (!SAMPLERS.includes(sampler)) {
-      throw new Error(`this model samples with ${sampler}; the browser runs ${SAMPLERS.join(", ")}`);
-    }
+    const sampler = browserSampler(defaults.sampler ?? "euler"); // refused here, before any image is asked for
     return new LocalGenerator(ort, transformer, textEncoder, tokens, manifest, backend, interval, shift, jitter, sampler);
   }
 

@@ -35,13 +35,16 @@ export function guidedAt(t: number, interval: GuidanceInterval): boolean {
   return interval === null || (interval[0] <= t && t <= interval[1]);
 }
 
-/** One Euler step from `t` to `tNext`, and the clean-image estimate `x - t v` the preview shows. */
-export function eulerStep(x: Float32Array, v: Float32Array, t: number, tNext: number) {
+/**
+ * One step from `t` to `tNext` along `moved` (Euler: the velocity `v` itself), and the
+ * clean-image estimate `x - t v` the preview shows, whatever the sampler moves along.
+ */
+export function eulerStep(x: Float32Array, v: Float32Array, t: number, tNext: number, moved: Float32Array = v) {
   const next = new Float32Array(x.length);
   const x0 = new Float32Array(x.length);
   const dt = tNext - t;
   for (let i = 0; i < x.length; i++) {
-    next[i] = x[i] + dt * v[i];
+    next[i] = x[i] + dt * moved[i];
     x0[i] = x[i] - t * v[i];
   }
   return { next, x0 };
@@ -50,6 +53,14 @@ export function eulerStep(x: Float32Array, v: Float32Array, t: number, tNext: nu
 /** The samplers the browser runs, as `fractalflow.export.runtime.RUNTIME_SAMPLERS`. */
 export const SAMPLERS = ["euler", "ab2"] as const;
 export type SamplerName = (typeof SAMPLERS)[number];
+
+/** `name` as a sampler the browser runs, or an error that names the ones it does. */
+export function browserSampler(name: string): SamplerName {
+  if (!(SAMPLERS as readonly string[]).includes(name)) {
+    throw new Error(`sampler ${name}: the browser runs ${SAMPLERS.join(", ")}`);
+  }
+  return name as SamplerName;
+}
 
 /**
  * The velocity a step moves along: `v` itself (Euler, and the first step of Adams-Bashforth 2),
@@ -139,7 +150,7 @@ export async function sample(
   shift = 1,
   sampler: SamplerName = "euler",
 ): Promise<Float32Array> {
-  if (!SAMPLERS.includes(sampler)) throw new Error(`sampler ${sampler}: the browser runs ${SAMPLERS.join(", ")}`);
+  browserSampler(sampler);
   const times = timeGrid(steps, shift);
   let x = noise;
   let previous: { v: Float32Array; h: number } | null = null;
@@ -147,9 +158,10 @@ export async function sample(
     if (signal?.aborted) throw new DOMException("generation cancelled", "AbortError");
     const [t, tNext] = [times[i], times[i + 1]];
     const v = await velocity(x, t);
-    const { next, x0 } = eulerStep(x, v, t, tNext); // the estimate x - t v is every sampler's
+    const moved = sampler === "ab2" ? ab2Velocity(v, tNext - t, previous) : v;
+    const { next, x0 } = eulerStep(x, v, t, tNext, moved);
     await onStep?.({ step: i + 1, total: steps, t, x0 });
-    x = sampler === "ab2" ? eulerStep(x, ab2Velocity(v, tNext - t, previous), t, tNext).next : next;
+    x = next;
     previous = { v, h: tNext - t };
   }
   return x;
