@@ -185,6 +185,8 @@ def test_evaluate_is_deterministic_and_reports_every_field(text_encoder, monkeyp
     assert first["per_image"] == second["per_image"]
     distances, cosines = first["per_image"]["nearest_real_distance"], first["per_image"]["alignment_cosine"]
     assert len(distances) == len(cosines) == 6 and min(distances) > 0 and all(-1 <= c <= 1 for c in cosines)
+    ranks = first["per_image"]["alignment_rank"]  # the top-5 metric, image by image
+    assert sum(rank < 5 for rank in ranks) / len(ranks) == first["metrics"]["alignment_top5"]
 
 
 ALIGNMENT_TOP5_BOUND = 0.6  # measured 0.740 among 1,935 captions (results/alignment-encoder.json); chance 0.0026

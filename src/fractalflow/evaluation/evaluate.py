@@ -157,7 +157,9 @@ def evaluate(
     Metrics of the real held-out images under the same encoders are reported as ceilings.
     ``per_image`` holds each image's distance to its nearest real image in the FD features
     and (with ``alignment``) the cosine between it and its caption: values that two runs with
-    the same seeds pair image by image (:func:`~fractalflow.monitoring.selfopt.check_regression`)."""
+    the same seeds pair image by image (:func:`~fractalflow.monitoring.selfopt.check_regression`),
+    and its own caption's rank among the held-out captions (0: first; top-5 counts ranks below
+    5), which benchmarks pair to measure a change of top-5 with its standard error."""
     started = time.perf_counter()
     count = settings.num_images
     order = eval_rows(count, len(held_out))
@@ -190,8 +192,10 @@ def evaluate(
         distinct, own = caption_index(held_out.captions)
         captions = alignment.embed_texts(pipeline.text_encoder.encode(distinct).pooled)
         real_embedded, fake_embedded = image_embeddings(alignment, real_unit), image_embeddings(alignment, fake_unit)
-        generated = alignment_scores(ranks_of_own_captions(fake_embedded, own[order], captions))
+        ranks = ranks_of_own_captions(fake_embedded, own[order], captions)
+        generated = alignment_scores(ranks)
         per_image["alignment_cosine"] = (fake_embedded * captions[own[order]]).sum(dim=1).tolist()
+        per_image["alignment_rank"] = ranks.tolist()
         real_scores = alignment_scores(ranks_of_own_captions(real_embedded, own[real_rows], captions))
         metrics.update(
             alignment_top1=generated["top1"],
