@@ -105,6 +105,8 @@ def train_config(args: argparse.Namespace, steps: int) -> TrainConfig:
         mixed_precision="bf16" if args.device == "cuda" else "no",
         init=args.init or "",
         added_layers_lr_scale=args.added_layers_lr_scale,
+        shift_augment=args.shift_augment,
+        shift_fill=args.shift_fill,
     )
 
 
@@ -149,6 +151,18 @@ def main() -> None:
     )
     parser.add_argument(
         "--resolutions", default="32,64", help="training sizes, comma-separated (default: 32,64; 64 to fine-tune)"
+    )
+    parser.add_argument(
+        "--shift-augment",
+        type=int,
+        default=0,
+        help="move each training image by up to this many pixels, for sampling with grid_jitter (default: 0)",
+    )
+    parser.add_argument(
+        "--shift-fill",
+        type=float,
+        default=None,
+        help="fill the rows a move opens with this value, 1 = white (default: mirror the edge)",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--log-every", type=int, default=50, help="steps between loss-curve points (default: 50)")

@@ -107,6 +107,12 @@ def main() -> None:
         help="move each training image by up to this many pixels (TrainConfig.shift_augment)",
     )
     parser.add_argument(
+        "--shift-fill",
+        type=float,
+        default=TRAIN.shift_fill,
+        help="fill the rows a move opens with this value, 1 = white (default: mirror the edge)",
+    )
+    parser.add_argument(
         "--max-minutes", type=float, default=None, help="stop this session after so many minutes (resume later)"
     )
     parser.add_argument("--install", action="store_true", help="copy the result into the package as the default model")
@@ -132,6 +138,7 @@ def main() -> None:
         init=args.init or "",
         added_layers_lr_scale=args.added_layers_lr_scale,
         shift_augment=args.shift_augment,
+        shift_fill=args.shift_fill,
     )
     train_config = TrainConfig(**{**TRAIN.to_dict(), **overrides})
     model_config = network_to_train(model_preset(args.preset, **DEFAULT_MODEL_SHAPE), args.init, args.split_mixing)

@@ -116,6 +116,7 @@ BAD_JSON = {
         (["train", "--ema-decay", "2"], "ema_decay=2.0 must be in [0, 1)"),
         (["train", "--warmup-steps", "-5"], "warmup_steps=-5 must be >= 0"),
         (["train", "--timestep-std", "0"], "timestep_std=0.0 must be a finite number > 0"),
+        (["train", "--shift-fill", "255"], "shift_fill=255.0 must be from -1 to 1, or None (mirror)"),
         (["train", "--device", "tpu"], "device 'tpu' is not a device name"),
         (["train", "--out", "/proc/run"], "cannot write the run folder '/proc/run'"),
         (["serve", "--config", "text.json"], "text.json is not JSON text"),

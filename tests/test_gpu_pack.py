@@ -101,12 +101,14 @@ def test_gpu_train_runs_from_the_pack_without_what_the_gpu_machine_lacks(packed,
         sys.executable, "-c", blocker, str(REPO / "scripts" / "gpu_train.py"),
         "--pack", str(root / "pack"), "--out", str(tmp_path / "out"), "--device", "cpu", "--preset", "tiny",
         "--batch-size", "4", "--minutes", "0.2", "--max-steps", "6", "--log-every", "2",
+        "--shift-augment", "1", "--shift-fill", "1",
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "gpu_train.json").read_text())
     assert report["summary"]["step"] == 6 and [p["step"] for p in report["curve"]] == [2, 4, 6]
+    assert (report["train_config"]["shift_augment"], report["train_config"]["shift_fill"]) == (1, 1.0)
     assert all(np.isfinite(p["loss"]) for p in report["curve"])
     assert report["train_images"] == len(load_emoji(root / "data", 64, split="train"))
     assert report["mfu"] is None and report["gpu_busy_percent"] is None  # no peak, no NVML for a CPU

@@ -98,6 +98,30 @@ def test_shift_augment_trains_on_each_image_moved_by_its_own_offset_within_the_a
     assert len(set(found)) > 3  # each image its own offset
 
 
+def test_shift_fill_fills_the_rows_a_move_opens_with_its_value_not_a_mirror(tmp_path, monkeypatch):
+    seen = []
+
+    def record(predict, x0, *args, **kwargs):
+        seen.append(x0.clone())
+        return torch.zeros((), requires_grad=True)
+
+    monkeypatch.setattr("fractalflow.training.trainer.rectified_flow_loss", record)
+    dataset = digits(64)
+    make_trainer(tmp_path / "plain", dataset).train_step()
+    make_trainer(tmp_path / "white", dataset, shift_augment=2, shift_fill=1.0).train_step()
+    plain, moved = seen
+    offsets = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
+    opened = 0
+    for image, result in zip(plain, moved):
+        moves = [o for o in offsets if torch.equal(shift_each(image[None], torch.tensor([o]), 2, 1.0)[0], result)]
+        (dy, dx), *_ = moves
+        rows = result[:, :dy] if dy > 0 else result[:, result.shape[1] + dy :]
+        columns = result[:, :, :dx] if dx > 0 else result[:, :, result.shape[2] + dx :]
+        assert torch.all(rows == 1.0) and torch.all(columns == 1.0)  # the frame a move opened is white
+        opened += rows.numel() + columns.numel()
+    assert opened > 0
+
+
 def test_a_run_stopped_by_the_clock_checkpoints_where_it_stopped(tmp_path):
     trainer = make_trainer(tmp_path, digits(32), steps=10_000, checkpoint_every=5_000)
     stopped = trainer.train(max_seconds=1.0)["step"]
@@ -403,9 +427,11 @@ def test_snapshot_minutes_must_be_positive():
         TrainConfig(snapshot_minutes=(0,))
 
 
-def test_shift_augment_is_limited_to_sixteen_pixels():
+def test_shift_augment_is_limited_to_sixteen_pixels_and_its_fill_to_pixel_values():
     with pytest.raises(ValueError, match="shift_augment=17 must be from 0 \\(off\\) to 16"):
         TrainConfig(shift_augment=17)
+    with pytest.raises(ValueError, match="shift_fill=2.0 must be from -1 to 1, or None"):
+        TrainConfig(shift_fill=2.0)
 
 
 def test_an_adapter_folder_loads_into_a_pipeline_and_changes_what_it_draws(tmp_path, capsys):

@@ -53,14 +53,18 @@ def _add_train_config_options(parser: argparse.ArgumentParser) -> None:
         "adapter folder (load with --adapter); 0 trains every weight",
         "added_layers_lr_scale": "learning rate of layers the --init model lacks (zero-initialised, e.g. split "
         "mixing), as a multiple of --learning-rate",
-        "shift_augment": "move each training image by up to N pixels (mirror-filled), so the network can be sampled "
-        "with --grid-jitter (0 = off)",
+        "shift_augment": "move each training image by up to N pixels, so the network can be sampled with "
+        "--grid-jitter (0 = off)",
+        "shift_fill": "fill the rows a move opens with this value in [-1, 1], 1 = white (unset: mirror the edge)",
     }
     for field in dataclasses.fields(TrainConfig):
         if field.name not in helps:
             continue
         flag = "--" + field.name.replace("_", "-")
-        kind = _size_list if isinstance(field.default, tuple) else type(field.default)
+        if isinstance(field.default, tuple):
+            kind = _size_list
+        else:  # a setting unset by default (None) takes a number
+            kind = float if field.default is None else type(field.default)
         shown = "unset" if field.default is None else field.default
         parser.add_argument(flag, type=kind, default=field.default, help=f"{helps[field.name]} (default: {shown})")
 

@@ -281,9 +281,13 @@ class TrainConfig(JsonConfig):
     # learning rate of layers the init folder lacks (added zero-initialised, e.g. split mixing),
     # as a multiple of learning_rate: a zero-initialised layer learns slowly at a fine-tune's rate
     added_layers_lr_scale: float = 1.0
-    # > 0: move each training image by up to this many pixels (mirror-filled), so the network does
-    # not tie the picture to its token grid and can be sampled with grid_jitter (flow/jitter.py)
+    # > 0: move each training image by up to this many pixels, so the network does not tie the
+    # picture to its token grid and can be sampled with grid_jitter (flow/jitter.py)
     shift_augment: int = 0
+    # what fills the rows a move opens: None mirrors the image's edge; a value in [-1, 1] fills
+    # with it (1.0: white, the background of every emoji and icon, where a mirror would copy a
+    # shape that touches the frame)
+    shift_fill: float | None = None
 
     def __post_init__(self) -> None:
         if self.curriculum_pacing not in ("fixed", "plateau"):
@@ -321,5 +325,11 @@ class TrainConfig(JsonConfig):
                 ("log_every", self.log_every, ">= 1", self.log_every >= 1),
                 ("lora_rank", self.lora_rank, "from 0 (off) to 256", 0 <= self.lora_rank <= 256),
                 ("shift_augment", self.shift_augment, "from 0 (off) to 16", 0 <= self.shift_augment <= 16),
+                (
+                    "shift_fill",
+                    self.shift_fill,
+                    "from -1 to 1, or None (mirror)",
+                    self.shift_fill is None or -1 <= self.shift_fill <= 1,
+                ),
             ],
         )

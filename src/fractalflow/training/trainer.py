@@ -357,7 +357,7 @@ class Trainer:
         if config.shift_augment:  # offsets drawn for the global batch, as its indices, then sharded
             amplitude = config.shift_augment
             offsets = torch.randint(-amplitude, amplitude + 1, (batch, 2), generator=self.generator)  # (batch, 2)
-            x0 = shift_each(x0, offsets[rows], amplitude)
+            x0 = shift_each(x0, offsets[rows], amplitude, config.shift_fill)
         cond = self.conditioning(indices, rows=rows).to(self.device)
         self.last_batch_size = batch
         dtype = self.autocast_dtype
