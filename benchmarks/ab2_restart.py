@@ -20,12 +20,10 @@ import json
 from pathlib import Path
 
 import torch
+from guidance import Measuring
 
 from fractalflow import FractalFlowPipeline
-from fractalflow.data.emoji import load_emoji
-from fractalflow.evaluation.alignment import load_alignment_encoder
-from fractalflow.evaluation.concepts import asked_concept_images
-from fractalflow.evaluation.evaluate import EvalSettings, eval_rows, evaluate
+from fractalflow.evaluation.evaluate import EvalSettings
 from fractalflow.files import atomic_write_text
 from fractalflow.flow.samplers import AdamsBashforth2
 from fractalflow.hardware import describe_device
@@ -57,13 +55,11 @@ def main() -> None:
     defaults = pipeline.generation_config
     low = defaults.guidance_interval[0]
     registry().register(Plugin("sampler", "ab2-restart", "0", restarting_at(low), "experimental"))
-    images = load_emoji(args.data, image_size=64, split=args.split)
-    gallery = asked_concept_images(args.data, images, eval_rows(args.n, len(images)), 64)
-    alignment = load_alignment_encoder()
+    measuring = Measuring.load(args.data, 64, args.split, args.n)
     rows = []
     for sampler in ("ab2", "ab2-restart"):
         settings = EvalSettings(num_images=args.n, batch_size=64, generation=defaults.merged(sampler=sampler))
-        report = evaluate(pipeline, images, settings, alignment, gallery=gallery, progress=False)
+        report = measuring.evaluate(pipeline, settings)
         metrics = report["metrics"]
         rows.append({"sampler": sampler, "metrics": metrics})
         print(

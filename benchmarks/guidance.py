@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from fractalflow import FractalFlowPipeline
-from fractalflow.data.emoji import load_emoji
-from fractalflow.evaluation.alignment import load_alignment_encoder
+from fractalflow.data.emoji import EmojiDataset, load_emoji
+from fractalflow.evaluation.alignment import AlignmentEncoder, load_alignment_encoder
 from fractalflow.evaluation.concepts import asked_concept_images
 from fractalflow.evaluation.evaluate import EvalSettings, eval_rows, evaluate
 from fractalflow.files import atomic_write_text
@@ -50,6 +51,26 @@ def parse_value(text: str) -> int | float | str | tuple:
     return text
 
 
+@dataclass(frozen=True)
+class Measuring:
+    """What an eval of ``n`` captions of a split needs: its real images (``held_out``, of the split
+    asked for), the images of the emoji concepts they ask for (None: none asked) and the
+    alignment encoder."""
+
+    held_out: EmojiDataset
+    gallery: EmojiDataset | None
+    alignment: AlignmentEncoder
+
+    @classmethod
+    def load(cls, data: str | Path, size: int, split: str, n: int) -> Measuring:
+        held_out = load_emoji(data, image_size=size, split=split)
+        gallery = asked_concept_images(data, held_out, eval_rows(n, len(held_out)), size)
+        return cls(held_out, gallery, load_alignment_encoder())
+
+    def evaluate(self, pipeline: FractalFlowPipeline, settings: EvalSettings) -> dict:
+        return evaluate(pipeline, self.held_out, settings, self.alignment, gallery=self.gallery, progress=False)
+
+
 def parse_variant(text: str) -> dict:
     """``guidance=5,guidance_interval=0.2:1`` -> ``{"guidance": 5, "guidance_interval": (0.2, 1.0)}``."""
     return {name.strip(): parse_value(value) for name, _, value in (item.partition("=") for item in text.split(","))}
@@ -71,9 +92,7 @@ def main() -> None:
     device = resolve_device(args.device)
     pipeline = FractalFlowPipeline.from_pretrained(args.model, device=device)
     defaults = pipeline.generation_config.merged(size=args.size)
-    held_out = load_emoji(args.data, image_size=args.size, split=args.split)
-    gallery = asked_concept_images(args.data, held_out, eval_rows(args.n, len(held_out)), args.size)
-    alignment = load_alignment_encoder()
+    measuring = Measuring.load(args.data, args.size, args.split, args.n)
     suffix = (
         ("" if args.size == 64 else f"-{args.size}")
         + ("" if args.n == DEFAULT_N else f"-n{args.n}")
@@ -93,7 +112,7 @@ def main() -> None:
         rows = [row for row in rows if row["config"] != described]
         settings = EvalSettings(num_images=args.n, batch_size=64, generation=config)
         print(f"== {variant}", flush=True)
-        report = evaluate(pipeline, held_out, settings, alignment, gallery=gallery, progress=False)
+        report = measuring.evaluate(pipeline, settings)
         report.pop("per_image")  # one value per image: for regression checks, too long to keep here
         rows.append({"variant": variant, "config": config.describe(), "eval": report})
         atomic_write_text(path, json.dumps({**header, "variants": rows}, indent=2) + "\n")

@@ -29,13 +29,10 @@ import json
 import statistics
 from pathlib import Path
 
-from guidance import parse_variant
+from guidance import Measuring, parse_variant
 
 from fractalflow import FractalFlowPipeline
-from fractalflow.data.emoji import load_emoji
-from fractalflow.evaluation.alignment import load_alignment_encoder
-from fractalflow.evaluation.concepts import asked_concept_images
-from fractalflow.evaluation.evaluate import EvalSettings, eval_rows, evaluate
+from fractalflow.evaluation.evaluate import EvalSettings
 from fractalflow.files import atomic_write_text
 from fractalflow.hardware import describe_device, resolve_device
 from fractalflow.pipeline import default_model_folder
@@ -96,9 +93,7 @@ def main() -> None:
     device = resolve_device(args.device)
     pipeline = FractalFlowPipeline.from_pretrained(args.model, device=device)
     defaults = pipeline.generation_config.merged(size=args.size)
-    held_out = load_emoji(args.data, image_size=args.size, split=args.split)
-    gallery = asked_concept_images(args.data, held_out, eval_rows(args.n, len(held_out)), args.size)
-    alignment = load_alignment_encoder()
+    measuring = Measuring.load(args.data, args.size, args.split, args.n)
     suffix = ("" if args.size == 64 else f"-{args.size}") + ("" if args.split == "eval" else f"-{args.split}")
     path = RESULTS / f"paired-draws-{Path(args.model).name}{suffix}.json"
     header = {"model": args.model, "n": args.n, "size": args.size, "batch": args.batch, "split": args.split}
@@ -124,7 +119,7 @@ def main() -> None:
                 settings = EvalSettings(
                     num_images=args.n, seed=draw * DRAW_SEED_STRIDE, batch_size=args.batch, generation=generation
                 )
-                report = evaluate(pipeline, held_out, settings, alignment, gallery=gallery, progress=False)
+                report = measuring.evaluate(pipeline, settings)
                 kept = {
                     "config": config,
                     "draw": draw,

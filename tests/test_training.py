@@ -77,7 +77,8 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(tmp_path, sh
         assert torch.equal(a, b), name
 
 
-def test_shift_augment_trains_on_each_image_moved_by_its_own_offset_within_the_amplitude(tmp_path, monkeypatch):
+def first_batches(monkeypatch, trainers) -> list[torch.Tensor]:
+    """The images each trainer's first step trains on (its loss replaced by a recorder)."""
     seen = []
 
     def record(predict, x0, *args, **kwargs):
@@ -85,10 +86,15 @@ def test_shift_augment_trains_on_each_image_moved_by_its_own_offset_within_the_a
         return torch.zeros((), requires_grad=True)
 
     monkeypatch.setattr("fractalflow.training.trainer.rectified_flow_loss", record)
+    for trainer in trainers:
+        trainer.train_step()
+    return seen
+
+
+def test_shift_augment_trains_on_each_image_moved_by_its_own_offset_within_the_amplitude(tmp_path, monkeypatch):
     dataset = digits(64)
-    for amplitude in (0, 2):
-        make_trainer(tmp_path / str(amplitude), dataset, shift_augment=amplitude).train_step()
-    plain, moved = seen  # the same images (the offsets are drawn after the indices)
+    trainers = [make_trainer(tmp_path / str(amplitude), dataset, shift_augment=amplitude) for amplitude in (0, 2)]
+    plain, moved = first_batches(monkeypatch, trainers)  # the same images (the offsets are drawn after the indices)
     offsets = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
     found = []
     for image, result in zip(plain, moved):
@@ -99,17 +105,12 @@ def test_shift_augment_trains_on_each_image_moved_by_its_own_offset_within_the_a
 
 
 def test_shift_fill_fills_the_rows_a_move_opens_with_its_value_not_a_mirror(tmp_path, monkeypatch):
-    seen = []
-
-    def record(predict, x0, *args, **kwargs):
-        seen.append(x0.clone())
-        return torch.zeros((), requires_grad=True)
-
-    monkeypatch.setattr("fractalflow.training.trainer.rectified_flow_loss", record)
     dataset = digits(64)
-    make_trainer(tmp_path / "plain", dataset).train_step()
-    make_trainer(tmp_path / "white", dataset, shift_augment=2, shift_fill=1.0).train_step()
-    plain, moved = seen
+    trainers = [
+        make_trainer(tmp_path / "plain", dataset),
+        make_trainer(tmp_path / "white", dataset, shift_augment=2, shift_fill=1.0),
+    ]
+    plain, moved = first_batches(monkeypatch, trainers)
     offsets = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
     opened = 0
     for image, result in zip(plain, moved):
