@@ -23,6 +23,7 @@ from fractalflow.config import JsonConfig, check_ranges
 from fractalflow.evaluation.features import EffNetFeatures
 from fractalflow.evaluation.frechet import frechet_distance_of_features
 from fractalflow.events import images_to_tensor
+from fractalflow.flow.samplers import SAMPLERS
 from fractalflow.generation import GenerationConfig
 from fractalflow.pipeline import FractalFlowPipeline
 
@@ -64,7 +65,7 @@ def suggest(trial, defaults: GenerationConfig, settings: TuneSettings) -> Genera
         guidance=trial.suggest_float("guidance", 1.0, 8.0),
         guidance_interval=(trial.suggest_categorical("guided_down_to", list(GUIDED_DOWN_TO)), 1.0),
         time_shift=trial.suggest_categorical("time_shift", list(TIME_SHIFTS)),
-        sampler=trial.suggest_categorical("sampler", ["euler", "heun", "ab2"]),
+        sampler=trial.suggest_categorical("sampler", list(SAMPLERS)),
         early_stop=trial.suggest_categorical("early_stop", list(EARLY_STOPS)),
         adaptive=trial.suggest_categorical("adaptive", list(ADAPTIVE_CHOICES)),
     )
