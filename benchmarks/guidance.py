@@ -31,16 +31,22 @@ from fractalflow.evaluation.concepts import asked_concept_images
 from fractalflow.evaluation.evaluate import EvalSettings, eval_rows, evaluate
 from fractalflow.files import atomic_write_text
 from fractalflow.hardware import describe_device, resolve_device
+from fractalflow.model.adaptive import CacheSettings
 from fractalflow.pipeline import default_model_folder
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_N = 661
+CACHE_PREFIX = "cache."
 DEFAULT_VARIANTS = ["guidance=1.5", "guidance=3", "guidance=4.5", "guidance=6", "guidance=8"]
 
 
-def parse_value(text: str) -> int | float | str | tuple:
-    """``10`` -> 10, ``4.5`` -> 4.5, ``0.2:1`` -> (0.2, 1.0), ``heun`` -> "heun"."""
+def parse_value(text: str) -> int | float | str | tuple | bool | None:
+    """``10`` -> 10, ``4.5`` -> 4.5, ``0.2:1`` -> (0.2, 1.0), ``true`` -> True, ``none`` -> None,
+    ``heun`` -> "heun"."""
+    words = {"true": True, "false": False, "none": None}
+    if text.lower() in words:
+        return words[text.lower()]
     if ":" in text:
         return tuple(float(part) for part in text.split(":"))
     for kind in (int, float):
@@ -72,8 +78,14 @@ class Measuring:
 
 
 def parse_variant(text: str) -> dict:
-    """``guidance=5,guidance_interval=0.2:1`` -> ``{"guidance": 5, "guidance_interval": (0.2, 1.0)}``."""
-    return {name.strip(): parse_value(value) for name, _, value in (item.partition("=") for item in text.split(","))}
+    """``guidance=5,guidance_interval=0.2:1`` -> ``{"guidance": 5, "guidance_interval": (0.2, 1.0)}``.
+    Fields of :class:`CacheSettings` prefixed ``cache.`` make one adaptive policy, for trying one
+    that no ``adaptive.json`` holds: ``cache.depth=0,cache.step_fraction=0.4,cache.guidance_every=2``
+    -> ``{"adaptive": CacheSettings(depth=0, step_fraction=0.4, guidance_every=2)}``."""
+    values = {name.strip(): parse_value(value) for name, _, value in (item.partition("=") for item in text.split(","))}
+    cached = [name for name in values if name.startswith(CACHE_PREFIX)]
+    cache = {name.removeprefix(CACHE_PREFIX): values.pop(name) for name in cached}
+    return values | ({"adaptive": CacheSettings(**cache)} if cache else {})
 
 
 def main() -> None:

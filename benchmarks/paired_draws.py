@@ -15,11 +15,14 @@ change is paired image by image:
     python benchmarks/paired_draws.py --baseline early_stop=0.02 \\
         --variants adaptive=auto,early_stop=0.02 adaptive=2,early_stop=0.02 --draws 4   # ~1.5 min per eval
 
-A setting is ``name=value`` pairs as in ``guidance.py``. Writes
+A setting is ``name=value`` pairs as in ``guidance.py``; ``cache.<field>=value`` pairs make one
+adaptive policy that no ``adaptive.json`` holds (``cache.depth=0,cache.step_fraction=0.4``). Writes
 ``benchmarks/results/paired-draws-<model>[-<size>][-train].json`` after every eval, and at the
 end its table under ``summaries`` by baseline; evals already in it (same model, captions, size,
 split, settings and draw) are kept, not redrawn, so an interrupted run goes on where it
-stopped, and a run with another baseline pairs the evals drawn before.
+stopped, and a run with another baseline pairs the evals drawn before. A change to the code that
+changes what a setting draws does not show in its key: move that setting's evals out first
+(stop 37 kept those from before the partly guided step in ``*-whole-step-guidance.json``).
 """
 
 from __future__ import annotations
