@@ -12,7 +12,7 @@ from fractalflow.events import images_to_tensor, tensor_to_images
 from fractalflow.flow import guided_velocity, sample_euler, time_grid
 from fractalflow.flow.refine import seeded_noise
 from fractalflow.model.adaptive import OFF, AdaptiveDepth, CachedLevel, CacheSettings, StepClock
-from fractalflow.model.adaptive_policies import ADAPTIVE_FILE, AdaptivePolicies
+from fractalflow.model.adaptive_policies import ADAPTIVE_FILE, AdaptivePolicies, policy_guidance
 from fractalflow.model.transformer import FractalTransformer
 
 
@@ -382,3 +382,53 @@ def test_a_broken_adaptive_file_is_a_clear_error(tiny_model_folder):
     (tiny_model_folder / ADAPTIVE_FILE).write_text('{"policies": [{"target": 2, "settings": {"every": "3"}}]}')
     with pytest.raises(ValueError, match="adaptive.json: .*every"):
         FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+
+
+def guided_time(steps, interval=(0.7, 1.0), partial=None, shift=3.0):
+    """How much flow time a grid of ``steps`` guides, the ``partial`` step by its share."""
+    times = time_grid(steps, shift).tolist()
+    total = 0.0
+    for start, stop in zip(times[:-1], times[1:]):
+        share = partial[1] if partial and start == partial[0] else float(interval[0] <= start <= interval[1])
+        total += share * (start - stop)
+    return total
+
+
+@pytest.mark.parametrize("kept", range(2, 20))
+def test_a_policy_with_fewer_steps_guides_the_stretch_of_flow_time_full_compute_guides(kept):
+    full = guided_time(20)  # 0.333 on the default model's grid: down to t = 0.667
+    partial = policy_guidance((0.7, 1.0), 20, kept, 3.0)
+    assert guided_time(kept, partial=partial) == pytest.approx(full, abs=1e-6)
+    if partial is not None:
+        assert 0 < partial[1] < 1 and partial[0] in time_grid(kept, 3.0).tolist()
+
+
+def test_no_step_is_partly_guided_when_none_is_cut_or_the_shorter_grid_ends_guidance_where_the_full_one_does():
+    assert guided_time(14) != pytest.approx(guided_time(20), abs=1e-3)  # what the partial step mends
+    assert policy_guidance((0.7, 1.0), 20, 20, 3.0) is None
+    assert policy_guidance(None, 20, 14, 3.0) is None
+    assert policy_guidance((0.7, 1.0), 20, 10, 3.0) is None  # 10 of the 20 times: the same end
+
+
+def test_the_partly_guided_step_takes_its_share_of_the_guidance(model):
+    cond = Conditioning(labels=torch.tensor([1, 2]))
+    x, t = torch.randn(2, 1, 16, 16), torch.full((2,), 0.65)
+    time = float(t[0])  # as the sampler passes it: a float32 grid time
+    with torch.no_grad():
+        plain = guided_velocity(model, cond, 5.0, (0.7, 1.0))(x, t)
+        guided = guided_velocity(model, cond, 5.0)(x, t)
+        none, whole, half = (guided_velocity(model, cond, 5.0, (0.7, 1.0), (time, s))(x, t) for s in (0.0, 1.0, 0.5))
+        elsewhere = guided_velocity(model, cond, 5.0, (0.7, 1.0), (0.6, 0.5))(x, t)
+    assert torch.allclose(none, plain, atol=1e-5) and torch.allclose(whole, guided, atol=1e-5)
+    assert torch.allclose(half, (plain + guided) / 2, atol=1e-5)  # the scale is linear in the share
+    assert not torch.allclose(plain, guided) and torch.equal(elsewhere, plain)
+
+
+def test_a_step_cutting_policy_reports_its_partly_guided_step(tiny_model_folder):
+    pipeline = FractalFlowPipeline.from_pretrained(tiny_model_folder, device="cpu")
+    asked = dict(steps=20, time_shift=3.0, guidance_interval=(0.7, 1.0), seed=5)
+    cut = pipeline.generate("three", adaptive=CacheSettings(depth=0, step_fraction=0.7), **asked)
+    full = pipeline.generate("three", adaptive="off", **asked)
+    assert full.metadata["adaptive"]["partial_guidance"] is None
+    assert cut.metadata["adaptive"]["partial_guidance"] == list(policy_guidance((0.7, 1.0), 20, 14, 3.0))
+    assert cut.metadata["stages"][0]["steps"] == 14

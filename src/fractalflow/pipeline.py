@@ -30,6 +30,7 @@ from fractalflow.model.adaptive_policies import (
     ADAPTIVE_FILE,
     AdaptivePolicies,
     check_adaptive,
+    policy_guidance,
     policy_refine_steps,
     policy_steps,
 )
@@ -271,6 +272,7 @@ class FractalFlowPipeline:
             cache = replace(cache, depth=0, freeze_cross=None, guidance_every=1)
         steps = policy_steps(config.steps, cache)  # the metadata keeps the config as asked
         refine_steps = policy_refine_steps(config.refine_steps, cache)
+        partial = policy_guidance(config.guidance_interval, config.steps, steps, config.time_shift)
         refine = config.merged(steps=steps, refine_steps=refine_steps).refine_settings("standard", scales)
         refiner = ProgressiveRefiner(refine, native, self.config.downsampling)
         count, final = len(prompts) * num_images_per_prompt, refiner.stages[-1].size
@@ -314,7 +316,7 @@ class FractalFlowPipeline:
             warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
             # a preview is a copy to the CPU every step (a device sync on a GPU): only when someone listens
             listener = on_event if callback is not None or progress else None
-            velocity = guided_velocity(self.model, cond, config.guidance, config.guidance_interval)
+            velocity = guided_velocity(self.model, cond, config.guidance, config.guidance_interval, partial)
             if config.grid_jitter:
                 velocity = GridJitter(velocity, config.grid_jitter)
             sampled, report = refiner.run(velocity, noise, listener, caching.exact_since_last_asked)
@@ -333,6 +335,7 @@ class FractalFlowPipeline:
                 "asked": config.describe()["adaptive"],
                 "target": target,
                 "settings": None if cache is OFF else cache.to_dict(),
+                "partial_guidance": None if partial is None else list(partial),  # (t, share): see policy_guidance
                 **caching.report(),
                 "by_size": caching.report_by_size(),
             },

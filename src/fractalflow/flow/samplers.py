@@ -160,7 +160,11 @@ def guidance_interval_problem(interval: object) -> str | None:
 
 
 def guided_velocity(
-    model: torch.nn.Module, cond: Conditioning, guidance: float, interval: tuple[float, float] | None = None
+    model: torch.nn.Module,
+    cond: Conditioning,
+    guidance: float,
+    interval: tuple[float, float] | None = None,
+    partial: tuple[float, float] | None = None,
 ) -> Velocity:
     """Velocity of ``model`` under classifier-free guidance with scale ``guidance``.
 
@@ -169,7 +173,9 @@ def guided_velocity(
     ``v_uncond + guidance * (v_cond - v_uncond)``. With ``interval = (low, high)`` guidance
     applies only at flow times ``low <= t <= high`` and the conditional model alone runs
     elsewhere, one forward instead of two (Kynkäänniemi et al. 2024, "Applying guidance in a
-    limited interval").
+    limited interval"). ``partial = (t, share)``: the step that starts at flow time ``t`` is
+    guided with ``share`` of the guidance, ``1 + share (guidance - 1)``, inside the interval or
+    not (:func:`~fractalflow.model.adaptive_policies.policy_guidance`).
     """
     if guidance < 0:
         raise ValueError(f"guidance={guidance} must be >= 0")
@@ -180,11 +186,14 @@ def guided_velocity(
     both = Conditioning.cat([cond, cond])
 
     def velocity(x: Tensor, t: Tensor) -> Tensor:
-        if interval is not None and not interval[0] <= float(t[0]) <= interval[1]:
+        time, scale = float(t[0]), guidance
+        if partial is not None and math.isclose(time, partial[0], abs_tol=1e-6):  # a GPU's grid may differ by an ulp
+            scale = 1 + partial[1] * (guidance - 1)
+        elif interval is not None and not interval[0] <= time <= interval[1]:
             return model(x, t, cond)
         batch = x.shape[0]
         drop = torch.arange(2 * batch, device=x.device) >= batch
         v_cond, v_uncond = model(torch.cat([x, x]), torch.cat([t, t]), both, drop=drop).chunk(2)
-        return v_uncond + guidance * (v_cond - v_uncond)
+        return v_uncond + scale * (v_cond - v_uncond)
 
     return velocity

@@ -170,7 +170,7 @@ def candidate_settings(levels: int) -> list[CacheSettings]:
     guided = [CacheSettings(depth=1, every=every, start=0.9, extrapolate=True, **twins) for every in (2, 3)]
     guided += [CacheSettings(depth=1, every=8, drift=drift, extrapolate=True, **twins) for drift in (0.1, 0.15)]
     guided += [CacheSettings(depth=0, extrapolate=True, **twins)]
-    fewer_steps = [CacheSettings(depth=0, step_fraction=fraction) for fraction in (0.9, 0.8, 0.7, 0.5, 0.35)]
+    fewer_steps = [CacheSettings(depth=0, step_fraction=fraction) for fraction in (0.9, 0.8, 0.7, 0.5, 0.4, 0.35)]
     fewer_steps += [
         CacheSettings(depth=1, every=2, start=0.9, extrapolate=True, step_fraction=fraction)
         for fraction in (0.9, 0.85, 0.8, 0.7, 0.5)

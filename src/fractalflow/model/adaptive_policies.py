@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fractalflow.config import read_json_object
+from fractalflow.flow.samplers import time_grid
 from fractalflow.model.adaptive import OFF, CacheSettings
 
 ADAPTIVE_FILE = "adaptive.json"  # next to a model's weights: its calibrated policies
@@ -101,3 +102,32 @@ def policy_refine_steps(asked: int | None, settings: CacheSettings) -> int | Non
     runs under ``settings``: the fewer of the two."""
     given = [steps for steps in (asked, settings.refine_steps) if steps is not None]
     return min(given, default=None)
+
+
+def policy_guidance(
+    interval: tuple[float, float] | None, steps: int, kept_steps: int, time_shift: float
+) -> tuple[float, float] | None:
+    """How a run that a policy cut from ``steps`` to ``kept_steps`` sampling steps guides the
+    step where the full run's guidance ends: ``(t, share)``, the time that step starts at and
+    the share of it the full run guides (:func:`~fractalflow.flow.samplers.guided_velocity`'s
+    ``partial``); None when a step of the shorter grid ends there too, or nothing is cut.
+
+    A step is guided when the time it starts at lies in ``interval``, so the stretch of flow
+    time that is guided ends where the last guided step ends, and that moves with the grid. On
+    the default model's grid (time shift 3, interval [0.7, 1]) 20 steps guide down to
+    t = 0.667; cut to 14 steps, guidance would stop at 0.692, and cut to 8, at 0.643. Guiding
+    the straddling step with its share of the guidance keeps the guided stretch the full run's.
+    Only the interval's low end moves this way: its high end is 1 in every model here."""
+    if interval is None or kept_steps >= steps:
+        return None
+    low, high = interval
+    full = time_grid(steps, time_shift).tolist()  # the float32 times the sampler compares
+    guided = [i for i, t in enumerate(full[:-1]) if low <= t <= high]
+    if not guided:
+        return None
+    end = full[guided[-1] + 1]  # where the full run's guidance stops
+    kept = time_grid(kept_steps, time_shift).tolist()
+    for start, stop in zip(kept[:-1], kept[1:]):
+        if stop < end < start:
+            return start, (start - end) / (start - stop)
+    return None
