@@ -2,11 +2,11 @@
 
 Calibration counts a policy's speed-up from the passes and batch rows it ran, each costed by a
 line fitted to timed forward passes of one and of two rows (``PassCost.time``: a part per pass
-and a part per row). Two calibrations sessions apart counted 10 plain steps at 1.64× and 1.56×
-with the same passes. This script draws 16 training captions once with full compute and with
-three policies (early stop 0.02, one at a time, as calibration draws), then fits the costs
-``--fits`` times in a row and counts each policy's speed-up under every fit: the spread within
-one session, against the swing between sessions.
+and a part per row). Two calibrations, sessions apart, counted 10 plain steps at 1.64× and
+1.56× with the same passes. This script draws 16 training captions once with full compute, the
+shipped model's ``auto`` and 2× policies and 10 plain steps (early stop 0.02, one at a time, as
+calibration draws), then fits the costs ``--fits`` times in a row and counts each policy's
+speed-up under every fit: the spread within one session, against the swing between sessions.
 
     python benchmarks/cost_fit.py --fits 10      # ~2 min on 2 cores
 
@@ -29,11 +29,7 @@ from fractalflow.pipeline import default_model_folder
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
-POLICIES = {
-    "14 steps + level 1 (auto)": CacheSettings(depth=1, every=2, start=0.9, extrapolate=True, step_fraction=0.7),
-    "10 plain steps": CacheSettings(depth=0, step_fraction=0.5),
-    "7 plain steps (2x)": CacheSettings(depth=0, step_fraction=0.35),
-}
+TEN_PLAIN_STEPS = CacheSettings(depth=0, step_fraction=0.5)  # passes that no guidance change moves
 
 
 def main() -> None:
@@ -45,18 +41,20 @@ def main() -> None:
     pipeline = FractalFlowPipeline.from_pretrained(default_model_folder(), device="cpu")
     settings = CalibrationSettings(captions=args.captions)
     captions = training_captions(args.data, args.captions)
+    shipped = pipeline.adaptive_policies  # the model's own 64 px policies, as calibrate wrote them
+    policies = {"auto": shipped.choose("auto")[0], "10 plain steps": TEN_PLAIN_STEPS, "2x": shipped.choose(2.0)[0]}
     _, full = draw(pipeline, captions, settings, "off", early_stop=settings.early_stop)
     reports = {
         name: draw(pipeline, captions, settings, cache, early_stop=settings.early_stop)[1]
-        for name, cache in POLICIES.items()
+        for name, cache in policies.items()
     }
     size = pipeline.config.sample_size
-    counts: dict[str, list[float]] = {name: [] for name in POLICIES}
+    counts: dict[str, list[float]] = {name: [] for name in policies}
     shares = []
     for _ in range(args.fits):
         cost = PassCost.time(pipeline, captions[0], 2 * settings.cost_batch, size=size)
         shares.append(cost.per_pass.forward / (cost.per_pass.forward + cost.per_row.forward))
-        for name, cache in POLICIES.items():
+        for name, cache in policies.items():
             counts[name].append(staged_speedup({size: cost}, cache, reports[name], full))
     rows = {
         name: {"counts": values, "median": statistics.median(values), "min": min(values), "max": max(values)}
