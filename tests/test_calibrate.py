@@ -16,6 +16,7 @@ from fractalflow.inference.calibrate import (
     calibrate,
     choose_policies,
     draw,
+    paired_speedup,
     staged_speedup,
     training_captions,
     write_policies,
@@ -60,7 +61,7 @@ def calibrated(tmp_path_factory):
     save_model(model.eval(), folder)
     pipeline = FractalFlowPipeline.from_pretrained(folder, device="cpu")
     settings = CalibrationSettings(
-        captions=4, steps=6, batch_size=4, targets=(1.2, 1.4, 7.0), auto=1.2, margin=1.0, cost="flops"
+        captions=4, steps=6, batch_size=4, targets=(1.2, 1.4, 7.0), auto=1.2, margin=1.0, cost="flops", timing_pairs=0
     )
     candidates = [
         CacheSettings(every=1),
@@ -110,6 +111,44 @@ def test_a_target_must_be_reached_with_the_margin():
     ]
     assert choose_policies(rows, (1.5,), max_error=0.5) == {1.5: CacheSettings(every=2)}
     assert choose_policies(rows, (1.5,), max_error=0.5, margin=1.05) == {1.5: CacheSettings(every=3)}
+
+
+def test_timed_candidates_reach_a_target_by_their_wall_clock_least_error_first():
+    rows = [
+        {"settings": CacheSettings(every=2).to_dict(), "speedup": 1.52, "error": 0.1},  # counted 1.52, runs 1.45
+        {"settings": CacheSettings(every=3).to_dict(), "speedup": 1.45, "error": 0.2},  # counted 1.45, runs 1.55
+        {"settings": CacheSettings(every=4).to_dict(), "speedup": 1.70, "error": 0.3},
+        {"settings": CacheSettings(every=5).to_dict(), "speedup": 1.40, "error": 0.05},  # below 1.5 / 1.05: not timed
+    ]
+    wall_clock = {2: 1.45, 3: 1.55, 4: 1.75, 5: 1.6}
+    timed = []
+
+    def time_it(settings):
+        timed.append(settings.every)
+        return wall_clock[settings.every]
+
+    chosen = choose_policies(rows, (1.5, 1.7), max_error=0.5, margin=1.05, timed=time_it)
+    assert chosen == {1.5: CacheSettings(every=3), 1.7: CacheSettings(every=4)}
+    assert timed == [2, 3, 4]  # each once, though 1.7 looked at every=2 and 3 again
+    assert [row.get("paired_speedup") for row in rows] == [1.45, 1.55, 1.75, None]
+
+
+def test_the_paired_speedup_is_full_compute_s_seconds_over_the_candidate_s_same_captions_and_seeds(monkeypatch):
+    clock, calls = [0.0], []
+
+    class Pipeline:
+        def generate(self, prompts, seed, adaptive, **sampling):
+            calls.append((tuple(prompts), seed, adaptive))
+            clock[0] += 3.0 if adaptive == "off" else 2.0
+
+    monkeypatch.setattr("fractalflow.inference.calibrate.time.perf_counter", lambda: clock[0])
+    cache = CacheSettings(depth=0, step_fraction=0.5)
+    settings = CalibrationSettings(timing_pairs=4)
+    captions = ["a", "b", "c"]
+    assert paired_speedup(Pipeline(), captions, settings, cache, early_stop=0.02) == pytest.approx(1.5)
+    assert len(calls) == 2 * 5  # a warm-up pair, then four
+    by_call = {(prompts, seed) for prompts, seed, adaptive in calls if adaptive == "off"}
+    assert by_call == {(prompts, seed) for prompts, seed, adaptive in calls if adaptive == cache}
 
 
 def test_twice_the_model_s_size_is_calibrated_apart_with_each_refinement_step_count(calibrated):
@@ -219,6 +258,7 @@ def test_written_policies_are_what_generate_then_uses(calibrated):
         (dict(steps=1), "steps=1 must be from 2"),
         (dict(sizes=(0,)), "sizes=\\(0,\\) must be sides in pixels"),
         (dict(refine_steps=()), "refine_steps=\\(\\) must be steps from 1"),
+        (dict(timing_pairs=-1), "timing_pairs=-1 must be from 0 to 100"),
     ],
 )
 def test_bad_calibration_settings_are_clear_errors(settings, message):
@@ -233,7 +273,7 @@ def test_the_cli_writes_and_prints_the_policies_of_each_size(tmp_path, monkeypat
         "policies": [{"target": 2.0, "settings": own.to_dict()}],
         "sizes": {"128": {"auto": 2.0, "policies": [{"target": 2.0, "settings": larger.to_dict()}]}},
         "calibration": {
-            "rows": [{"settings": own.to_dict(), "speedup": 2.0, "error": 0.3}],
+            "rows": [{"settings": own.to_dict(), "speedup": 2.0, "paired_speedup": 2.04, "error": 0.3}],
             "sizes": {"128": [{"settings": larger.to_dict(), "speedup": 2.1, "error": 0.2}]},
         },
     }
@@ -241,6 +281,6 @@ def test_the_cli_writes_and_prints_the_policies_of_each_size(tmp_path, monkeypat
     data = prepared_folder(tmp_path / "data")
     assert main(["calibrate", "--data", str(data), "--captions", "4", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    assert " 64 px      2     2.00  0.300" in printed and "128 px      2     2.10  0.200" in printed
+    assert " 64 px      2     2.00   2.04  0.300" in printed and "128 px      2     2.10      -  0.200" in printed
     written = json.loads((tmp_path / ADAPTIVE_FILE).read_text())
     assert written["sizes"]["128"]["policies"][0]["settings"]["refine_steps"] == 1

@@ -338,7 +338,15 @@ def _add_calibrate_command(commands) -> None:
         "--margin",
         type=float,
         default=1.05,
-        help="a candidate reaches a target when its counted speed-up is at least target x margin (default: 1.05)",
+        help="candidates counted at target / margin or faster are timed against full compute, the least error first "
+        "(with --timing-pairs 0: a candidate reaches a target when counted at target x margin) (default: 1.05)",
+    )
+    calibrate.add_argument(
+        "--timing-pairs",
+        type=int,
+        default=10,
+        help="pairs of draws that time a candidate against full compute; the first, by least error, that runs "
+        "at least the target's speed-up reaches it (default: 10; 0: the counted speed-up alone decides)",
     )
     calibrate.add_argument(
         "--cost",
@@ -835,6 +843,7 @@ def run_calibrate(args: argparse.Namespace) -> None:
         auto=None if args.auto == "off" else args.auto,
         max_error=args.max_error,
         margin=args.margin,
+        timing_pairs=args.timing_pairs,
         cost=args.cost,
         cost_batch=args.cost_batch,
         sizes=args.sizes,
@@ -847,12 +856,16 @@ def run_calibrate(args: argparse.Namespace) -> None:
     calibration = result["calibration"]
     parts = [(f"{pipeline.config.sample_size} px", result, calibration["rows"])]
     parts += [(f"{size} px", result["sizes"][size], calibration["sizes"][size]) for size in result.get("sizes", {})]
-    print(f"{'size':>6} {'target':>6} {'speed-up':>8} {'error':>6}  settings")
+    print(f"{'size':>6} {'target':>6} {'speed-up':>8} {'timed':>6} {'error':>6}  settings")
     for size, policies, rows in parts:
         by_settings = {json.dumps(row["settings"], sort_keys=True): row for row in rows}
         for policy in policies["policies"]:
             row = by_settings[json.dumps(policy["settings"], sort_keys=True)]
-            print(f"{size:>6} {policy['target']:>6g} {row['speedup']:>8.2f} {row['error']:>6.3f}  {policy['settings']}")
+            timed = f"{row['paired_speedup']:.2f}" if "paired_speedup" in row else "-"
+            print(
+                f"{size:>6} {policy['target']:>6g} {row['speedup']:>8.2f} {timed:>6} {row['error']:>6.3f}  "
+                f"{policy['settings']}"
+            )
     print(f"wrote {path} (auto: {result['auto']})")
 
 
