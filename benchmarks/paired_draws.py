@@ -58,7 +58,8 @@ def paired_change(baseline: list[list[int]], variant: list[list[int]]) -> tuple[
 
 
 def summary(rows: dict[str, dict[int, dict]], baseline: str, draws: list[int]) -> dict[str, dict]:
-    """Per variant: top-5 and FD in each draw, the paired Δ top-5 and FD ratios against ``baseline``."""
+    """Per variant: how many draws it pairs, top-5 and FD in each, the paired Δ top-5 and FD
+    ratios against ``baseline``."""
     base = rows[baseline]
     table = {}
     for name, by_draw in rows.items():
@@ -66,6 +67,7 @@ def summary(rows: dict[str, dict[int, dict]], baseline: str, draws: list[int]) -
         change, error = paired_change([base[k]["ranks"] for k in draws], ranks)
         ratios = [by_draw[k]["metrics"]["fd_effnet_l0"] / base[k]["metrics"]["fd_effnet_l0"] for k in draws]
         table[name] = {
+            "draws": len(draws),
             "top5": [by_draw[k]["metrics"]["alignment_top5"] for k in draws],
             "fd": [by_draw[k]["metrics"]["fd_effnet_l0"] for k in draws],
             "concept_retrieval": [by_draw[k]["metrics"]["concept_retrieval"] for k in draws],
@@ -135,7 +137,7 @@ def main() -> None:
             rows[name][draw] = kept
     table = summary(rows, args.baseline, draws)
     compared_before = summaries.get(args.baseline, {}).get("rows", {})
-    summaries[args.baseline] = {"draws": args.draws, "rows": {**compared_before, **table}}
+    summaries[args.baseline] = {"rows": {**compared_before, **table}}  # each row says how many draws it pairs
     save()
     line = f"{'settings':44s} {'top-5 per draw':>28s} {'Δ top-5 ± s.e.':>16s} {'FD × base (sd)':>15s}"
     print(line + "\n" + "-" * len(line))
