@@ -20,9 +20,11 @@ adaptive policy that no ``adaptive.json`` holds (``cache.depth=0,cache.step_frac
 ``benchmarks/results/paired-draws-<model>[-<size>][-train].json`` after every eval, and at the
 end its table under ``summaries`` by baseline; evals already in it (same model, captions, size,
 split, settings and draw) are kept, not redrawn, so an interrupted run goes on where it
-stopped, and a run with another baseline pairs the evals drawn before. A change to the code that
-changes what a setting draws does not show in its key: move that setting's evals out first
-(stop 37 kept those from before the partly guided step in ``*-whole-step-guidance.json``).
+stopped, and a run with another baseline pairs the evals drawn before. An eval's key holds the
+step-caching settings its ``adaptive`` value resolved to, so a recalibrated ``adaptive.json``
+draws its policies again. A change to the code that changes what a setting draws does not show
+in its key: move that setting's evals out first (stop 37 kept those from before the partly
+guided step in ``*-whole-step-guidance.json``).
 """
 
 from __future__ import annotations
@@ -118,6 +120,8 @@ def main() -> None:
         for name in names:
             generation = defaults.merged(**parse_variant(name))
             config = json.loads(json.dumps(generation.describe()))  # as the results file holds it
+            # "auto" or a speed-up draws what the model's adaptive.json says now: keyed by that too
+            config["adaptive_settings"] = pipeline.adaptive_settings(generation.adaptive, args.size)[0].to_dict()
             kept = next((e for e in evals if e["config"] == config and e["draw"] == draw), None)
             if kept is None:
                 print(f"== draw {draw}: {name}", flush=True)
