@@ -1,0 +1,63 @@
+"""Screen step-caching settings that calibration's grid lacks, on calibration's own measures.
+
+Each setting is drawn on the same training captions and seeds as full compute (never the
+held-out split), one image at a time with early stop 0.02, as ``fractalflow calibrate`` draws
+them, and gets calibration's row: its speed-up counted in seconds measured on this machine and
+its feature error against full compute's images. A setting is ``cache.<field>=value`` pairs
+as in ``paired_draws.py``.
+
+    python benchmarks/adaptive_screen.py \\
+        "cache.depth=1,cache.every=2,cache.start=0.9,cache.extrapolate=true,cache.step_fraction=0.7" \\
+        "cache.depth=1,cache.every=8,cache.drift=0.15,cache.extrapolate=true,cache.step_fraction=0.75"
+
+Prints the rows and writes ``benchmarks/results/adaptive-screen.json`` (~15 s per setting and
+a minute for full compute on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from guidance import parse_variant
+
+from fractalflow import FractalFlowPipeline
+from fractalflow.evaluation.features import EffNetFeatures
+from fractalflow.files import atomic_write_text
+from fractalflow.hardware import describe_device
+from fractalflow.inference.calibrate import CalibrationSettings, measure, training_captions
+from fractalflow.pipeline import default_model_folder
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("settings", nargs="+", help="cache.<field>=value pairs, one setting each")
+    parser.add_argument("--model", default=str(default_model_folder()), help="model folder (default: the shipped one)")
+    parser.add_argument("--data", default=str(REPO / "data" / "emoji"), help="prepared emoji data folder")
+    parser.add_argument("--captions", type=int, default=64, help="training captions (default: 64, as calibrate)")
+    args = parser.parse_args()
+    pipeline = FractalFlowPipeline.from_pretrained(args.model, device="cpu")
+    settings = CalibrationSettings(captions=args.captions)
+    candidates = [parse_variant(text)["adaptive"] for text in args.settings]
+    features = EffNetFeatures(size=128)
+
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(features.features((images.float() / 255.0).split(128)))
+
+    captions = training_captions(args.data, settings.captions, settings.seed)
+    rows = measure(pipeline, captions, settings, candidates, embed, progress=False, early_stop=settings.early_stop)
+    for text, row in zip(args.settings, rows):
+        print(f"{row['speedup']:6.3f}x  error {row['error']:.3f}  {text}")
+    report = {"hardware": describe_device("cpu"), "model": args.model, "calibration": settings.to_dict(), "rows": rows}
+    path = RESULTS / "adaptive-screen.json"
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
