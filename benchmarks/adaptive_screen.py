@@ -20,14 +20,12 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 from guidance import parse_variant
 
 from fractalflow import FractalFlowPipeline
-from fractalflow.evaluation.features import EffNetFeatures
 from fractalflow.files import atomic_write_text
 from fractalflow.hardware import describe_device
-from fractalflow.inference.calibrate import CalibrationSettings, measure, training_captions
+from fractalflow.inference.calibrate import CalibrationSettings, feature_embedder, measure, training_captions
 from fractalflow.pipeline import default_model_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,12 +42,8 @@ def main() -> None:
     pipeline = FractalFlowPipeline.from_pretrained(args.model, device="cpu")
     settings = CalibrationSettings(captions=args.captions)
     candidates = [parse_variant(text)["adaptive"] for text in args.settings]
-    features = EffNetFeatures(size=128)
-
-    def embed(images: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(features.features((images.float() / 255.0).split(128)))
-
     captions = training_captions(args.data, settings.captions, settings.seed)
+    embed = feature_embedder()
     rows = measure(pipeline, captions, settings, candidates, embed, progress=False, early_stop=settings.early_stop)
     for text, row in zip(args.settings, rows):
         print(f"{row['speedup']:6.3f}x  error {row['error']:.3f}  {text}")

@@ -378,13 +378,8 @@ def calibrate(
     larger size (:meth:`CalibrationSettings.larger_sizes`) with each of its refinement steps.
     Returns the :class:`AdaptivePolicies` (``policies``, ``auto``, ``sizes``) with every
     candidate's row (``rows``, and by size ``sizes``)."""
-    from fractalflow.evaluation.features import EffNetFeatures
-
     candidates = candidates or candidate_settings(pipeline.config.num_levels)
-    features = EffNetFeatures(size=128)
-
-    def embed(images: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(features.features((images.float() / 255.0).split(128)))
+    embed = feature_embedder()
 
     def chosen_from(rows: list[dict], **sampling) -> dict[float, CacheSettings]:
         timed = partial(paired_speedup, pipeline, captions, settings, **sampling) if settings.timing_pairs else None
@@ -403,6 +398,19 @@ def calibrate(
             sizes[size] = settings.policies(at_size)
     calibration = {"settings": settings.to_dict(), "rows": rows, "sizes": size_rows}
     return {**replace(settings.policies(chosen), sizes=sizes).to_dict(), "calibration": calibration}
+
+
+def feature_embedder() -> Callable[[torch.Tensor], torch.Tensor]:
+    """The image features calibration compares with: uint8 images ``(N, C, H, W)`` to their
+    EfficientNet-Lite0 features (:func:`feature_error`), 128 images at a time."""
+    from fractalflow.evaluation.features import EffNetFeatures
+
+    features = EffNetFeatures(size=128)
+
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(features.features((images.float() / 255.0).split(128)))
+
+    return embed
 
 
 def measure(
@@ -458,22 +466,22 @@ def choose_policies(
     first (``timed(settings)``: the wall-clock speed-up, kept in the row as ``paired_speedup``
     and timed once for all targets), at most :data:`MAX_TIMED` per target, and the first whose
     timed speed-up is at least the target reaches it."""
+
+    def wall_clock(row: dict) -> float:
+        if "paired_speedup" not in row:
+            row["paired_speedup"] = timed(CacheSettings.from_dict(row["settings"]))
+        return row["paired_speedup"]
+
+    allowed = sorted((row for row in rows if row["error"] <= max_error), key=lambda row: row["error"])
     chosen = {}
     for target in targets:
-        allowed = sorted((row for row in rows if row["error"] <= max_error), key=lambda row: row["error"])
         if timed is None:
-            reaching = [row for row in allowed if row["speedup"] >= target * margin]
+            winner = next((row for row in allowed if row["speedup"] >= target * margin), None)
         else:
             screened = [row for row in allowed if row["speedup"] >= target / margin][:MAX_TIMED]
-            reaching = []
-            for row in screened:
-                if "paired_speedup" not in row:
-                    row["paired_speedup"] = timed(CacheSettings.from_dict(row["settings"]))
-                if row["paired_speedup"] >= target:
-                    reaching = [row]
-                    break
-        if reaching:
-            chosen[target] = CacheSettings.from_dict(reaching[0]["settings"])
+            winner = next((row for row in screened if wall_clock(row) >= target), None)
+        if winner is not None:
+            chosen[target] = CacheSettings.from_dict(winner["settings"])
     return chosen
 
 
