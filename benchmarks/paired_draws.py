@@ -60,13 +60,14 @@ def paired_change(baseline: list[list[int]], variant: list[list[int]]) -> tuple[
 
 
 def summary(rows: dict[str, dict[int, dict]], baseline: str, draws: list[int]) -> dict[str, dict]:
-    """Per variant: how many draws it pairs, top-5 and FD in each, the paired Δ top-5 and FD
-    ratios against ``baseline``."""
+    """Per variant: how many draws it pairs, top-5 and FD in each, the paired Δ top-5 (over all
+    draws, and in each draw) and FD ratios against ``baseline``."""
     base = rows[baseline]
     table = {}
     for name, by_draw in rows.items():
         ranks = [by_draw[k]["ranks"] for k in draws]
         change, error = paired_change([base[k]["ranks"] for k in draws], ranks)
+        by_draw_change = [paired_change([base[k]["ranks"]], [by_draw[k]["ranks"]])[0] for k in draws]
         ratios = [by_draw[k]["metrics"]["fd_effnet_l0"] / base[k]["metrics"]["fd_effnet_l0"] for k in draws]
         table[name] = {
             "draws": len(draws),
@@ -75,6 +76,7 @@ def summary(rows: dict[str, dict[int, dict]], baseline: str, draws: list[int]) -
             "concept_retrieval": [by_draw[k]["metrics"]["concept_retrieval"] for k in draws],
             "top5_change": change,
             "top5_change_standard_error": error,
+            "top5_change_by_draw": by_draw_change,
             "fd_ratio": ratios,
             "fd_ratio_mean": statistics.fmean(ratios),
             "fd_ratio_sd": statistics.stdev(ratios) if len(ratios) > 1 else 0.0,
