@@ -37,10 +37,11 @@ from fractalflow.pipeline import default_model_folder
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 FULL_STEPS = 20
-HEAD_STEPS = (12, 13)  # K = 16 and 14; other step counts keep the uniform grid (the reference)
+HEAD_STEPS = (11, 12, 13)  # K = 18, 16 and 14; other step counts keep the uniform grid (the reference)
 CACHE = "cache.depth=1,cache.every=2,cache.start=0.9,cache.extrapolate=true"
 SETTINGS = {
     "auto (uniform 14 steps + level 1)": f"{CACHE},cache.step_fraction=0.7",
+    "head grid K=18 (11 steps)": "cache.depth=0,cache.step_fraction=0.55",
     "head grid K=16 (12 steps)": "cache.depth=0,cache.step_fraction=0.6",
     "head grid K=16 (12 steps) + level 1": f"{CACHE},cache.step_fraction=0.6",
     "head grid K=14 (13 steps) + level 1": f"{CACHE},cache.step_fraction=0.65",
