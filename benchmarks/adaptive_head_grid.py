@@ -59,7 +59,9 @@ def head_grid(steps: int, shift: float = 1.0, device: torch.device | str = "cpu"
     return full[levels]
 
 
-def head_grid_guidance(interval, steps: int, kept_steps: int, time_shift: float):
+def head_grid_guidance(
+    interval: tuple[float, float] | None, steps: int, kept_steps: int, time_shift: float
+) -> tuple[float, float] | None:
     """``policy_guidance``, but None for a head grid: its guidance ends on a grid time, so no
     step straddles the interval's end."""
     return None if kept_steps in HEAD_STEPS else policy_guidance(interval, steps, kept_steps, time_shift)
