@@ -7,10 +7,10 @@ every other time of it below level ``K`` (level k is grid time ``time_grid(20)[2
 ``20 - K / 2`` steps. ``K`` is even, so level 8 (t = 0.667, where full compute's guidance ends
 on the default model's grid) stays a grid time and no step straddles the interval's end.
 
-Each setting is drawn as ``fractalflow calibrate`` draws (64 training captions, never the
-held-out split, one image at a time, early stop 0.02) and gets calibration's row: its speed-up
-counted in seconds measured on this machine and its feature error against full compute. The
-rows are measured in one run, with the shipped ``auto`` policy (uniform grid) as the reference.
+Each setting gets calibration's row from ``adaptive_screen.py`` (64 training captions, never
+the held-out split, one image at a time, early stop 0.02): its speed-up counted in seconds
+measured on this machine and its feature error against full compute. The rows are measured in
+one run, with the shipped ``auto`` policy (uniform grid) as the reference.
 
     python benchmarks/adaptive_head_grid.py   # ~5 min on 2 cores
 
@@ -19,23 +19,18 @@ Writes ``benchmarks/results/adaptive-head-grid.json``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from unittest import mock
 
 import torch
-from guidance import parse_variant
+from adaptive_screen import screen, write_report
 
 from fractalflow import FractalFlowPipeline
-from fractalflow.files import atomic_write_text
 from fractalflow.flow.samplers import time_grid
-from fractalflow.hardware import describe_device
-from fractalflow.inference.calibrate import CalibrationSettings, feature_embedder, measure, training_captions
 from fractalflow.model.adaptive_policies import policy_guidance
 from fractalflow.pipeline import default_model_folder
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).parent / "results"
 FULL_STEPS = 20
 HEAD_STEPS = (11, 12, 13)  # K = 18, 16 and 14; other step counts keep the uniform grid (the reference)
 CACHE = "cache.depth=1,cache.every=2,cache.start=0.9,cache.extrapolate=true"
@@ -69,23 +64,14 @@ def head_grid_guidance(
 
 def main() -> None:
     pipeline = FractalFlowPipeline.from_pretrained(default_model_folder(), device="cpu")
-    settings = CalibrationSettings(captions=64)
-    captions = training_captions(REPO / "data" / "emoji", settings.captions, settings.seed)
-    candidates = [parse_variant(text)["adaptive"] for text in SETTINGS.values()]
     with (
         mock.patch("fractalflow.flow.refine.time_grid", head_grid),
         mock.patch("fractalflow.pipeline.policy_guidance", head_grid_guidance),
     ):
-        rows = measure(
-            pipeline, captions, settings, candidates, feature_embedder(), progress=False, early_stop=settings.early_stop
-        )
-    for name, row in zip(SETTINGS, rows):
+        report = screen(pipeline, SETTINGS, REPO / "data" / "emoji")
+    for name, row in zip(SETTINGS, report["rows"]):
         row["name"] = name
-        print(f"{row['speedup']:6.3f}x  error {row['error']:.3f}  {name}")
-    report = {"hardware": describe_device("cpu"), "calibration": settings.to_dict(), "rows": rows}
-    path = RESULTS / "adaptive-head-grid.json"
-    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_report(report, "adaptive-head-grid.json")
 
 
 if __name__ == "__main__":

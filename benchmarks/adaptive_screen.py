@@ -32,6 +32,26 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 
 
+def screen(pipeline: FractalFlowPipeline, labelled: dict[str, str], data: str | Path, captions: int = 64) -> dict:
+    """Calibration's row for each setting of ``labelled`` (label -> ``cache.<field>=value``
+    pairs), printed under its label, in a report to write: the settings are drawn in one run,
+    against one drawing of full compute."""
+    settings = CalibrationSettings(captions=captions)
+    candidates = [parse_variant(text)["adaptive"] for text in labelled.values()]
+    prompts = training_captions(data, settings.captions, settings.seed)
+    embed = feature_embedder()
+    rows = measure(pipeline, prompts, settings, candidates, embed, progress=False, early_stop=settings.early_stop)
+    for label, row in zip(labelled, rows):
+        print(f"{row['speedup']:6.3f}x  error {row['error']:.3f}  {label}")
+    return {"hardware": describe_device("cpu"), "calibration": settings.to_dict(), "rows": rows}
+
+
+def write_report(report: dict, name: str) -> None:
+    path = RESULTS / name
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("settings", nargs="+", help="cache.<field>=value pairs, one setting each")
@@ -40,17 +60,8 @@ def main() -> None:
     parser.add_argument("--captions", type=int, default=64, help="training captions (default: 64, as calibrate)")
     args = parser.parse_args()
     pipeline = FractalFlowPipeline.from_pretrained(args.model, device="cpu")
-    settings = CalibrationSettings(captions=args.captions)
-    candidates = [parse_variant(text)["adaptive"] for text in args.settings]
-    captions = training_captions(args.data, settings.captions, settings.seed)
-    embed = feature_embedder()
-    rows = measure(pipeline, captions, settings, candidates, embed, progress=False, early_stop=settings.early_stop)
-    for text, row in zip(args.settings, rows):
-        print(f"{row['speedup']:6.3f}x  error {row['error']:.3f}  {text}")
-    report = {"hardware": describe_device("cpu"), "model": args.model, "calibration": settings.to_dict(), "rows": rows}
-    path = RESULTS / "adaptive-screen.json"
-    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
-    print(f"wrote {path}")
+    report = screen(pipeline, {text: text for text in args.settings}, args.data, args.captions)
+    write_report({**report, "model": args.model}, "adaptive-screen.json")
 
 
 if __name__ == "__main__":
